@@ -1,0 +1,44 @@
+//! tokenlease: one correct token lifecycle.
+//!
+//! A [`Manager`] gets a token from a [`Source`], caches it, refreshes it in the background
+//! before it expires (callers holding a valid token never wait), makes every concurrent
+//! caller share one refresh, retries an operation once when the server rejects a token,
+//! persists tokens in a [`Store`], and reports what happened through [`Event`]s and
+//! [`Status`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tokenlease::{source_fn, FetchedToken, Manager};
+//!
+//! # async fn demo() -> tokenlease::Result<()> {
+//! let manager = Manager::builder(source_fn(|| async {
+//!     Ok(FetchedToken::bearer("opaque-token", Duration::from_secs(900)))
+//! }))
+//! .build();
+//! let token = manager.token().await?;
+//! println!("{} expires at {:?}", token.token_type(), token.expires_at_wall());
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod clock;
+mod error;
+pub mod events;
+mod manager;
+pub mod policy;
+pub mod runtime;
+mod secret;
+mod source;
+pub mod store;
+mod token;
+
+pub use clock::{Clock, MonoTime, SystemClock};
+pub use error::{Error, ErrorKind, Result};
+pub use events::{Counters, Event, EventListener, RefreshReason, Status, TokenState};
+pub use manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
+pub use policy::Policy;
+pub use secret::SecretString;
+pub use source::{source_fn, FnSource, Source};
+pub use store::{BlockingStore, BlockingStoreAdapter, MemoryStore, Store, TokenRecord};
+pub use token::{FetchedToken, Lifetime, Token};

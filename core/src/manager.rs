@@ -1,0 +1,1083 @@
+//! The manager: one per credential. Cache, state machine, single-flight, background
+//! refresh, retry-on-expiry.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use crate::clock::{system_clock, Clock, MonoTime};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Counters, Event, EventListener, RefreshReason, Status, TokenState};
+use crate::policy::Policy;
+use crate::runtime;
+use crate::secret::SecretString;
+use crate::source::Source;
+use crate::store::{unix_ms, Store, TokenRecord};
+use crate::token::{FetchedToken, Lifetime, Token};
+
+/// A token borrowed from a manager's cache.
+///
+/// Reading a fresh token costs one lock-free load and no allocation: the handle pins the
+/// cached token without touching a shared reference count. Keep it for the duration of
+/// one request; call [`TokenRef::into_arc`] to keep the token longer.
+pub struct TokenRef(Inner);
+
+enum Inner {
+    Cached(Guard<Option<Arc<Token>>>),
+    Owned(Arc<Token>),
+}
+
+impl TokenRef {
+    /// An owned reference to the token.
+    pub fn into_arc(self) -> Arc<Token> {
+        match self.0 {
+            Inner::Cached(guard) => Guard::into_inner(guard).expect("TokenRef holds a token"),
+            Inner::Owned(token) => token,
+        }
+    }
+}
+
+impl Deref for TokenRef {
+    type Target = Token;
+    #[inline]
+    fn deref(&self) -> &Token {
+        match &self.0 {
+            Inner::Cached(guard) => match guard.as_deref() {
+                Some(token) => token,
+                None => unreachable!("TokenRef is only built around a present token"),
+            },
+            Inner::Owned(token) => token,
+        }
+    }
+}
+
+impl fmt::Debug for TokenRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// Gets, caches and refreshes the token of one credential.
+///
+/// Cheap to clone (clones share one cache). Dropping the last clone cancels the
+/// manager's background timer.
+#[derive(Clone)]
+pub struct Manager {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("key", &self.shared.key)
+            .field("state", &self.shared.state_at(self.shared.clock.now()))
+            .finish()
+    }
+}
+
+/// Builds a [`Manager`].
+pub struct ManagerBuilder {
+    source: Arc<dyn Source>,
+    key: String,
+    store: Option<Arc<dyn Store>>,
+    policy: Policy,
+    clock: Option<Arc<dyn Clock>>,
+    listeners: Vec<Arc<dyn EventListener>>,
+}
+
+impl fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagerBuilder")
+            .field("key", &self.key)
+            .field("source", &self.source)
+            .field("store", &self.store)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl ManagerBuilder {
+    /// The key under which the token is stored (default `"default"`).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = key.into();
+        self
+    }
+
+    /// Persists tokens in this store and adopts a still-valid record before fetching.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Refresh and backoff policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Clock (tests use a manual clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Adds an event listener.
+    pub fn listener(mut self, listener: Arc<dyn EventListener>) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Builds the manager. Nothing is fetched until the first `token()` call.
+    pub fn build(self) -> Manager {
+        let clock = self.clock.unwrap_or_else(system_clock);
+        Manager {
+            shared: Arc::new(Shared {
+                key: self.key,
+                current: ArcSwapOption::empty(),
+                clock,
+                source: self.source,
+                store: self.store,
+                policy: self.policy,
+                listeners: ArcSwap::from_pointee(self.listeners),
+                flight: Mutex::new(Flight::default()),
+                refreshing: AtomicBool::new(false),
+                retry_at_nanos: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+                next_generation: AtomicU64::new(0),
+                timer_wakeup: Arc::new(Notify::new()),
+                timer: OnceLock::new(),
+                counters: AtomicCounters::default(),
+            }),
+        }
+    }
+}
+
+type Outcome = Result<Arc<Token>>;
+
+struct Shared {
+    key: String,
+    /// The cached token: the lock-free read path loads this and nothing else.
+    current: ArcSwapOption<Token>,
+    clock: Arc<dyn Clock>,
+    source: Arc<dyn Source>,
+    store: Option<Arc<dyn Store>>,
+    policy: Policy,
+    listeners: ArcSwap<Vec<Arc<dyn EventListener>>>,
+    flight: Mutex<Flight>,
+    /// Mirrors `flight.inflight.is_some()` so a stale read can skip the mutex.
+    refreshing: AtomicBool,
+    /// Mirrors `flight.retry_at` for the same reason.
+    retry_at_nanos: AtomicU64,
+    closed: AtomicBool,
+    next_generation: AtomicU64,
+    timer_wakeup: Arc<Notify>,
+    timer: OnceLock<tokio::task::AbortHandle>,
+    counters: AtomicCounters,
+}
+
+/// Refresh coordination; guarded by `Shared::flight`, never held across an await.
+#[derive(Default)]
+struct Flight {
+    inflight: Option<watch::Receiver<Option<Outcome>>>,
+    consecutive_failures: u32,
+    retry_at: MonoTime,
+    last_error: Option<Error>,
+    /// Kept apart from the cached token so an invalidated token's refresh token still works.
+    refresh_token: Option<SecretString>,
+    store_checked: bool,
+    last_refresh: Option<SystemTime>,
+    served_stale_generation: u64,
+    expired_generation: u64,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    fetches: AtomicU64,
+    refreshes: AtomicU64,
+    failures: AtomicU64,
+    served_stale: AtomicU64,
+    waits: AtomicU64,
+    invalidations: AtomicU64,
+    store_loads: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl AtomicCounters {
+    fn snapshot(&self) -> Counters {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Counters {
+            fetches: get(&self.fetches),
+            refreshes: get(&self.refreshes),
+            failures: get(&self.failures),
+            served_stale: get(&self.served_stale),
+            waits: get(&self.waits),
+            invalidations: get(&self.invalidations),
+            store_loads: get(&self.store_loads),
+            store_errors: get(&self.store_errors),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.get() {
+            timer.abort();
+        }
+    }
+}
+
+/// What a caller should do, decided under the flight lock.
+enum Next {
+    Serve(Arc<Token>),
+    Wait(watch::Receiver<Option<Outcome>>),
+    Fail(Error),
+}
+
+/// Whether the operation passed to a retry helper failed because the token was rejected.
+pub trait Rejection {
+    /// `true` when the server rejected the token (401 `invalid_token`, session expired).
+    fn is_token_rejected(&self) -> bool;
+}
+
+/// The error of [`Manager::with_retry`]: getting a token failed, or the operation did.
+#[derive(Debug)]
+pub enum RetryError<E> {
+    /// No token could be obtained.
+    Token(Error),
+    /// The operation failed (after at most one retry).
+    Operation(E),
+}
+
+impl<E: fmt::Display> fmt::Display for RetryError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryError::Token(err) => write!(f, "cannot get a token: {err}"),
+            RetryError::Operation(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for RetryError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RetryError::Token(err) => Some(err),
+            RetryError::Operation(err) => Some(err),
+        }
+    }
+}
+
+impl Manager {
+    /// Starts building a manager around `source`.
+    pub fn builder(source: impl Source) -> ManagerBuilder {
+        Self::builder_from_arc(Arc::new(source))
+    }
+
+    /// Starts building a manager around a shared source.
+    pub fn builder_from_arc(source: Arc<dyn Source>) -> ManagerBuilder {
+        ManagerBuilder {
+            source,
+            key: "default".to_owned(),
+            store: None,
+            policy: Policy::default(),
+            clock: None,
+            listeners: Vec::new(),
+        }
+    }
+
+    /// The store key.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// The clock the manager runs on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// A fresh or stale cached token without waiting; `None` when the caller would have
+    /// to wait for a refresh. Never blocks and never allocates. A stale token makes sure
+    /// one background refresh is under way.
+    #[inline]
+    pub fn cached(&self) -> Option<TokenRef> {
+        let shared = &*self.shared;
+        let guard = shared.current.load();
+        let token = guard.as_deref()?;
+        let now = shared.clock.now();
+        if now < token.refresh_at {
+            return Some(TokenRef(Inner::Cached(guard)));
+        }
+        if now < token.mandatory_at {
+            self.shared.kick_background_refresh(now);
+            return Some(TokenRef(Inner::Cached(guard)));
+        }
+        None
+    }
+
+    /// A valid token: from the cache when fresh or stale, otherwise after the single
+    /// in-flight refresh. Never blocks the calling executor; cancel by dropping the future.
+    pub async fn token(&self) -> Result<TokenRef> {
+        if let Some(token) = self.cached() {
+            return Ok(token);
+        }
+        let shared = self.shared.clone();
+        let task = AbortOnDrop(runtime::spawn(async move { shared.acquire().await }));
+        task.await.map(|token| TokenRef(Inner::Owned(token)))
+    }
+
+    /// Blocking form of [`Manager::token`]. Returns a `Usage` error when called from the
+    /// tokenlease background runtime (a store or source callback), where waiting would
+    /// deadlock.
+    pub fn token_blocking(&self) -> Result<TokenRef> {
+        if let Some(token) = self.cached() {
+            return Ok(token);
+        }
+        self.block_on(self.token())
+    }
+
+    fn block_on<T>(&self, future: impl Future<Output = Result<T>>) -> Result<T> {
+        if runtime::on_background_runtime() {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                "a blocking tokenlease call was made from the tokenlease background runtime \
+                 (inside a source, store or listener callback); use the async API there",
+            ));
+        }
+        futures::executor::block_on(future)
+    }
+
+    /// Discards the cached token if it is still `token` (same generation). A late
+    /// rejection of an older token never discards a newer one. Returns whether it did.
+    pub fn invalidate(&self, token: &Token) -> bool {
+        self.invalidate_generation(token.generation)
+    }
+
+    /// [`Manager::invalidate`] by generation number (for bindings).
+    pub fn invalidate_generation(&self, generation: u64) -> bool {
+        self.shared.invalidate(generation)
+    }
+
+    /// Runs `operation` with a token; if it fails with a rejection of that token,
+    /// invalidates exactly that token, waits for the one refresh and runs it once more.
+    /// Concurrent rejections of the same token cause one refresh.
+    pub async fn with_retry<T, E, F, Fut>(&self, mut operation: F) -> Result<T, RetryError<E>>
+    where
+        F: FnMut(Arc<Token>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Rejection,
+    {
+        let token = self.token().await.map_err(RetryError::Token)?.into_arc();
+        match operation(token.clone()).await {
+            Err(err) if err.is_token_rejected() => {
+                self.invalidate(&token);
+                let retry_token = self.token().await.map_err(RetryError::Token)?.into_arc();
+                operation(retry_token).await.map_err(RetryError::Operation)
+            }
+            other => other.map_err(RetryError::Operation),
+        }
+    }
+
+    /// Blocking form of [`Manager::with_retry`].
+    pub fn with_retry_blocking<T, E, F>(&self, mut operation: F) -> Result<T, RetryError<E>>
+    where
+        F: FnMut(&Token) -> Result<T, E>,
+        E: Rejection,
+    {
+        let token = self.token_blocking().map_err(RetryError::Token)?;
+        match operation(&token) {
+            Err(err) if err.is_token_rejected() => {
+                self.invalidate(&token);
+                drop(token);
+                let retry_token = self.token_blocking().map_err(RetryError::Token)?;
+                operation(&retry_token).map_err(RetryError::Operation)
+            }
+            other => other.map_err(RetryError::Operation),
+        }
+    }
+
+    /// Logs out: revokes the token at the source, clears memory and store, emits
+    /// [`Event::Revoked`]. Memory and store are cleared even when the source fails; its
+    /// error is returned. The next `token()` call fetches a new token.
+    pub async fn revoke(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        AbortOnDrop(runtime::spawn(async move { shared.revoke().await })).await
+    }
+
+    /// Blocking form of [`Manager::revoke`].
+    pub fn revoke_blocking(&self) -> Result<()> {
+        self.block_on(self.revoke())
+    }
+
+    /// Closes the manager: cancels its timer, drops the cached token; later calls fail with
+    /// `Closed`.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(timer) = self.shared.timer.get() {
+            timer.abort();
+        }
+        self.shared.current.store(None);
+        self.shared.flight.lock().refresh_token = None;
+    }
+
+    /// Whether [`Manager::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot of state, deadlines, last error and counters.
+    pub fn status(&self) -> Status {
+        let shared = &*self.shared;
+        let flight = shared.flight.lock();
+        let token = shared.current.load_full();
+        Status {
+            state: shared.state_at(shared.clock.now()),
+            expires_at: token.as_ref().map(|token| token.expires_at_wall),
+            generation: token.as_ref().map_or(0, |token| token.generation),
+            last_refresh: flight.last_refresh,
+            last_error_kind: flight.last_error.as_ref().map(Error::kind),
+            last_error_message: flight
+                .last_error
+                .as_ref()
+                .map(|err| err.message().to_owned()),
+            refreshing: flight.inflight.is_some(),
+            counters: shared.counters.snapshot(),
+        }
+    }
+
+    /// Adds an event listener to a running manager.
+    pub fn add_listener(&self, listener: Arc<dyn EventListener>) {
+        self.shared.listeners.rcu(|listeners| {
+            let mut listeners = Vec::clone(listeners);
+            listeners.push(listener.clone());
+            listeners
+        });
+    }
+}
+
+/// Cancels a background task when the caller stops waiting for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<Result<T>> {
+    type Output = Result<T>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.poll_unpin(cx).map(|joined| match joined {
+            Ok(result) => result,
+            Err(err) if err.is_cancelled() => Err(Error::new(
+                ErrorKind::Cancelled,
+                "the operation was cancelled",
+            )),
+            Err(_) => Err(Error::new(
+                ErrorKind::Internal,
+                "a tokenlease task panicked; see the log for the panic message",
+            )),
+        })
+    }
+}
+
+impl Shared {
+    fn state_at(&self, now: MonoTime) -> TokenState {
+        match self.current.load().as_deref() {
+            None => TokenState::Empty,
+            Some(token) if now < token.refresh_at => TokenState::Fresh,
+            Some(token) if now < token.mandatory_at => TokenState::Stale,
+            Some(token) if now < token.expires_at => TokenState::Mandatory,
+            Some(_) => TokenState::Expired,
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        tracing::debug!(key = %self.key, event = ?event, "tokenlease event");
+        for listener in self.listeners.load().iter() {
+            // A listener's panic must not take the refresh (or the caller) down with it.
+            let _ =
+                std::panic::catch_unwind(AssertUnwindSafe(|| listener.on_event(&self.key, &event)));
+        }
+    }
+
+    /// Starts a background refresh from the read path unless one is running or a backoff
+    /// is in effect; both checks are atomic loads, so stale reads don't serialise.
+    fn kick_background_refresh(self: &Arc<Self>, now: MonoTime) {
+        if self.refreshing.load(Ordering::Acquire)
+            || now.as_nanos() < self.retry_at_nanos.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let mut flight = self.flight.lock();
+        if flight.inflight.is_none() && now >= flight.retry_at {
+            self.start_refresh(&mut flight, RefreshReason::Stale);
+        }
+    }
+
+    /// Starts the one refresh; the caller holds the flight lock.
+    fn start_refresh(
+        self: &Arc<Self>,
+        flight: &mut Flight,
+        reason: RefreshReason,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let (sender, receiver) = watch::channel(None);
+        flight.inflight = Some(receiver.clone());
+        self.refreshing.store(true, Ordering::Release);
+        let shared = self.clone();
+        let span = tracing::info_span!("tokenlease.refresh", key = %self.key, reason = ?reason);
+        runtime::spawn(async move { shared.run_refresh(sender, reason).await }.instrument(span));
+        receiver
+    }
+
+    /// The slow path of `token()`: runs on the background runtime.
+    async fn acquire(self: Arc<Self>) -> Outcome {
+        let next = self.decide();
+        let receiver = match next {
+            Next::Serve(token) => return Ok(token),
+            Next::Fail(err) => return Err(err),
+            Next::Wait(receiver) => receiver,
+        };
+        bump(&self.counters.waits);
+        let deadline = self.clock.now() + self.policy.waiter_timeout();
+        let timeout = self.clock.sleep_until(deadline);
+        let outcome = tokio::select! {
+            outcome = wait_for_outcome(receiver) => outcome,
+            () = timeout => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "waited {:?} for the token refresh of {:?}; it is still running",
+                        self.policy.waiter_timeout(),
+                        self.key
+                    ),
+                ));
+            }
+        };
+        match outcome {
+            Ok(token) => Ok(token),
+            Err(err) => {
+                // A failed refresh still leaves a usable token if the old one is valid.
+                let now = self.clock.now();
+                match self.current.load_full() {
+                    Some(token) if now < token.expires_at => {
+                        self.note_served_stale(&token);
+                        Ok(token)
+                    }
+                    _ => Err(self.caller_error(err)),
+                }
+            }
+        }
+    }
+
+    /// Decides, under the flight lock, whether to serve, wait or fail.
+    fn decide(self: &Arc<Self>) -> Next {
+        if self.closed.load(Ordering::SeqCst) {
+            return Next::Fail(closed_error());
+        }
+        let mut flight = self.flight.lock();
+        let now = self.clock.now();
+        let current = self.current.load_full();
+        if let Some(token) = &current {
+            if now < token.mandatory_at {
+                if now >= token.refresh_at && flight.inflight.is_none() && now >= flight.retry_at {
+                    self.start_refresh(&mut flight, RefreshReason::Stale);
+                }
+                return Next::Serve(token.clone());
+            }
+        }
+        if let Some(receiver) = &flight.inflight {
+            return Next::Wait(receiver.clone());
+        }
+        if now >= flight.retry_at {
+            let reason = match &current {
+                None if flight.last_refresh.is_none() => RefreshReason::Initial,
+                None => RefreshReason::Invalidated,
+                Some(_) => RefreshReason::Mandatory,
+            };
+            return Next::Wait(self.start_refresh(&mut flight, reason));
+        }
+        // Backing off after a failure: serve a still-valid token, else the last error.
+        match current {
+            Some(token) if now < token.expires_at => {
+                drop(flight);
+                self.note_served_stale(&token);
+                Next::Serve(token)
+            }
+            _ => {
+                let err = flight
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| Error::transient("token refresh is backing off"));
+                drop(flight);
+                Next::Fail(self.caller_error(err))
+            }
+        }
+    }
+
+    /// The error a caller gets when no valid token exists: terminal errors as they are;
+    /// transient ones become `Expired` (with the cause) once a token has died.
+    fn caller_error(&self, err: Error) -> Error {
+        if err.kind() == ErrorKind::Closed || !err.is_transient() {
+            return err;
+        }
+        let now = self.clock.now();
+        match self.current.load_full() {
+            Some(token) if now >= token.expires_at => {
+                let first_report = {
+                    let mut flight = self.flight.lock();
+                    let first = flight.expired_generation != token.generation;
+                    flight.expired_generation = token.generation;
+                    first
+                };
+                if first_report {
+                    self.emit(Event::Expired {
+                        generation: token.generation,
+                    });
+                }
+                Error::new(
+                    ErrorKind::Expired,
+                    format!(
+                        "the token of {:?} expired and could not be refreshed",
+                        self.key
+                    ),
+                )
+                .with_cause(err)
+            }
+            _ => err,
+        }
+    }
+
+    fn note_served_stale(&self, token: &Token) {
+        bump(&self.counters.served_stale);
+        let first_report = {
+            let mut flight = self.flight.lock();
+            let first = flight.served_stale_generation != token.generation;
+            flight.served_stale_generation = token.generation;
+            first
+        };
+        if first_report {
+            self.emit(Event::ServedStale {
+                generation: token.generation,
+                expires_at: token.expires_at_wall,
+            });
+        }
+    }
+
+    async fn run_refresh(
+        self: Arc<Self>,
+        sender: watch::Sender<Option<Outcome>>,
+        reason: RefreshReason,
+    ) {
+        self.emit(Event::RefreshStarted { reason });
+        let outcome = AssertUnwindSafe(self.perform_refresh())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Internal,
+                    "the token source panicked during a refresh",
+                ))
+            });
+        let failure_event = {
+            let mut flight = self.flight.lock();
+            flight.inflight = None;
+            let event = match &outcome {
+                Ok(_) => {
+                    flight.consecutive_failures = 0;
+                    flight.retry_at = MonoTime::ZERO;
+                    flight.last_error = None;
+                    None
+                }
+                Err(err) => {
+                    flight.consecutive_failures = flight.consecutive_failures.saturating_add(1);
+                    let delay = if err.is_transient() {
+                        self.policy
+                            .backoff(flight.consecutive_failures, err.retry_after())
+                    } else {
+                        // Terminal: don't hammer the server; callers get this error at once
+                        // until the backoff ceiling has passed.
+                        self.policy
+                            .backoff_ceiling(flight.consecutive_failures)
+                            .max(err.retry_after().unwrap_or_default())
+                    };
+                    flight.retry_at = self.clock.now() + delay;
+                    flight.last_error = Some(err.clone());
+                    bump(&self.counters.failures);
+                    Some(Event::RefreshFailed {
+                        kind: err.kind(),
+                        message: err.message().to_owned(),
+                        consecutive_failures: flight.consecutive_failures,
+                        next_retry_at: Some(self.clock.to_wall(flight.retry_at)),
+                    })
+                }
+            };
+            self.retry_at_nanos
+                .store(flight.retry_at.as_nanos(), Ordering::Release);
+            self.refreshing.store(false, Ordering::Release);
+            event
+        };
+        if let Some(event) = failure_event {
+            tracing::warn!(key = %self.key, "tokenlease refresh failed");
+            self.emit(event);
+        }
+        // Waiters may all have gone away; that is fine.
+        let _ = sender.send(Some(outcome));
+        self.timer_wakeup.notify_one();
+    }
+
+    async fn perform_refresh(self: &Arc<Self>) -> Outcome {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed_error());
+        }
+        if let Some(token) = self.adopt_stored_record().await {
+            return Ok(token);
+        }
+        let refresh_token = self.flight.lock().refresh_token.clone();
+        let sent_at = self.clock.now();
+        let (result, used_refresh_token) = match &refresh_token {
+            Some(refresh_token) => {
+                bump(&self.counters.refreshes);
+                let result = self.call_source(self.source.refresh(refresh_token)).await;
+                match result {
+                    // The refresh token is dead: fall back to the primary grant.
+                    Err(err) if err.kind() == ErrorKind::InvalidGrant => {
+                        self.flight.lock().refresh_token = None;
+                        bump(&self.counters.fetches);
+                        (self.call_source(self.source.fetch()).await, false)
+                    }
+                    other => (other, true),
+                }
+            }
+            None => {
+                bump(&self.counters.fetches);
+                (self.call_source(self.source.fetch()).await, false)
+            }
+        };
+        let fetched = result?;
+        let previous_refresh_token = if used_refresh_token {
+            refresh_token
+        } else {
+            None
+        };
+        self.install(fetched, sent_at, previous_refresh_token).await
+    }
+
+    async fn call_source(
+        &self,
+        call: impl Future<Output = Result<FetchedToken>>,
+    ) -> Result<FetchedToken> {
+        let deadline = self.clock.now() + self.policy.source_timeout();
+        tokio::select! {
+            result = call => result,
+            () = self.clock.sleep_until(deadline) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("the token source did not answer within {:?}", self.policy.source_timeout()),
+            )),
+        }
+    }
+
+    /// Turns a fetched token into a cached one: computes deadlines from the send time,
+    /// persists it (so a rotated refresh token is saved before use), then publishes it.
+    async fn install(
+        self: &Arc<Self>,
+        fetched: FetchedToken,
+        sent_at: MonoTime,
+        previous_refresh_token: Option<SecretString>,
+    ) -> Outcome {
+        let sent_at = fetched
+            .sent_at
+            .map_or(sent_at, |measured| measured.min(self.clock.now()));
+        let expires_at = match fetched.lifetime {
+            Lifetime::ExpiresIn(lifetime) => sent_at + lifetime,
+            Lifetime::ExpiresAt(wall) => self.clock.from_wall(wall),
+            Lifetime::Unknown => sent_at + self.policy.default_lifetime(),
+        };
+        let now = self.clock.now();
+        if expires_at <= now {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the token source returned a token for {:?} that is already expired",
+                    self.key
+                ),
+            ));
+        }
+        let windows = self
+            .policy
+            .windows_with_random_jitter(sent_at.min(now), expires_at);
+        let token = Token {
+            value: fetched.value,
+            token_type: if fetched.token_type.is_empty() {
+                "Bearer".to_owned()
+            } else {
+                fetched.token_type
+            },
+            scopes: fetched.scopes,
+            refresh_token: fetched.refresh_token.or(previous_refresh_token),
+            generation: self.next_generation.fetch_add(1, Ordering::SeqCst) + 1,
+            obtained_at: sent_at,
+            refresh_at: windows.refresh_at,
+            mandatory_at: windows.mandatory_at,
+            expires_at,
+            expires_at_wall: self.clock.to_wall(expires_at),
+        };
+        if let Some(store) = &self.store {
+            let record = self.record_of(&token);
+            if let Err(err) = store.save(&self.key, &record).await {
+                // The token is valid; losing persistence must not fail the caller.
+                self.store_failed("save", &err);
+            }
+        }
+        Ok(self.publish(token, false))
+    }
+
+    fn publish(self: &Arc<Self>, token: Token, from_store: bool) -> Arc<Token> {
+        let token = Arc::new(token);
+        {
+            let mut flight = self.flight.lock();
+            flight.refresh_token = token.refresh_token.clone();
+            flight.last_refresh = Some(self.clock.wall_now());
+            if !self.closed.load(Ordering::SeqCst) {
+                self.current.store(Some(token.clone()));
+            }
+        }
+        self.ensure_timer();
+        self.emit(Event::RefreshSucceeded {
+            generation: token.generation,
+            expires_at: token.expires_at_wall,
+            from_store,
+        });
+        token
+    }
+
+    fn record_of(&self, token: &Token) -> TokenRecord {
+        TokenRecord {
+            version: TokenRecord::VERSION,
+            value: token.value.clone(),
+            token_type: token.token_type.clone(),
+            scopes: token.scopes.clone(),
+            refresh_token: token.refresh_token.clone(),
+            expires_at_ms: unix_ms(token.expires_at_wall),
+            obtained_at_ms: unix_ms(self.clock.to_wall(token.obtained_at)),
+        }
+    }
+
+    /// Before the first fetch, adopts a record from the store if it is still usable
+    /// (before its mandatory point), so a restart makes no token request.
+    async fn adopt_stored_record(self: &Arc<Self>) -> Option<Arc<Token>> {
+        let store = self.store.as_ref()?;
+        {
+            let mut flight = self.flight.lock();
+            if flight.store_checked {
+                return None;
+            }
+            flight.store_checked = true;
+        }
+        let record = match store.load(&self.key).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return None,
+            Err(err) => {
+                self.store_failed("load", &err);
+                return None;
+            }
+        };
+        let now = self.clock.now();
+        let expires_at = self.clock.from_wall(record.expires_at());
+        let obtained_at = self.clock.from_wall(record.obtained_at()).min(now);
+        let windows = self
+            .policy
+            .windows_with_random_jitter(obtained_at, expires_at);
+        if now >= windows.mandatory_at {
+            // Too close to expiry to be worth using; keep its refresh token though.
+            self.flight.lock().refresh_token = record.refresh_token.clone();
+            return None;
+        }
+        bump(&self.counters.store_loads);
+        let token = Token {
+            value: record.value.clone(),
+            token_type: record.token_type.clone(),
+            scopes: record.scopes.clone(),
+            refresh_token: record.refresh_token.clone(),
+            generation: self.next_generation.fetch_add(1, Ordering::SeqCst) + 1,
+            obtained_at,
+            refresh_at: windows.refresh_at,
+            mandatory_at: windows.mandatory_at,
+            expires_at,
+            expires_at_wall: record.expires_at(),
+        };
+        Some(self.publish(token, true))
+    }
+
+    fn store_failed(&self, operation: &'static str, err: &Error) {
+        bump(&self.counters.store_errors);
+        tracing::warn!(key = %self.key, operation, "tokenlease store error");
+        self.emit(Event::StoreError {
+            operation,
+            message: err.to_string(),
+        });
+    }
+
+    fn invalidate(&self, generation: u64) -> bool {
+        let current = self.current.load();
+        let Some(token) = current.as_deref() else {
+            return false;
+        };
+        if token.generation != generation {
+            return false;
+        }
+        // Compare-and-swap: a token installed meanwhile is never discarded.
+        let previous = self.current.compare_and_swap(&*current, None);
+        let swapped = match (previous.as_deref(), current.as_deref()) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            _ => false,
+        };
+        if swapped {
+            bump(&self.counters.invalidations);
+            self.emit(Event::Invalidated { generation });
+            self.timer_wakeup.notify_one();
+        }
+        swapped
+    }
+
+    async fn revoke(self: Arc<Self>) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed_error());
+        }
+        let token = {
+            let mut flight = self.flight.lock();
+            flight.refresh_token = None;
+            flight.last_error = None;
+            self.current.swap(None)
+        };
+        let revoked = match &token {
+            Some(token) => self.source.revoke(token).await,
+            None => Ok(()),
+        };
+        if let Some(store) = &self.store {
+            if let Err(err) = store.delete(&self.key).await {
+                self.store_failed("delete", &err);
+            }
+        }
+        self.emit(Event::Revoked {
+            generation: token.as_ref().map(|token| token.generation),
+        });
+        revoked
+    }
+
+    fn ensure_timer(self: &Arc<Self>) {
+        if self.timer.get().is_some() {
+            self.timer_wakeup.notify_one();
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let wakeup = self.timer_wakeup.clone();
+        let handle = runtime::spawn(timer_loop(weak, wakeup));
+        if let Err(handle) = self.timer.set(handle.abort_handle()) {
+            handle.abort();
+        }
+    }
+
+    /// When the timer should next act: the refresh point, or the backoff retry after a
+    /// transient failure. Terminal failures wait for a caller.
+    fn next_timer_deadline(&self) -> MonoTime {
+        if self.closed.load(Ordering::SeqCst) {
+            return MonoTime::FAR_FUTURE;
+        }
+        let flight = self.flight.lock();
+        if flight.inflight.is_some() {
+            return MonoTime::FAR_FUTURE;
+        }
+        let Some(token) = self.current.load_full() else {
+            return MonoTime::FAR_FUTURE;
+        };
+        if flight.consecutive_failures == 0 {
+            return token.refresh_at;
+        }
+        match &flight.last_error {
+            Some(err) if err.is_transient() => token.refresh_at.max(flight.retry_at),
+            _ => MonoTime::FAR_FUTURE,
+        }
+    }
+
+    fn on_timer(self: &Arc<Self>) {
+        let deadline = self.next_timer_deadline();
+        let now = self.clock.now();
+        if now < deadline {
+            return;
+        }
+        let mut flight = self.flight.lock();
+        if flight.inflight.is_none() && !self.closed.load(Ordering::SeqCst) {
+            self.start_refresh(&mut flight, RefreshReason::Scheduled);
+        }
+    }
+}
+
+async fn wait_for_outcome(mut receiver: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match receiver.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome
+            .clone()
+            .unwrap_or_else(|| unreachable!("waited for Some")),
+        Err(_) => Err(Error::new(
+            ErrorKind::Internal,
+            "the token refresh ended without a result",
+        )),
+    }
+}
+
+/// One per manager: sleeps until the refresh point without holding the manager alive.
+async fn timer_loop(weak: Weak<Shared>, wakeup: Arc<Notify>) {
+    loop {
+        let sleep = {
+            let Some(shared) = weak.upgrade() else { return };
+            if shared.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let deadline = shared.next_timer_deadline();
+            shared.clock.sleep_until(deadline)
+        };
+        tokio::select! {
+            () = sleep => {
+                let Some(shared) = weak.upgrade() else { return };
+                shared.on_timer();
+            }
+            () = wakeup.notified() => {}
+        }
+    }
+}
+
+fn closed_error() -> Error {
+    Error::new(ErrorKind::Closed, "the token manager was closed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ref_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TokenRef>();
+        assert_send_sync::<Manager>();
+    }
+}

@@ -1,0 +1,82 @@
+//! The one background runtime per process.
+//!
+//! Every manager (and, later, every language binding) runs its refreshes, timers and
+//! waits here: a single named thread with a current-thread tokio runtime, started on first
+//! use. Blocking store and source callbacks run on tokio's blocking pool of this runtime.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// Name of the background thread.
+pub const BACKGROUND_THREAD_NAME: &str = "tokenlease-bg";
+
+static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static ON_RUNTIME: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Background {
+    handle: Handle,
+    thread_id: std::thread::ThreadId,
+}
+
+fn background() -> &'static Background {
+    static BACKGROUND: OnceLock<Background> = OnceLock::new();
+    BACKGROUND.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("tokenlease-blocking")
+            .on_thread_start(|| ON_RUNTIME.with(|flag| flag.set(true)))
+            .build()
+            .expect("tokenlease: cannot build the background tokio runtime");
+        let handle = runtime.handle().clone();
+        let thread = std::thread::Builder::new()
+            .name(BACKGROUND_THREAD_NAME.to_owned())
+            .spawn(move || {
+                ON_RUNTIME.with(|flag| flag.set(true));
+                STARTS.fetch_add(1, Ordering::SeqCst);
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .expect("tokenlease: cannot start the background thread");
+        Background {
+            handle,
+            thread_id: thread.thread().id(),
+        }
+    })
+}
+
+/// The background runtime's handle (starting it if needed).
+pub fn handle() -> &'static Handle {
+    &background().handle
+}
+
+/// Spawns a task on the background runtime.
+pub(crate) fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    handle().spawn(future)
+}
+
+/// Whether the calling thread belongs to the background runtime (its thread or its
+/// blocking pool). Blocking on tokenlease from there would deadlock.
+pub fn on_background_runtime() -> bool {
+    ON_RUNTIME.with(Cell::get)
+}
+
+/// The background thread's id (for tests that check all managers share it).
+pub fn background_thread_id() -> std::thread::ThreadId {
+    background().thread_id
+}
+
+/// How many background threads this process has started (always 0 or 1).
+pub fn background_threads_started() -> usize {
+    STARTS.load(Ordering::SeqCst)
+}

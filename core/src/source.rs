@@ -1,0 +1,79 @@
+//! Where tokens come from.
+
+use std::fmt;
+use std::future::Future;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::secret::SecretString;
+use crate::token::{FetchedToken, Lifetime, Token};
+
+/// Gets, refreshes, revokes and keeps alive tokens for one credential.
+///
+/// A manager calls its source from the tokenlease background runtime, never concurrently
+/// for the same manager (single-flight), and never while holding a lock. Errors carry a
+/// kind: transient kinds are retried with backoff, the others surface to callers at once.
+#[async_trait]
+pub trait Source: Send + Sync + fmt::Debug + 'static {
+    /// Obtains a new token with the primary grant (client credentials, login, ...).
+    async fn fetch(&self) -> Result<FetchedToken>;
+
+    /// Obtains a new token with a refresh token. The default falls back to [`Source::fetch`].
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
+        let _ = refresh_token;
+        self.fetch().await
+    }
+
+    /// Revokes a token (logout). The default does nothing.
+    async fn revoke(&self, token: &Token) -> Result<()> {
+        let _ = token;
+        Ok(())
+    }
+
+    /// Extends a sliding session. Returns the new lifetime when the server reported one,
+    /// `Ok(None)` when the session was extended without saying for how long.
+    /// The default does nothing and returns `Ok(None)`.
+    async fn keep_alive(&self, token: &Token) -> Result<Option<Lifetime>> {
+        let _ = token;
+        Ok(None)
+    }
+}
+
+/// A source built from an async closure, for apps and tests.
+pub struct FnSource<F> {
+    fetch: F,
+}
+
+/// Builds a [`Source`] whose `fetch` is the given async closure.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokenlease::{source_fn, FetchedToken};
+/// let source = source_fn(|| async { Ok(FetchedToken::bearer("t", Duration::from_secs(60))) });
+/// # let _ = source;
+/// ```
+pub fn source_fn<F, Fut>(fetch: F) -> FnSource<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<FetchedToken>> + Send + 'static,
+{
+    FnSource { fetch }
+}
+
+impl<F> fmt::Debug for FnSource<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnSource")
+    }
+}
+
+#[async_trait]
+impl<F, Fut> Source for FnSource<F>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<FetchedToken>> + Send + 'static,
+{
+    async fn fetch(&self) -> Result<FetchedToken> {
+        (self.fetch)().await
+    }
+}

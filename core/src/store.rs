@@ -1,0 +1,299 @@
+//! Where token records live between runs and between processes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::SecretString;
+
+/// The serialisable form of a token, as stores keep it.
+///
+/// Times are wall-clock milliseconds since the Unix epoch, because monotonic instants mean
+/// nothing to another process. `version` lets the format evolve.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// Record format version ([`TokenRecord::VERSION`]).
+    pub version: u32,
+    /// The token value.
+    pub value: SecretString,
+    /// Token type.
+    pub token_type: String,
+    /// Granted scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Refresh token, if any.
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// When the token was obtained, ms since the Unix epoch.
+    pub obtained_at_ms: u64,
+}
+
+impl TokenRecord {
+    /// The current record format version.
+    pub const VERSION: u32 = 1;
+
+    /// Expiry as wall-clock time.
+    pub fn expires_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.expires_at_ms)
+    }
+
+    /// When the token was obtained, as wall-clock time.
+    pub fn obtained_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.obtained_at_ms)
+    }
+
+    /// Serialises to JSON.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|err| {
+            Error::new(
+                ErrorKind::Store,
+                format!("cannot encode token record: {err}"),
+            )
+        })
+    }
+
+    /// Parses JSON, with a store error naming what is wrong (never the content).
+    pub fn from_json(json: &str) -> Result<Self> {
+        let record: TokenRecord = serde_json::from_str(json).map_err(|err| {
+            Error::new(
+                ErrorKind::Store,
+                format!(
+                    "corrupt token record: {} at line {} column {}",
+                    classify_json_error(&err),
+                    err.line(),
+                    err.column()
+                ),
+            )
+        })?;
+        if record.version != Self::VERSION {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "token record version {} is not supported (expected {})",
+                    record.version,
+                    Self::VERSION
+                ),
+            ));
+        }
+        Ok(record)
+    }
+}
+
+fn classify_json_error(err: &serde_json::Error) -> &'static str {
+    match err.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected or missing field",
+        serde_json::error::Category::Eof => "truncated",
+    }
+}
+
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("version", &self.version)
+            .field("value", &self.value)
+            .field("token_type", &self.token_type)
+            .field("scopes", &self.scopes)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+/// An async store of token records by key.
+///
+/// A manager loads a still-valid record before its first fetch, and saves every new
+/// token before handing it out (so a rotated refresh token is persisted before use).
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The record stored under `key`, if any.
+    async fn load(&self, key: &str) -> Result<Option<TokenRecord>>;
+    /// Stores `record` under `key`, replacing what was there.
+    async fn save(&self, key: &str, record: &TokenRecord) -> Result<()>;
+    /// Removes the record under `key` (no error when absent).
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// A blocking store (file systems, foreign callbacks). Wrap it with [`BlockingStoreAdapter`]
+/// to use it as a [`Store`]; its calls then run on a blocking thread, never on the
+/// background runtime's thread.
+pub trait BlockingStore: Send + Sync + fmt::Debug + 'static {
+    /// The record stored under `key`, if any.
+    fn load(&self, key: &str) -> Result<Option<TokenRecord>>;
+    /// Stores `record` under `key`.
+    fn save(&self, key: &str, record: &TokenRecord) -> Result<()>;
+    /// Removes the record under `key`.
+    fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Runs a [`BlockingStore`] on tokio's blocking pool so it never stalls other managers.
+#[derive(Debug)]
+pub struct BlockingStoreAdapter<S>(Arc<S>);
+
+impl<S: BlockingStore> BlockingStoreAdapter<S> {
+    /// Wraps a blocking store.
+    pub fn new(store: S) -> Self {
+        Self(Arc::new(store))
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| {
+        Error::new(
+            ErrorKind::Internal,
+            format!("store callback panicked or was cancelled: {err}"),
+        )
+    })?
+}
+
+#[async_trait]
+impl<S: BlockingStore> Store for BlockingStoreAdapter<S> {
+    async fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
+        let (store, key) = (self.0.clone(), key.to_owned());
+        run_blocking(move || store.load(&key)).await
+    }
+
+    async fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
+        let (store, key, record) = (self.0.clone(), key.to_owned(), record.clone());
+        run_blocking(move || store.save(&key, &record)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let (store, key) = (self.0.clone(), key.to_owned());
+        run_blocking(move || store.delete(&key)).await
+    }
+}
+
+/// An in-process store; shared between managers of one process through `Arc`.
+#[derive(Default)]
+pub struct MemoryStore {
+    records: Mutex<HashMap<String, TokenRecord>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.lock().len()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.lock().is_empty()
+    }
+
+    /// The record under `key`, synchronously (handy in tests).
+    pub fn get(&self, key: &str) -> Option<TokenRecord> {
+        self.records.lock().get(key).cloned()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("records", &self.records.lock().len())
+            .finish()
+    }
+}
+
+impl BlockingStore for MemoryStore {
+    fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
+        Ok(self.records.lock().get(key).cloned())
+    }
+
+    fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
+        self.records.lock().insert(key.to_owned(), record.clone());
+        Ok(())
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        self.records.lock().remove(key);
+        Ok(())
+    }
+}
+
+// The memory store never blocks, so it is also a direct async store.
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
+        BlockingStore::load(self, key)
+    }
+    async fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
+        BlockingStore::save(self, key, record)
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        BlockingStore::delete(self, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TokenRecord {
+        TokenRecord {
+            version: TokenRecord::VERSION,
+            value: "access-secret-value".into(),
+            token_type: "Bearer".into(),
+            scopes: vec!["read".into()],
+            refresh_token: Some("refresh-secret-value".into()),
+            expires_at_ms: 1_800_000_000_000,
+            obtained_at_ms: 1_799_999_000_000,
+        }
+    }
+
+    #[test]
+    fn record_round_trips_and_debug_redacts() {
+        let json = record().to_json().unwrap();
+        assert_eq!(TokenRecord::from_json(&json).unwrap(), record());
+        let debug = format!("{:?}", record());
+        assert!(!debug.contains("secret-value"), "{debug}");
+    }
+
+    #[test]
+    fn corrupt_record_is_a_store_error_without_content() {
+        let err = TokenRecord::from_json("{\"version\":1,\"value\":\"leaky-secret\"").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Store);
+        assert!(!err.to_string().contains("leaky-secret"), "{err}");
+        let err = TokenRecord::from_json(
+            &record()
+                .to_json()
+                .unwrap()
+                .replace("\"version\":1", "\"version\":99"),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Store);
+        assert!(err.message().contains("version 99"));
+    }
+
+    #[tokio::test]
+    async fn blocking_adapter_runs_store_calls() {
+        let store = BlockingStoreAdapter::new(MemoryStore::new());
+        store.save("k", &record()).await.unwrap();
+        assert_eq!(store.load("k").await.unwrap(), Some(record()));
+        store.delete("k").await.unwrap();
+        assert_eq!(store.load("k").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! Tokens as handed to callers, and as sources return them.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::clock::MonoTime;
+use crate::secret::SecretString;
+
+/// A token held by a manager.
+///
+/// The value is a [`SecretString`]; `Debug` never shows it. Deadlines are monotonic
+/// instants of the manager's clock (immune to wall-clock jumps); the wall-clock expiry is
+/// kept for display and persistence.
+#[derive(Clone)]
+pub struct Token {
+    pub(crate) value: SecretString,
+    pub(crate) token_type: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) refresh_token: Option<SecretString>,
+    pub(crate) generation: u64,
+    pub(crate) obtained_at: MonoTime,
+    pub(crate) refresh_at: MonoTime,
+    pub(crate) mandatory_at: MonoTime,
+    pub(crate) expires_at: MonoTime,
+    pub(crate) expires_at_wall: SystemTime,
+}
+
+impl Token {
+    /// The secret value to put on the wire.
+    pub fn value(&self) -> &SecretString {
+        &self.value
+    }
+
+    /// The token type (`"Bearer"` for most OAuth2 servers).
+    pub fn token_type(&self) -> &str {
+        &self.token_type
+    }
+
+    /// Granted scopes, when the server said.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// The refresh token that came with this token, if any.
+    pub fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    /// Increases by one with every token a manager installs; used to invalidate exactly
+    /// the token a server rejected.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Monotonic instant after which the token must not be used.
+    pub fn expires_at(&self) -> MonoTime {
+        self.expires_at
+    }
+
+    /// Wall-clock expiry (for display and persistence).
+    pub fn expires_at_wall(&self) -> SystemTime {
+        self.expires_at_wall
+    }
+
+    /// Monotonic instant at which a background refresh starts (the advisory window).
+    pub fn refresh_at(&self) -> MonoTime {
+        self.refresh_at
+    }
+
+    /// Monotonic instant from which callers wait for a refresh (the mandatory window).
+    pub fn mandatory_at(&self) -> MonoTime {
+        self.mandatory_at
+    }
+
+    /// Monotonic instant at which the request that produced this token was sent.
+    pub fn obtained_at(&self) -> MonoTime {
+        self.obtained_at
+    }
+
+    /// The token's full lifetime as granted.
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at.saturating_duration_since(self.obtained_at)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &self.value)
+            .field("token_type", &self.token_type)
+            .field("scopes", &self.scopes)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("generation", &self.generation)
+            .field("expires_at_wall", &self.expires_at_wall)
+            .finish()
+    }
+}
+
+/// How long a fetched token lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Valid for this long, counted from the moment the request was sent (`expires_in`).
+    ExpiresIn(Duration),
+    /// Valid until this wall-clock time (a JWT `exp`, an absolute session deadline),
+    /// already corrected for server clock skew by the source.
+    ExpiresAt(SystemTime),
+    /// The server didn't say; the policy's default lifetime applies.
+    Unknown,
+}
+
+/// What a [`Source`](crate::Source) returns: a token value and what is known about it.
+#[derive(Clone)]
+pub struct FetchedToken {
+    /// The secret value.
+    pub value: SecretString,
+    /// Token type; `"Bearer"` when empty.
+    pub token_type: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// A refresh token, when the server issued (or rotated) one.
+    pub refresh_token: Option<SecretString>,
+    /// The lifetime.
+    pub lifetime: Lifetime,
+    /// When the request was sent, if the source measured it; otherwise the manager uses
+    /// the moment it called the source (never later than the actual send).
+    pub sent_at: Option<MonoTime>,
+}
+
+impl FetchedToken {
+    /// A bearer token valid for `expires_in` from the moment the request was sent.
+    pub fn bearer(value: impl Into<SecretString>, expires_in: Duration) -> Self {
+        Self {
+            value: value.into(),
+            token_type: "Bearer".to_owned(),
+            scopes: Vec::new(),
+            refresh_token: None,
+            lifetime: Lifetime::ExpiresIn(expires_in),
+            sent_at: None,
+        }
+    }
+
+    /// Adds a refresh token.
+    pub fn with_refresh_token(mut self, refresh_token: impl Into<SecretString>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// Sets the granted scopes.
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the lifetime.
+    pub fn with_lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+}
+
+impl fmt::Debug for FetchedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchedToken")
+            .field("value", &self.value)
+            .field("token_type", &self.token_type)
+            .field("scopes", &self.scopes)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}

@@ -1,0 +1,491 @@
+//! HTTP routes and the accept loop.
+
+// Error paths return ready-made responses; their size is irrelevant for a test server.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+use crate::state::{Fault, GrantError, Shared, TokenCheck, TokenResponse};
+use crate::Control;
+
+/// How long a `Timeout`-mode outage holds a request at most.
+const TIMEOUT_HOLD: Duration = Duration::from_secs(30);
+/// How long shutdown waits for open connections before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+type Shr = Arc<Shared>;
+
+/// Per-connection handle that lets a handler close its connection without a response.
+#[derive(Clone)]
+struct ConnKill(Arc<Notify>);
+
+fn router(shared: Shr) -> Router {
+    Router::new()
+        .route("/oauth/token", post(token))
+        .route("/oauth/revoke", post(revoke))
+        .route("/api/resource", get(resource_get).post(resource_post))
+        .route("/stats", get(stats))
+        .route("/control", post(control))
+        .route("/health", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .with_state(shared)
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts connections until `stop` turns true (or its sender is dropped) or `max_lifetime`
+/// elapses, then shuts connections down gracefully (aborting them after a short grace period).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Shr,
+    mut stop: watch::Receiver<bool>,
+    max_lifetime: Option<Duration>,
+) {
+    let app = router(shared.clone());
+    let (conn_stop_tx, conn_stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let deadline = max_lifetime.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        tokio::select! {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            _ = sleep_until_opt(deadline) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_conn(stream, app.clone(), shared.clone(), conn_stop_rx.clone()));
+                }
+                // E.g. out of file descriptors: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            },
+        }
+    }
+    shared.begin_shutdown();
+    drop(listener);
+    let _ = conn_stop_tx.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+}
+
+async fn serve_conn(stream: TcpStream, app: Router, shared: Shr, mut stop: watch::Receiver<bool>) {
+    let kill = Arc::new(Notify::new());
+    let conn_kill = ConnKill(kill.clone());
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        let shared = shared.clone();
+        let conn_kill = conn_kill.clone();
+        async move {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(conn_kill);
+            let mut resp = match app.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            };
+            if let Ok(date) = HeaderValue::from_str(&shared.http_date()) {
+                resp.headers_mut().insert(DATE, date);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            // Dropping `conn` closes the socket without a response.
+            _ = kill.notified() => break,
+            _ = async { let _ = stop.wait_for(|s| *s).await; }, if !shutting_down => {
+                conn.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn with_no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    with_no_store(
+        (
+            status,
+            Json(json!({ "error": error, "error_description": description })),
+        )
+            .into_response(),
+    )
+}
+
+fn invalid_request(description: &str) -> Response {
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+}
+
+fn invalid_client(basic_attempted: bool, description: &str) -> Response {
+    let mut resp = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", description);
+    if basic_attempted {
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"tokenlease-test-server\""),
+        );
+    }
+    resp
+}
+
+fn grant_error(e: GrantError) -> Response {
+    let status = if e.error == "invalid_client" {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    oauth_error(status, e.error, &e.description)
+}
+
+fn token_ok(body: TokenResponse) -> Response {
+    with_no_store((StatusCode::OK, Json(body)).into_response())
+}
+
+/// Parsed `application/x-www-form-urlencoded` body.
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Requires a form content type and parses the body; duplicated parameters are an error
+/// (RFC 6749 §3.2).
+fn parse_form(headers: &HeaderMap, body: &[u8]) -> Result<Form, Response> {
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(invalid_request(
+            "Content-Type must be application/x-www-form-urlencoded",
+        ));
+    }
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(k2, _)| k2 == k) {
+            return Err(invalid_request(&format!("parameter {k:?} repeated")));
+        }
+    }
+    Ok(Form(pairs))
+}
+
+/// Decodes `%XX` escapes and `+` (the form-encoding RFC 6749 §2.3.1 asks clients to apply to
+/// Basic credentials).
+fn form_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Authenticates the client via HTTP Basic or `client_id`/`client_secret` form fields.
+/// Returns the client id.
+fn authenticate(shared: &Shared, headers: &HeaderMap, form: &Form) -> Result<String, Response> {
+    let basic = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .map(|(_, creds)| creds.trim().to_owned());
+    if let Some(creds) = basic {
+        if form.get("client_secret").is_some() {
+            return Err(invalid_request("use only one client authentication method"));
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(creds.as_bytes())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((raw_id, raw_secret)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+            return Err(invalid_client(true, "malformed Basic credentials"));
+        };
+        let candidates = [
+            Some((raw_id.to_owned(), raw_secret.to_owned())),
+            form_decode(raw_id).zip(form_decode(raw_secret)),
+        ];
+        for (id, secret) in candidates.into_iter().flatten() {
+            if shared.client_valid(&id, &secret) {
+                if form.get("client_id").is_some_and(|f| f != id) {
+                    return Err(invalid_request(
+                        "client_id does not match Basic credentials",
+                    ));
+                }
+                return Ok(id);
+            }
+        }
+        return Err(invalid_client(true, "client authentication failed"));
+    }
+    match (form.get("client_id"), form.get("client_secret")) {
+        (Some(id), Some(secret)) => {
+            if shared.client_valid(id, secret) {
+                Ok(id.to_owned())
+            } else {
+                Err(invalid_client(false, "client authentication failed"))
+            }
+        }
+        (Some(_), None) => Err(invalid_client(false, "client_secret missing")),
+        _ => Err(invalid_client(true, "client authentication required")),
+    }
+}
+
+fn normalize_scope(scope: Option<&str>) -> Option<String> {
+    let joined = scope?.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!joined.is_empty()).then_some(joined)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint
+
+async fn token(
+    State(shared): State<Shr>,
+    kill: Option<Extension<ConnKill>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let latency = shared.begin_token_request();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let resp = match shared.token_fault() {
+        Fault::None => token_grant(&shared, &headers, &body).unwrap_or_else(|e| e),
+        Fault::Status503 => oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "injected outage",
+        ),
+        Fault::Timeout => {
+            let start = Instant::now();
+            while shared.timeout_outage_active()
+                && !shared.is_shutting_down()
+                && start.elapsed() < TIMEOUT_HOLD
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "injected outage (timeout)",
+            )
+        }
+        Fault::Drop => match kill {
+            Some(Extension(ConnKill(kill))) => {
+                shared.count_token_error();
+                kill.notify_one();
+                // The connection task drops this future together with the connection.
+                std::future::pending::<Response>().await
+            }
+            None => oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "injected outage (drop)",
+            ),
+        },
+        Fault::RateLimited { retry_after_s } => {
+            let mut resp = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                "injected rate limit",
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+            resp
+        }
+        Fault::FailNext(error) => {
+            let status = match error.as_str() {
+                "temporarily_unavailable" | "server_error" => StatusCode::SERVICE_UNAVAILABLE,
+                "invalid_client" => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            oauth_error(status, &error, "injected failure")
+        }
+    };
+    if !resp.status().is_success() {
+        shared.count_token_error();
+    }
+    resp
+}
+
+fn token_grant(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
+    let form = parse_form(headers, body)?;
+    let client_id = authenticate(shared, headers, &form)?;
+    let Some(grant_type) = form.get("grant_type") else {
+        return Err(invalid_request("missing grant_type"));
+    };
+    let scope = normalize_scope(form.get("scope"));
+    let result = match grant_type {
+        "client_credentials" => Ok(shared.grant_client_credentials(&client_id, scope)),
+        "refresh_token" => {
+            let Some(refresh_token) = form.get("refresh_token") else {
+                return Err(invalid_request("missing refresh_token"));
+            };
+            shared.grant_refresh(&client_id, refresh_token, scope)
+        }
+        "password" => {
+            let (Some(username), Some(password)) = (form.get("username"), form.get("password"))
+            else {
+                return Err(invalid_request("missing username or password"));
+            };
+            shared.grant_password(&client_id, username, password, scope)
+        }
+        other => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("grant_type {other:?} is not supported"),
+            ))
+        }
+    };
+    result.map(token_ok).map_err(grant_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation endpoint (RFC 7009)
+
+async fn revoke(State(shared): State<Shr>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = (|| {
+        let form = parse_form(&headers, &body)?;
+        let client_id = authenticate(&shared, &headers, &form)?;
+        let Some(token) = form.get("token") else {
+            return Err(invalid_request("missing token"));
+        };
+        shared.revoke(&client_id, token);
+        Ok(with_no_store(StatusCode::OK.into_response()))
+    })();
+    result.unwrap_or_else(|e| e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protected resource
+
+fn invalid_token(description: &str) -> Response {
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "invalid_token", "error_description": description })),
+    )
+        .into_response();
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// Validates the bearer token; returns the client id or the `401` response.
+fn check_bearer(shared: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty());
+    let result = match token {
+        None => Err(invalid_token("missing bearer token")),
+        Some(token) => match shared.check_access(token) {
+            TokenCheck::Valid { client_id } => Ok(client_id),
+            TokenCheck::Unknown => Err(invalid_token("unknown access token")),
+            TokenCheck::Expired => Err(invalid_token("the access token expired")),
+            TokenCheck::Revoked => Err(invalid_token("the access token was revoked")),
+        },
+    };
+    shared.count_resource(result.is_err());
+    result
+}
+
+async fn resource_get(State(shared): State<Shr>, headers: HeaderMap) -> Response {
+    match check_bearer(&shared, &headers) {
+        Ok(client_id) => Json(json!({ "ok": true, "client_id": client_id })).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+async fn resource_post(State(shared): State<Shr>, headers: HeaderMap, body: Bytes) -> Response {
+    match check_bearer(&shared, &headers) {
+        Ok(_) => Json(json!({ "ok": true, "received": body.len() })).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test plumbing
+
+async fn stats(State(shared): State<Shr>) -> Response {
+    Json(shared.stats()).into_response()
+}
+
+async fn control(State(shared): State<Shr>, body: Bytes) -> Response {
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(Control::default())
+    } else {
+        serde_json::from_slice::<Control>(&body)
+    };
+    match parsed {
+        Ok(c) => {
+            shared.apply_control(&c);
+            Json(shared.stats()).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "invalid_request", "error_description": e.to_string() })),
+        )
+            .into_response(),
+    }
+}

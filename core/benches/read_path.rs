@@ -11,7 +11,10 @@ use tokenlease::{source_fn, FetchedToken, Manager, Policy};
 
 fn fresh_manager() -> Manager {
     let manager = Manager::builder(source_fn(|| async {
-        Ok(FetchedToken::bearer("bench-token", Duration::from_secs(3600)))
+        Ok(FetchedToken::bearer(
+            "bench-token",
+            Duration::from_secs(3600),
+        ))
     }))
     .build();
     manager.token_blocking().expect("token");

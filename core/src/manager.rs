@@ -7,7 +7,7 @@ use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use futures::FutureExt;
@@ -143,6 +143,7 @@ impl ManagerBuilder {
         Manager {
             shared: Arc::new(Shared {
                 key: self.key,
+                coarse_lag: clock.coarse_lag(),
                 current: ArcSwapOption::empty(),
                 clock,
                 source: self.source,
@@ -166,6 +167,7 @@ type Outcome = Result<Arc<Token>>;
 
 struct Shared {
     key: String,
+    coarse_lag: Duration,
     /// The cached token: the lock-free read path loads this and nothing else.
     current: ArcSwapOption<Token>,
     clock: Arc<dyn Clock>,
@@ -321,6 +323,11 @@ impl Manager {
         let shared = &*self.shared;
         let guard = shared.current.load();
         let token = guard.as_deref()?;
+        // The latest instant it can be now: the cheap reading may lag by `coarse_lag`.
+        let now_at_most = shared.clock.coarse_now() + shared.coarse_lag;
+        if now_at_most < token.refresh_at {
+            return Some(TokenRef(Inner::Cached(guard)));
+        }
         let now = shared.clock.now();
         if now < token.refresh_at {
             return Some(TokenRef(Inner::Cached(guard)));

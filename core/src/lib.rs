@@ -25,6 +25,8 @@
 pub mod clock;
 mod error;
 pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
 mod manager;
 pub mod policy;
 pub mod runtime;

@@ -1,0 +1,525 @@
+//! OAuth2 over HTTP (feature `http`): a client-credentials source with refresh and
+//! revocation, and the classification of token-endpoint and resource responses.
+//!
+//! Error mapping (RFC 6749 §5.2): `invalid_client` → `InvalidCredentials`,
+//! `invalid_grant` → `InvalidGrant`, `invalid_scope`/`invalid_request`/
+//! `unauthorized_client`/`unsupported_grant_type` → `Configuration`, 429 → `RateLimited`
+//! with Retry-After, 5xx/`temporarily_unavailable`/connection errors → `Transient`,
+//! timeouts → `Timeout`, an unreadable success → `Protocol`. Messages name the endpoint
+//! and the kind, never a token or secret.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::SecretString;
+use crate::source::Source;
+use crate::token::{FetchedToken, Lifetime, Token};
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`, the RFC's recommendation).
+    #[default]
+    Basic,
+    /// Form fields (`client_secret_post`).
+    Post,
+}
+
+/// An OAuth2 client-credentials source; refreshes with a refresh token when the server
+/// issued one and revokes (RFC 7009) when a revocation endpoint is configured.
+#[derive(Clone)]
+pub struct ClientCredentials {
+    http: reqwest::Client,
+    token_url: url::Url,
+    revocation_url: Option<url::Url>,
+    client_id: String,
+    client_secret: SecretString,
+    scopes: Vec<String>,
+    auth: ClientAuth,
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("token_url", &self.token_url.as_str())
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("scopes", &self.scopes)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// Parses an endpoint URL and requires HTTPS unless the host is loopback.
+pub fn endpoint_url(field: &str, value: &str) -> Result<url::Url> {
+    let url = url::Url::parse(value).map_err(|err| {
+        Error::new(
+            ErrorKind::Configuration,
+            format!("{field}: not a valid URL ({err})"),
+        )
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(host)) => host.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err(Error::new(
+            ErrorKind::Configuration,
+            format!(
+                "{field}: HTTPS is required for non-loopback hosts (got http://{})",
+                url.host_str().unwrap_or("")
+            ),
+        )),
+        other => Err(Error::new(
+            ErrorKind::Configuration,
+            format!("{field}: unsupported URL scheme {other:?}"),
+        )),
+    }
+}
+
+/// The HTTP client tokenlease uses: no redirects (credentials never follow a redirect to
+/// another origin), bounded connect time.
+pub fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|err| {
+            Error::new(
+                ErrorKind::Configuration,
+                format!("cannot build HTTP client: {err}"),
+            )
+        })
+}
+
+impl ClientCredentials {
+    /// A source for `client_id`/`client_secret` at `token_url`.
+    pub fn new(
+        token_url: &str,
+        client_id: impl Into<String>,
+        client_secret: impl Into<SecretString>,
+    ) -> Result<Self> {
+        Ok(Self {
+            http: http_client()?,
+            token_url: endpoint_url("token_url", token_url)?,
+            revocation_url: None,
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            scopes: Vec::new(),
+            auth: ClientAuth::default(),
+        })
+    }
+
+    /// Requested scopes.
+    pub fn scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Client authentication method.
+    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// RFC 7009 revocation endpoint, used by `Manager::revoke`.
+    pub fn revocation_url(mut self, url: &str) -> Result<Self> {
+        self.revocation_url = Some(endpoint_url("revocation_url", url)?);
+        Ok(self)
+    }
+
+    async fn post_form(
+        &self,
+        url: &url::Url,
+        mut form: Vec<(&str, String)>,
+    ) -> Result<reqwest::Response> {
+        let mut request = self.http.post(url.clone());
+        match self.auth {
+            ClientAuth::Basic => {
+                request = request.basic_auth(
+                    form_encode(&self.client_id),
+                    Some(form_encode(self.client_secret.expose())),
+                );
+            }
+            ClientAuth::Post => {
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_secret", self.client_secret.expose().to_owned()));
+            }
+        }
+        request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|err| transport_error(url, &err))
+    }
+
+    async fn token_request(&self, form: Vec<(&str, String)>) -> Result<FetchedToken> {
+        let mut form = form;
+        if !self.scopes.is_empty() {
+            form.push(("scope", self.scopes.join(" ")));
+        }
+        let response = self.post_form(&self.token_url, form).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| transport_error(&self.token_url, &err))?;
+        if status.is_success() {
+            parse_token_response(&self.token_url, &body)
+        } else {
+            Err(token_endpoint_error(
+                &self.token_url,
+                status,
+                &headers,
+                &body,
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl Source for ClientCredentials {
+    async fn fetch(&self) -> Result<FetchedToken> {
+        self.token_request(vec![("grant_type", "client_credentials".to_owned())])
+            .await
+    }
+
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
+        self.token_request(vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.expose().to_owned()),
+        ])
+        .await
+    }
+
+    async fn revoke(&self, token: &Token) -> Result<()> {
+        let Some(url) = &self.revocation_url else {
+            return Ok(());
+        };
+        let mut to_revoke = vec![(token.value(), "access_token")];
+        if let Some(refresh) = token.refresh_token() {
+            to_revoke.push((refresh, "refresh_token"));
+        }
+        for (value, hint) in to_revoke {
+            let form = vec![
+                ("token", value.expose().to_owned()),
+                ("token_type_hint", hint.to_owned()),
+            ];
+            let response = self.post_form(url, form).await?;
+            let status = response.status();
+            if !status.is_success() {
+                let headers = response.headers().clone();
+                let body = response.bytes().await.unwrap_or_default();
+                return Err(token_endpoint_error(url, status, &headers, &body));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    // RFC 6749 §2.3.1: credentials are form-encoded before Basic encoding.
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+fn endpoint_name(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.to_string()
+}
+
+fn transport_error(url: &url::Url, err: &reqwest::Error) -> Error {
+    let endpoint = endpoint_name(url);
+    if err.is_timeout() {
+        Error::new(ErrorKind::Timeout, format!("{endpoint}: request timed out"))
+    } else if err.is_connect() {
+        Error::transient(format!("{endpoint}: connection failed"))
+    } else {
+        Error::transient(format!(
+            "{endpoint}: request failed ({})",
+            describe_reqwest(err)
+        ))
+    }
+}
+
+fn describe_reqwest(err: &reqwest::Error) -> &'static str {
+    if err.is_body() || err.is_decode() {
+        "response body could not be read"
+    } else if err.is_request() {
+        "connection closed or reset"
+    } else {
+        "transport error"
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// Parses a successful RFC 6749 §5.1 token response.
+pub fn parse_token_response(url: &url::Url, body: &[u8]) -> Result<FetchedToken> {
+    let endpoint = endpoint_name(url);
+    let response: TokenResponse = serde_json::from_slice(body).map_err(|err| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("{endpoint}: token response is not valid JSON with an access_token (line {} column {})", err.line(), err.column()),
+        )
+    })?;
+    if response.access_token.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("{endpoint}: empty access_token"),
+        ));
+    }
+    let lifetime = match response.expires_in {
+        None | Some(serde_json::Value::Null) => Lifetime::Unknown,
+        Some(serde_json::Value::Number(n)) => match n.as_f64() {
+            Some(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e10 => {
+                Lifetime::ExpiresIn(Duration::from_secs_f64(seconds))
+            }
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("{endpoint}: expires_in must be a positive number of seconds"),
+                ))
+            }
+        },
+        // Some servers send it as a string.
+        Some(serde_json::Value::String(text)) => match text.trim().parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Lifetime::ExpiresIn(Duration::from_secs(seconds)),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("{endpoint}: expires_in must be a positive number of seconds"),
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("{endpoint}: expires_in must be a number"),
+            ))
+        }
+    };
+    Ok(FetchedToken {
+        value: SecretString::new(response.access_token),
+        token_type: response.token_type.unwrap_or_else(|| "Bearer".to_owned()),
+        scopes: response
+            .scope
+            .map(|scope| scope.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        refresh_token: response
+            .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(SecretString::new),
+        lifetime,
+        sent_at: None,
+    })
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+}
+
+/// Maps a failed token- or revocation-endpoint response to an error kind.
+pub fn token_endpoint_error(
+    url: &url::Url,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Error {
+    let endpoint = endpoint_name(url);
+    let code = serde_json::from_slice::<ErrorResponse>(body)
+        .ok()
+        .map(|response| response.error)
+        .filter(|code| code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic()));
+    let retry_after = retry_after(headers);
+    let described = match &code {
+        Some(code) => format!("{endpoint} answered {} ({code})", status.as_u16()),
+        None => format!("{endpoint} answered {}", status.as_u16()),
+    };
+    let kind = match code.as_deref() {
+        Some("invalid_client") => ErrorKind::InvalidCredentials,
+        Some("invalid_grant") => ErrorKind::InvalidGrant,
+        Some(
+            "invalid_scope" | "invalid_request" | "unauthorized_client" | "unsupported_grant_type",
+        ) => ErrorKind::Configuration,
+        Some("temporarily_unavailable" | "server_error") => ErrorKind::Transient,
+        Some("slow_down") => ErrorKind::RateLimited,
+        _ if status == StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited,
+        _ if status.is_server_error() => ErrorKind::Transient,
+        _ if status == StatusCode::UNAUTHORIZED => ErrorKind::InvalidCredentials,
+        _ => ErrorKind::Protocol,
+    };
+    Error::new(kind, described).with_retry_after(retry_after)
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value
+        .parse::<u64>()
+        .ok()
+        .map(|seconds| Duration::from_secs(seconds.min(3600)))
+}
+
+/// Whether a resource server's response means "this token is no longer accepted":
+/// 401 with a Bearer challenge carrying `error="invalid_token"`, or a bare 401 Bearer
+/// challenge with no error code (RFC 6750 §3.1).
+pub fn is_token_rejected(status: StatusCode, headers: &HeaderMap) -> bool {
+    if status != StatusCode::UNAUTHORIZED {
+        return false;
+    }
+    let Some(challenge) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let lower = challenge.to_ascii_lowercase();
+    if !lower.trim_start().starts_with("bearer") {
+        return false;
+    }
+    !lower.contains("error=")
+        || lower.contains("error=\"invalid_token\"")
+        || lower.contains("error=invalid_token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> url::Url {
+        url::Url::parse("https://idp.example/token?x=1").unwrap()
+    }
+
+    #[test]
+    fn https_is_required_except_for_loopback() {
+        assert!(endpoint_url("token_url", "http://127.0.0.1:8080/t").is_ok());
+        assert!(endpoint_url("token_url", "http://localhost/t").is_ok());
+        assert!(endpoint_url("token_url", "http://[::1]/t").is_ok());
+        let err = endpoint_url("token_url", "http://idp.example/t").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().starts_with("token_url: HTTPS is required"));
+        assert_eq!(
+            endpoint_url("token_url", "not a url").unwrap_err().kind(),
+            ErrorKind::Configuration
+        );
+    }
+
+    #[test]
+    fn oauth_error_codes_map_to_kinds() {
+        let headers = HeaderMap::new();
+        let kind = |status: u16, body: &str| {
+            token_endpoint_error(
+                &url(),
+                StatusCode::from_u16(status).unwrap(),
+                &headers,
+                body.as_bytes(),
+            )
+            .kind()
+        };
+        assert_eq!(
+            kind(401, r#"{"error":"invalid_client"}"#),
+            ErrorKind::InvalidCredentials
+        );
+        assert_eq!(
+            kind(400, r#"{"error":"invalid_grant"}"#),
+            ErrorKind::InvalidGrant
+        );
+        assert_eq!(
+            kind(400, r#"{"error":"invalid_scope"}"#),
+            ErrorKind::Configuration
+        );
+        assert_eq!(
+            kind(503, r#"{"error":"temporarily_unavailable"}"#),
+            ErrorKind::Transient
+        );
+        assert_eq!(kind(502, "<html>bad gateway</html>"), ErrorKind::Transient);
+        assert_eq!(kind(429, ""), ErrorKind::RateLimited);
+        assert_eq!(kind(418, "teapot"), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn retry_after_is_read_and_messages_name_the_endpoint_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "7".parse().unwrap());
+        let err = token_endpoint_error(
+            &url(),
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            br#"{"error":"slow_down","error_description":"secret-in-description"}"#,
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(
+            err.message(),
+            "https://idp.example/token answered 429 (slow_down)"
+        );
+    }
+
+    #[test]
+    fn token_responses_parse_and_malformed_ones_are_protocol_errors() {
+        let ok = parse_token_response(&url(), br#"{"access_token":"abc","token_type":"Bearer","expires_in":900,"refresh_token":"r","scope":"a b"}"#).unwrap();
+        assert_eq!(ok.lifetime, Lifetime::ExpiresIn(Duration::from_secs(900)));
+        assert_eq!(ok.scopes, vec!["a", "b"]);
+        assert!(ok.refresh_token.is_some());
+        let string_ttl =
+            parse_token_response(&url(), br#"{"access_token":"abc","expires_in":"60"}"#).unwrap();
+        assert_eq!(
+            string_ttl.lifetime,
+            Lifetime::ExpiresIn(Duration::from_secs(60))
+        );
+        for bad in [
+            &br#"{"token":"x"}"#[..],
+            b"not json",
+            br#"{"access_token":"a","expires_in":-5}"#,
+            br#"{"access_token":""}"#,
+        ] {
+            let err = parse_token_response(&url(), bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Protocol);
+        }
+    }
+
+    #[test]
+    fn resource_rejections_are_recognised() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer error="invalid_token", error_description="expired""#
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_token_rejected(StatusCode::UNAUTHORIZED, &headers));
+        assert!(!is_token_rejected(StatusCode::FORBIDDEN, &headers));
+        headers.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer error="insufficient_scope""#.parse().unwrap(),
+        );
+        assert!(!is_token_rejected(StatusCode::UNAUTHORIZED, &headers));
+        assert!(is_token_rejected(
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new()
+        ));
+    }
+}

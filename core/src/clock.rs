@@ -94,7 +94,7 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn sleep_until(&self, deadline: MonoTime) -> Sleep;
 
     /// Converts a monotonic instant of this clock to wall time.
-    fn to_wall(&self, instant: MonoTime) -> SystemTime {
+    fn wall_of_mono(&self, instant: MonoTime) -> SystemTime {
         let now = self.now();
         let wall = self.wall_now();
         if instant >= now {
@@ -106,7 +106,7 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Converts a wall-clock time to an instant of this clock (clamped at the origin).
-    fn from_wall(&self, wall: SystemTime) -> MonoTime {
+    fn mono_of_wall(&self, wall: SystemTime) -> MonoTime {
         let now = self.now();
         match wall.duration_since(self.wall_now()) {
             Ok(ahead) => now + ahead,
@@ -430,14 +430,14 @@ mod tests {
     fn manual_clock_converts_between_wall_and_mono() {
         let clock = ManualClock::new();
         let later = clock.now() + Duration::from_secs(90);
-        let wall = clock.to_wall(later);
+        let wall = clock.wall_of_mono(later);
         assert_eq!(
             wall.duration_since(clock.wall_now()).unwrap(),
             Duration::from_secs(90)
         );
-        assert_eq!(clock.from_wall(wall), later);
+        assert_eq!(clock.mono_of_wall(wall), later);
         clock.advance(Duration::from_secs(30));
-        assert_eq!(clock.from_wall(wall), later);
+        assert_eq!(clock.mono_of_wall(wall), later);
     }
 
     #[cfg(feature = "test-util")]

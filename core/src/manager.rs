@@ -735,7 +735,7 @@ impl Shared {
                         kind: err.kind(),
                         message: err.message().to_owned(),
                         consecutive_failures: flight.consecutive_failures,
-                        next_retry_at: Some(self.clock.to_wall(flight.retry_at)),
+                        next_retry_at: Some(self.clock.wall_of_mono(flight.retry_at)),
                     })
                 }
             };
@@ -817,7 +817,7 @@ impl Shared {
             .map_or(sent_at, |measured| measured.min(self.clock.now()));
         let expires_at = match fetched.lifetime {
             Lifetime::ExpiresIn(lifetime) => sent_at + lifetime,
-            Lifetime::ExpiresAt(wall) => self.clock.from_wall(wall),
+            Lifetime::ExpiresAt(wall) => self.clock.mono_of_wall(wall),
             Lifetime::Unknown => sent_at + self.policy.default_lifetime(),
         };
         let now = self.clock.now();
@@ -847,7 +847,7 @@ impl Shared {
             refresh_at: windows.refresh_at,
             mandatory_at: windows.mandatory_at,
             expires_at,
-            expires_at_wall: self.clock.to_wall(expires_at),
+            expires_at_wall: self.clock.wall_of_mono(expires_at),
         };
         if let Some(store) = &self.store {
             let record = self.record_of(&token);
@@ -886,7 +886,7 @@ impl Shared {
             scopes: token.scopes.clone(),
             refresh_token: token.refresh_token.clone(),
             expires_at_ms: unix_ms(token.expires_at_wall),
-            obtained_at_ms: unix_ms(self.clock.to_wall(token.obtained_at)),
+            obtained_at_ms: unix_ms(self.clock.wall_of_mono(token.obtained_at)),
         }
     }
 
@@ -910,8 +910,8 @@ impl Shared {
             }
         };
         let now = self.clock.now();
-        let expires_at = self.clock.from_wall(record.expires_at());
-        let obtained_at = self.clock.from_wall(record.obtained_at()).min(now);
+        let expires_at = self.clock.mono_of_wall(record.expires_at());
+        let obtained_at = self.clock.mono_of_wall(record.obtained_at()).min(now);
         let windows = self
             .policy
             .windows_with_random_jitter(obtained_at, expires_at);

@@ -1,0 +1,26 @@
+# Shared helpers for the project's scripts (sourced, not run).
+
+repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
+
+# Reuse one cargo target dir outside the checkout, so CI and later runs don't rebuild.
+default_target_dir() {
+  if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    echo "$CARGO_TARGET_DIR"
+  elif [ -d /work ] && [ -w /work ]; then
+    echo /work/target
+  else
+    echo "${XDG_CACHE_HOME:-$HOME/.cache}/tokenlease/target"
+  fi
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "== installing Rust (rustup)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+  fi
+}

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokenlease::{runtime, source_fn, FetchedToken, Manager};
 
 const MANAGERS: usize = 100_000;
+/// `cargo test --benches` runs this without `--bench`: a small smoke run then.
+const SMOKE_MANAGERS: usize = 1_000;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
@@ -39,6 +41,13 @@ fn main() {
     if std::env::args().any(|arg| arg == "--list") {
         return; // `cargo bench -- --list` probes harness=false benches
     }
+    let measuring = std::env::args().any(|arg| arg == "--bench");
+    let count = if measuring { MANAGERS } else { SMOKE_MANAGERS };
+    let idle_for = if measuring {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_millis(200)
+    };
     // Start the runtime first so its own memory isn't counted per manager.
     let warmup = Manager::builder(source_fn(|| async {
         Ok(FetchedToken::bearer("warm", Duration::from_secs(3600)))
@@ -46,7 +55,7 @@ fn main() {
     .build();
     warmup.token_blocking().unwrap();
     let before = rss_bytes();
-    let managers: Vec<Manager> = (0..MANAGERS)
+    let managers: Vec<Manager> = (0..count)
         .map(|index| {
             Manager::builder(source_fn(move || async move {
                 Ok(FetchedToken::bearer(
@@ -62,16 +71,17 @@ fn main() {
         manager.token_blocking().unwrap();
     }
     let after = rss_bytes();
-    let per_manager = (after.saturating_sub(before)) as f64 / MANAGERS as f64;
+    let per_manager = (after.saturating_sub(before)) as f64 / count as f64;
     let idle_start = cpu_time();
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(idle_for);
     let idle_cpu = cpu_time() - idle_start;
     println!(
-        "idle_managers: {MANAGERS} managers with a token, RSS +{:.1} MiB = {per_manager:.0} bytes/manager; \
-         background threads started: {}; process threads: {}; CPU while idle for 5 s: {idle_cpu:?}",
+        "idle_managers: {count} managers with a token, RSS +{:.1} MiB = {per_manager:.0} bytes/manager; \
+         background threads started: {}; process threads: {}; CPU while idle for {idle_for:?}: {idle_cpu:?}",
         (after - before) as f64 / (1024.0 * 1024.0),
         runtime::background_threads_started(),
         threads(),
     );
+    assert_eq!(runtime::background_threads_started(), 1);
     drop(managers);
 }

@@ -23,6 +23,8 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 mod error;
 pub mod events;
 #[cfg(feature = "http")]
@@ -41,6 +43,6 @@ pub use events::{Counters, Event, EventListener, RefreshReason, Status, TokenSta
 pub use manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
 pub use policy::Policy;
 pub use secret::SecretString;
-pub use source::{source_fn, FnSource, Source};
+pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Source};
 pub use store::{BlockingStore, BlockingStoreAdapter, MemoryStore, Store, TokenRecord};
 pub use token::{FetchedToken, Lifetime, Token};

@@ -164,6 +164,25 @@ impl Policy {
             .min(self.backoff_cap)
     }
 
+    /// Advisory window (fraction, min, max).
+    pub fn advisory_parameters(&self) -> (f64, Duration, Duration) {
+        (self.advisory_fraction, self.advisory_min, self.advisory_max)
+    }
+
+    /// Mandatory window (fraction, min, max).
+    pub fn mandatory_parameters(&self) -> (f64, Duration, Duration) {
+        (
+            self.mandatory_fraction,
+            self.mandatory_min,
+            self.mandatory_max,
+        )
+    }
+
+    /// Backoff (base, cap).
+    pub fn backoff_parameters(&self) -> (Duration, Duration) {
+        (self.backoff_base, self.backoff_cap)
+    }
+
     /// How long a caller waits for the in-flight refresh.
     pub fn waiter_timeout(&self) -> Duration {
         self.waiter_timeout

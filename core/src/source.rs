@@ -77,3 +77,65 @@ where
         (self.fetch)().await
     }
 }
+
+/// A source whose calls block (foreign callbacks from C, Python, Kotlin, Swift). Wrap it in
+/// [`BlockingSourceAdapter`]; its calls then run on the background runtime's blocking
+/// pool, so a slow callback never stalls other managers.
+pub trait BlockingSource: Send + Sync + fmt::Debug + 'static {
+    /// See [`Source::fetch`].
+    fn fetch(&self) -> Result<FetchedToken>;
+    /// See [`Source::refresh`]; the default calls `fetch`.
+    fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
+        let _ = refresh_token;
+        self.fetch()
+    }
+    /// See [`Source::revoke`]; the default does nothing.
+    fn revoke(&self, token: &Token) -> Result<()> {
+        let _ = token;
+        Ok(())
+    }
+}
+
+/// Runs a [`BlockingSource`] on the blocking pool.
+#[derive(Debug)]
+pub struct BlockingSourceAdapter<S>(std::sync::Arc<S>);
+
+impl<S: BlockingSource> BlockingSourceAdapter<S> {
+    /// Wraps a blocking source.
+    pub fn new(source: S) -> Self {
+        Self(std::sync::Arc::new(source))
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| {
+        crate::Error::new(
+            crate::ErrorKind::Internal,
+            if err.is_panic() {
+                "a token source callback panicked"
+            } else {
+                "a token source callback was cancelled"
+            },
+        )
+    })?
+}
+
+#[async_trait]
+impl<S: BlockingSource> Source for BlockingSourceAdapter<S> {
+    async fn fetch(&self) -> Result<FetchedToken> {
+        let source = self.0.clone();
+        run_blocking(move || source.fetch()).await
+    }
+
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
+        let (source, refresh_token) = (self.0.clone(), refresh_token.clone());
+        run_blocking(move || source.refresh(&refresh_token)).await
+    }
+
+    async fn revoke(&self, token: &Token) -> Result<()> {
+        let (source, token) = (self.0.clone(), token.clone());
+        run_blocking(move || source.revoke(&token)).await
+    }
+}

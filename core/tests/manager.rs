@@ -684,3 +684,25 @@ fn no_token_value_in_any_debug_display_or_error_string() {
         assert!(!text.contains("secret-"), "secret leaked: {text}");
     }
 }
+
+#[derive(Debug)]
+struct SlowBlockingSource;
+
+impl tokenlease::BlockingSource for SlowBlockingSource {
+    fn fetch(&self) -> tokenlease::Result<tokenlease::FetchedToken> {
+        // Blocking here must not stall the background thread: the adapter runs it on the
+        // blocking pool.
+        assert_ne!(std::thread::current().id(), runtime::background_thread_id());
+        Ok(tokenlease::FetchedToken::bearer(
+            "blocking-secret",
+            15 * MINUTE,
+        ))
+    }
+}
+
+#[test]
+fn blocking_sources_run_off_the_background_thread() {
+    let manager =
+        Manager::builder(tokenlease::BlockingSourceAdapter::new(SlowBlockingSource)).build();
+    assert_eq!(manager.token_blocking().unwrap().generation(), 1);
+}

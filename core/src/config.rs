@@ -1,0 +1,458 @@
+//! One configuration (JSON or TOML) describing source, policy and store: every binding
+//! passes the same text, so a manager is configured identically in every language.
+//!
+//! ```json
+//! {
+//!   "key": "reports",
+//!   "source": {
+//!     "type": "oauth2_client_credentials",
+//!     "token_url": "https://idp.example/oauth/token",
+//!     "client_id": "reports",
+//!     "client_secret": { "env": "REPORTS_CLIENT_SECRET" },
+//!     "scopes": ["reports.read"],
+//!     "client_auth": "basic",
+//!     "revocation_url": "https://idp.example/oauth/revoke"
+//!   },
+//!   "policy": { "waiter_timeout_ms": 10000 },
+//!   "store": { "type": "memory" }
+//! }
+//! ```
+//!
+//! Secrets are given inline, as `{"env": "NAME"}` or as `{"file": "/path"}` (trailing
+//! newline removed). Unknown and missing fields are `Configuration` errors naming the
+//! field; error messages never repeat a configured value.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{ClientAuth, ClientCredentials};
+use crate::manager::Manager;
+use crate::policy::Policy;
+use crate::secret::SecretString;
+use crate::store::MemoryStore;
+
+/// The whole configuration of one manager.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Store key (default: derived from the source, e.g. `client_id` and scopes).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Where tokens come from.
+    pub source: SourceConfig,
+    /// Refresh and backoff policy; omitted fields keep their defaults.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Where tokens are persisted (default: memory).
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Token sources that can be configured declaratively.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// OAuth2 client credentials (RFC 6749 §4.4), refresh when issued, RFC 7009 revocation.
+    Oauth2ClientCredentials {
+        /// Token endpoint (HTTPS unless loopback).
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: SecretValue,
+        /// Requested scopes.
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// `basic` (default) or `post`.
+        #[serde(default)]
+        client_auth: ClientAuthConfig,
+        /// Revocation endpoint.
+        #[serde(default)]
+        revocation_url: Option<String>,
+    },
+}
+
+/// Client authentication method.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthConfig {
+    /// `client_secret_basic`.
+    #[default]
+    Basic,
+    /// `client_secret_post`.
+    Post,
+}
+
+/// A secret given inline, from an environment variable, or from a file.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretValue {
+    /// The value itself.
+    Inline(SecretString),
+    /// `{"env": "NAME"}`.
+    Env {
+        /// Variable name.
+        env: String,
+    },
+    /// `{"file": "/path"}`.
+    File {
+        /// File path.
+        file: String,
+    },
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretValue::Inline(_) => f.write_str("Inline([redacted])"),
+            SecretValue::Env { env } => write!(f, "Env({env:?})"),
+            SecretValue::File { file } => write!(f, "File({file:?})"),
+        }
+    }
+}
+
+impl SecretValue {
+    /// Reads the secret; `field` names it in errors.
+    pub fn resolve(&self, field: &str) -> Result<SecretString> {
+        let value = match self {
+            SecretValue::Inline(value) => value.clone(),
+            SecretValue::Env { env } => {
+                std::env::var(env).map(SecretString::new).map_err(|_| {
+                    Error::new(
+                        ErrorKind::Configuration,
+                        format!("{field}: environment variable {env:?} is not set (or not UTF-8)"),
+                    )
+                })?
+            }
+            SecretValue::File { file } => {
+                let text = std::fs::read_to_string(file).map_err(|err| {
+                    Error::new(
+                        ErrorKind::Configuration,
+                        format!("{field}: cannot read secret file {file:?}: {}", err.kind()),
+                    )
+                })?;
+                SecretString::new(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+        };
+        if value.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                format!("{field}: is empty"),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// Policy overrides; every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Advisory window as a fraction of the lifetime.
+    pub advisory_fraction: Option<f64>,
+    /// Advisory window lower clamp, seconds.
+    pub advisory_min_s: Option<f64>,
+    /// Advisory window upper clamp, seconds.
+    pub advisory_max_s: Option<f64>,
+    /// Mandatory window as a fraction of the lifetime.
+    pub mandatory_fraction: Option<f64>,
+    /// Mandatory window lower clamp, seconds.
+    pub mandatory_min_s: Option<f64>,
+    /// Mandatory window upper clamp, seconds.
+    pub mandatory_max_s: Option<f64>,
+    /// Jitter as a fraction of the advisory window.
+    pub jitter_fraction: Option<f64>,
+    /// First backoff delay, ms.
+    pub backoff_base_ms: Option<u64>,
+    /// Largest backoff delay, ms.
+    pub backoff_cap_ms: Option<u64>,
+    /// How long callers wait for a refresh, ms.
+    pub waiter_timeout_ms: Option<u64>,
+    /// Lifetime assumed when the server doesn't say, seconds.
+    pub default_lifetime_s: Option<u64>,
+    /// Upper bound on one source call, ms.
+    pub source_timeout_ms: Option<u64>,
+}
+
+fn seconds(field: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        Error::new(
+            ErrorKind::Configuration,
+            format!("policy.{field}: must be a non-negative number of seconds"),
+        )
+    })
+}
+
+impl PolicyConfig {
+    /// Applies the overrides to the defaults and checks the result.
+    pub fn to_policy(&self) -> Result<Policy> {
+        let defaults = Policy::default();
+        let mut builder = Policy::builder();
+        let (fraction, min, max) = defaults.advisory_parameters();
+        builder = builder.advisory_window(
+            self.advisory_fraction.unwrap_or(fraction),
+            self.advisory_min_s
+                .map(|v| seconds("advisory_min_s", v))
+                .transpose()?
+                .unwrap_or(min),
+            self.advisory_max_s
+                .map(|v| seconds("advisory_max_s", v))
+                .transpose()?
+                .unwrap_or(max),
+        );
+        let (fraction, min, max) = defaults.mandatory_parameters();
+        builder = builder.mandatory_window(
+            self.mandatory_fraction.unwrap_or(fraction),
+            self.mandatory_min_s
+                .map(|v| seconds("mandatory_min_s", v))
+                .transpose()?
+                .unwrap_or(min),
+            self.mandatory_max_s
+                .map(|v| seconds("mandatory_max_s", v))
+                .transpose()?
+                .unwrap_or(max),
+        );
+        if let Some(jitter) = self.jitter_fraction {
+            builder = builder.jitter_fraction(jitter);
+        }
+        let (base, cap) = defaults.backoff_parameters();
+        builder = builder.backoff(
+            self.backoff_base_ms.map_or(base, Duration::from_millis),
+            self.backoff_cap_ms.map_or(cap, Duration::from_millis),
+        );
+        if let Some(ms) = self.waiter_timeout_ms {
+            builder = builder.waiter_timeout(Duration::from_millis(ms));
+        }
+        if let Some(s) = self.default_lifetime_s {
+            builder = builder.default_lifetime(Duration::from_secs(s));
+        }
+        if let Some(ms) = self.source_timeout_ms {
+            builder = builder.source_timeout(Duration::from_millis(ms));
+        }
+        builder.build()
+    }
+}
+
+/// Token stores that can be configured declaratively.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// In-process memory (nothing survives a restart).
+    #[default]
+    Memory,
+}
+
+impl ManagerConfig {
+    /// Parses JSON.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let config = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            config_error(&path, &inner.to_string(), inner.is_data())
+        })?;
+        deserializer.end().map_err(|_| {
+            Error::new(
+                ErrorKind::Configuration,
+                "config: trailing characters after the JSON document",
+            )
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            config_error(&path, inner.message(), true)
+        })
+    }
+
+    /// Parses JSON when the text starts with `{`, TOML otherwise.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.trim_start().starts_with('{') {
+            Self::from_json(text)
+        } else {
+            Self::from_toml(text)
+        }
+    }
+
+    /// Builds the manager this configuration describes.
+    pub fn build(&self) -> Result<Manager> {
+        let policy = self.policy.to_policy()?;
+        let (source, default_key) = match &self.source {
+            SourceConfig::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scopes,
+                client_auth,
+                revocation_url,
+            } => {
+                let secret = client_secret.resolve("source.client_secret")?;
+                let mut source = ClientCredentials::new(token_url, client_id.clone(), secret)?
+                    .scopes(scopes.iter().cloned())
+                    .client_auth(match client_auth {
+                        ClientAuthConfig::Basic => ClientAuth::Basic,
+                        ClientAuthConfig::Post => ClientAuth::Post,
+                    });
+                if let Some(url) = revocation_url {
+                    source = source.revocation_url(url)?;
+                }
+                (source, format!("client:{client_id}:{}", scopes.join(" ")))
+            }
+        };
+        let store = match self.store {
+            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+        };
+        Ok(Manager::builder(source)
+            .key(self.key.clone().unwrap_or(default_key))
+            .policy(policy)
+            .store(store)
+            .build())
+    }
+}
+
+/// Only serde's structural messages are kept: they name fields and variants, never the
+/// values (a type error could otherwise echo a secret pasted into the wrong field).
+fn config_error(path: &str, message: &str, structural: bool) -> Error {
+    let keep = structural
+        && [
+            "unknown field",
+            "missing field",
+            "unknown variant",
+            "duplicate field",
+        ]
+        .iter()
+        .any(|prefix| message.starts_with(prefix));
+    let detail = if keep {
+        message
+            .split(" at line ")
+            .next()
+            .unwrap_or(message)
+            .trim()
+            .to_owned()
+    } else if message.contains("EOF") || message.contains("expected") && !structural {
+        "not valid JSON/TOML syntax".to_owned()
+    } else {
+        "invalid type or value".to_owned()
+    };
+    let location = if path.is_empty() || path == "." {
+        "config".to_owned()
+    } else {
+        format!("config.{path}")
+    };
+    Error::new(ErrorKind::Configuration, format!("{location}: {detail}"))
+}
+
+impl Manager {
+    /// Builds a manager from a JSON or TOML configuration (see [`crate::config`]).
+    pub fn from_config(text: &str) -> Result<Manager> {
+        ManagerConfig::parse(text)?.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JSON: &str = r#"{
+        "source": {"type": "oauth2_client_credentials", "token_url": "http://127.0.0.1:1/token",
+                   "client_id": "c", "client_secret": "inline-secret-value", "scopes": ["a"]},
+        "policy": {"waiter_timeout_ms": 5000, "jitter_fraction": 0}
+    }"#;
+
+    #[test]
+    fn json_and_toml_describe_the_same_manager() {
+        let json = ManagerConfig::from_json(JSON).unwrap();
+        let toml = ManagerConfig::from_toml(
+            r#"
+            [source]
+            type = "oauth2_client_credentials"
+            token_url = "http://127.0.0.1:1/token"
+            client_id = "c"
+            client_secret = "inline-secret-value"
+            scopes = ["a"]
+            [policy]
+            waiter_timeout_ms = 5000
+            jitter_fraction = 0.0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            json.policy.to_policy().unwrap(),
+            toml.policy.to_policy().unwrap()
+        );
+        assert_eq!(
+            json.policy.to_policy().unwrap().waiter_timeout(),
+            Duration::from_secs(5)
+        );
+        let manager = Manager::from_config(JSON).unwrap();
+        assert_eq!(manager.key(), "client:c:a");
+        assert!(!format!("{json:?}").contains("inline-secret-value"));
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let err =
+            ManagerConfig::from_json(&JSON.replace("\"scopes\"", "\"scope_list\"")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().starts_with("config.source"), "{err}");
+        assert!(
+            err.message().contains("unknown field `scope_list`"),
+            "{err}"
+        );
+        let err = ManagerConfig::from_json(&JSON.replace("\"client_id\": \"c\",", "")).unwrap_err();
+        assert!(err.message().contains("missing field `client_id`"), "{err}");
+        let err = ManagerConfig::from_toml("[source]\ntype = \"oauth2_client_credentials\"\n")
+            .unwrap_err();
+        assert!(err.message().contains("missing field `token_url`"), "{err}");
+        let err = ManagerConfig::from_json(&JSON.replace("5000", "-1")).unwrap_err();
+        assert!(
+            err.message().starts_with("config.policy.waiter_timeout_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_secret_in_the_wrong_place_is_not_echoed() {
+        let err = ManagerConfig::from_json(&JSON.replace("5000", "\"leaked-secret\"")).unwrap_err();
+        assert!(!err.to_string().contains("leaked-secret"), "{err}");
+        let err = ManagerConfig::from_json("{\"source\": \"leaked-secret\"").unwrap_err();
+        assert!(!err.to_string().contains("leaked-secret"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file() {
+        std::env::set_var("TOKENLEASE_TEST_SECRET_VAR", "from-env");
+        let env = SecretValue::Env {
+            env: "TOKENLEASE_TEST_SECRET_VAR".into(),
+        };
+        assert_eq!(env.resolve("f").unwrap().expose(), "from-env");
+        let missing = SecretValue::Env {
+            env: "TOKENLEASE_TEST_NOT_SET".into(),
+        };
+        let err = missing.resolve("source.client_secret").unwrap_err();
+        assert!(err.message().contains("TOKENLEASE_TEST_NOT_SET"));
+        let path = std::env::temp_dir().join(format!("tokenlease-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        let file = SecretValue::File {
+            file: path.display().to_string(),
+        };
+        assert_eq!(file.resolve("f").unwrap().expose(), "from-file");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_idp_is_a_config_error() {
+        let err = Manager::from_config(&JSON.replace("127.0.0.1:1", "idp.example")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().contains("HTTPS is required"));
+    }
+}

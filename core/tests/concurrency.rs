@@ -1,0 +1,802 @@
+//! Randomized concurrency test of single-flight and generation-guarded invalidation.
+//!
+//! Shuttle and loom cannot drive the real manager: it synchronises with `parking_lot`,
+//! `arc-swap`, tokio's `watch`/`Notify` and a tokio runtime on its own OS thread, none of
+//! which those schedulers can see or control. So this test runs real threads against the
+//! real manager under a seeded random schedule: every iteration derives from one seed the
+//! number of threads, what each thread does (cached reads, blocking and async gets,
+//! invalidations of current and old tokens, `with_retry_blocking` with an operation that
+//! rejects some generations, manual-clock advances) and the delays between steps; the
+//! source adds its own random yields, spins and transient failures. The interleaving itself
+//! is up to the OS, so a seed reproduces the workload, not the exact schedule; run a
+//! failing seed repeatedly to reproduce.
+//!
+//! Reproduce with `TOKENLEASE_SEED=1234` (one seed) or `TOKENLEASE_SEED=100..200` (a range).
+//! Nothing here sleeps for correctness: the clock is manual, and the few waits are bounded
+//! polls for background work to reach a state.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use common::Recorder;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokenlease::clock::ManualClock;
+use tokenlease::{
+    Error, ErrorKind, Event, FetchedToken, Manager, Policy, Rejection, RetryError, SecretString,
+    Source, Token,
+};
+
+const DEFAULT_ITERATIONS: u64 = 300;
+const LIFETIME: Duration = Duration::from_secs(60);
+/// Far beyond any amount the test advances the manual clock in one iteration, so neither a
+/// waiter nor a source call ever times out.
+const NEVER: Duration = Duration::from_secs(10_000_000);
+/// Real-time bound on waiting for background work; reaching it is a failure.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Real-time bound on one iteration before the watchdog aborts the process.
+const HANG_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------
+// The source
+// ---------------------------------------------------------------------------------------
+
+/// A source that yields, spins and fails at random, and records every call.
+#[derive(Debug)]
+struct ChaosSource {
+    seed: u64,
+    rng: Mutex<StdRng>,
+    fail_percent: u32,
+    with_refresh_token: bool,
+    /// While not closed, calls wait here (phase 1); closing it opens the gate for good.
+    gate: tokio::sync::Semaphore,
+    calls: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    /// Values of every token the source handed out.
+    produced: Mutex<BTreeSet<String>>,
+}
+
+/// Counts a call as in flight until dropped (also when the call's future is dropped).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(source: &'a ChaosSource) -> Self {
+        let now = source.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        source.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(&source.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ChaosSource {
+    fn new(seed: u64, fail_percent: u32, with_refresh_token: bool) -> Self {
+        Self {
+            seed,
+            rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed_0f_5011_7ce)),
+            fail_percent,
+            with_refresh_token,
+            gate: tokio::sync::Semaphore::new(0),
+            calls: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            produced: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn open_gate(&self) {
+        self.gate.close();
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn answer(&self) -> tokenlease::Result<FetchedToken> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let _in_flight = InFlight::enter(self);
+        let gated = !self.gate.is_closed();
+        if gated {
+            // `Err` once the gate is closed, i.e. open: either way, go on.
+            let _ = self.gate.acquire().await;
+        }
+        let (yields, spins, os_yield, fail) = {
+            let mut rng = self.rng.lock();
+            (
+                rng.gen_range(0..4u32),
+                rng.gen_range(0..400u32),
+                rng.gen_bool(0.3),
+                // The gated first call always succeeds: phase 1 expects a token.
+                !gated && rng.gen_range(0..100) < self.fail_percent,
+            )
+        };
+        // Await points let any second (buggy) refresh interleave with this one on the
+        // single-threaded background runtime; spins and OS yields let caller threads race.
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
+        spin(spins);
+        if os_yield {
+            std::thread::yield_now();
+        }
+        if fail {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!("injected failure (seed {})", self.seed),
+            ));
+        }
+        let value = format!("tok-{call}");
+        self.produced.lock().insert(value.clone());
+        self.succeeded.fetch_add(1, Ordering::SeqCst);
+        let mut token = FetchedToken::bearer(value, LIFETIME);
+        if self.with_refresh_token {
+            token = token.with_refresh_token(format!("rt-{call}"));
+        }
+        Ok(token)
+    }
+}
+
+#[async_trait]
+impl Source for ChaosSource {
+    async fn fetch(&self) -> tokenlease::Result<FetchedToken> {
+        self.answer().await
+    }
+
+    async fn refresh(&self, _refresh_token: &SecretString) -> tokenlease::Result<FetchedToken> {
+        self.answer().await
+    }
+}
+
+fn spin(iterations: u32) {
+    for _ in 0..iterations {
+        std::hint::spin_loop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tracking invalidations, so an invariant is only checked when no other thread can
+// legitimately remove the cached token meanwhile
+// ---------------------------------------------------------------------------------------
+
+/// High 32 bits: invalidations ever started; low 32 bits: invalidations under way.
+#[derive(Default)]
+struct InvalidationTracker(AtomicU64);
+
+const STARTED: u64 = 1 << 32;
+
+impl InvalidationTracker {
+    /// Marks an invalidation as started; returns the state just before.
+    fn start(&self) -> u64 {
+        self.0.fetch_add(STARTED + 1, Ordering::SeqCst)
+    }
+
+    /// Marks an invalidation as ended; returns the state just after.
+    fn end(&self) -> u64 {
+        self.0.fetch_sub(1, Ordering::SeqCst) - 1
+    }
+
+    /// Whether, between one caller's `start` (returning `before`) and `end` (returning
+    /// `after`), no other invalidation ran: none was under way at the start and none
+    /// started until the end. Only invalidation removes the cached token in this test
+    /// (no revoke, no close), so in that window the cached generation can only grow.
+    fn alone(before: u64, after: u64) -> bool {
+        before & (STARTED - 1) == 0 && after == before + STARTED
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One iteration
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Rejected;
+
+impl Rejection for Rejected {
+    fn is_token_rejected(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    threads: usize,
+    ops: usize,
+    fail_percent: u32,
+    with_refresh_token: bool,
+    /// `with_retry_blocking`'s operation rejects generations `g` with `g % modulus == residue`.
+    reject_modulus: u64,
+    reject_residue: u64,
+    advance_percent: u32,
+}
+
+impl Config {
+    fn from_rng(rng: &mut StdRng) -> Self {
+        let reject_modulus = rng.gen_range(2..=4);
+        Self {
+            threads: rng.gen_range(2..=16),
+            ops: rng.gen_range(5..=40),
+            fail_percent: rng.gen_range(0..=40),
+            with_refresh_token: rng.gen_bool(0.5),
+            reject_modulus,
+            reject_residue: rng.gen_range(0..reject_modulus),
+            advance_percent: rng.gen_range(0..=15),
+        }
+    }
+
+    fn rejects(&self, generation: u64) -> bool {
+        generation % self.reject_modulus == self.reject_residue
+    }
+}
+
+/// What one worker thread saw, in order.
+#[derive(Default)]
+struct WorkerLog {
+    phase1: Option<Result<(u64, String), ErrorKind>>,
+    /// Every token this thread was handed, in order: (generation, value).
+    observed: Vec<(u64, String)>,
+    violations: Vec<String>,
+    alone_checks: u64,
+}
+
+struct Iteration {
+    seed: u64,
+    config: Config,
+    clock: ManualClock,
+    manager: Manager,
+    source: Arc<ChaosSource>,
+    recorder: Arc<Recorder>,
+    invalidations: InvalidationTracker,
+}
+
+fn allowed_caller_error(kind: ErrorKind) -> bool {
+    // Transient: the injected failures (also during backoff). Expired: the token died
+    // while the source failed. Protocol: a clock advance outran a source call, so the
+    // token it returned was already expired.
+    matches!(
+        kind,
+        ErrorKind::Transient | ErrorKind::Expired | ErrorKind::Protocol
+    )
+}
+
+impl Iteration {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let config = Config::from_rng(&mut rng);
+        let clock = ManualClock::new();
+        let source = Arc::new(ChaosSource::new(
+            seed,
+            config.fail_percent,
+            config.with_refresh_token,
+        ));
+        let recorder = Arc::new(Recorder::default());
+        let policy = Policy::builder()
+            .backoff(Duration::from_secs(1), Duration::from_secs(4))
+            .waiter_timeout(NEVER)
+            .source_timeout(NEVER)
+            .build()
+            .unwrap();
+        let manager = Manager::builder_from_arc(source.clone())
+            .clock(Arc::new(clock.clone()))
+            .policy(policy)
+            .listener(recorder.clone())
+            .build();
+        Self {
+            seed,
+            config,
+            clock,
+            manager,
+            source,
+            recorder,
+            invalidations: InvalidationTracker::default(),
+        }
+    }
+
+    /// Runs the iteration; returns how many invalidations ran alone (were checked).
+    fn run(&self) -> u64 {
+        let seed = self.seed;
+        let threads = self.config.threads;
+        let barrier = Barrier::new(threads + 1);
+        let (parked, phase1_calls, logs) = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|index| {
+                    let barrier = &barrier;
+                    scope.spawn(move || self.worker(index, barrier))
+                })
+                .collect();
+            // Phase 1: every worker is parked on the one gated refresh of an empty manager.
+            let parked = settle(|| self.manager.status().counters.waits >= threads as u64);
+            self.source.open_gate();
+            barrier.wait();
+            let phase1_calls = self.source.calls();
+            barrier.wait();
+            // Phase 2 runs now; join everyone.
+            let logs: Vec<WorkerLog> = workers
+                .into_iter()
+                .map(|worker| worker.join().expect("worker panicked"))
+                .collect();
+            (parked, phase1_calls, logs)
+        });
+
+        // (5) Concurrent callers on an empty manager with a gated source: one call.
+        assert!(
+            parked,
+            "seed {seed}: {threads} callers did not all wait for the first refresh"
+        );
+        assert_eq!(
+            phase1_calls, 1,
+            "seed {seed}: {threads} concurrent callers on an empty manager made {phase1_calls} source calls"
+        );
+        for (index, log) in logs.iter().enumerate() {
+            assert_eq!(
+                log.phase1,
+                Some(Ok((1, "tok-1".to_owned()))),
+                "seed {seed}: worker {index} did not get the first token in phase 1"
+            );
+            assert!(
+                log.violations.is_empty(),
+                "seed {seed}: worker {index}: {}",
+                log.violations.join("; ")
+            );
+        }
+        self.check_accounting_and_observations(&logs);
+        self.check_quiescent_invalidation(&logs);
+        logs.iter().map(|log| log.alone_checks).sum()
+    }
+
+    fn worker(&self, index: usize, barrier: &Barrier) -> WorkerLog {
+        let mut rng =
+            StdRng::seed_from_u64(self.seed.wrapping_mul(1000).wrapping_add(index as u64));
+        let mut log = WorkerLog::default();
+        spin(rng.gen_range(0..2000));
+        log.phase1 = Some(
+            self.manager
+                .token_blocking()
+                .map(|token| (token.generation(), token.value().expose().to_owned()))
+                .map_err(|err| err.kind()),
+        );
+        barrier.wait();
+        barrier.wait();
+
+        let mut held: Vec<Arc<Token>> = Vec::new();
+        for _ in 0..self.config.ops {
+            let roll = rng.gen_range(0..100u32);
+            match roll {
+                0..=24 => {
+                    let result = self.manager.token_blocking().map(|token| token.into_arc());
+                    self.note(&mut log, &mut held, result, "token_blocking");
+                }
+                25..=29 => {
+                    let result = futures::executor::block_on(self.manager.token())
+                        .map(|token| token.into_arc());
+                    self.note(&mut log, &mut held, result, "token");
+                }
+                30..=49 => {
+                    if let Some(token) = self.manager.cached() {
+                        self.note(&mut log, &mut held, Ok(token.into_arc()), "cached");
+                    }
+                }
+                50..=66 => {
+                    if !held.is_empty() {
+                        // Bias towards old tokens: any held one, not just the newest.
+                        let token = held[rng.gen_range(0..held.len())].clone();
+                        self.invalidate(&mut log, &token);
+                    }
+                }
+                67..=84 => self.with_retry(&mut log, &mut held),
+                _ => {
+                    if rng.gen_range(0..100) < self.config.advance_percent {
+                        // Mostly small steps through the windows, sometimes a big jump into
+                        // the mandatory window or past expiry.
+                        let by = if rng.gen_bool(0.1) {
+                            Duration::from_secs(rng.gen_range(10..=70))
+                        } else {
+                            Duration::from_millis(rng.gen_range(0..=3000))
+                        };
+                        self.clock.advance(by);
+                    }
+                }
+            }
+            match rng.gen_range(0..4) {
+                0 => std::thread::yield_now(),
+                1 => spin(rng.gen_range(0..1000)),
+                _ => {}
+            }
+        }
+        log
+    }
+
+    fn note(
+        &self,
+        log: &mut WorkerLog,
+        held: &mut Vec<Arc<Token>>,
+        result: tokenlease::Result<Arc<Token>>,
+        what: &str,
+    ) {
+        match result {
+            Ok(token) => {
+                log.observed
+                    .push((token.generation(), token.value().expose().to_owned()));
+                held.push(token);
+                if held.len() > 6 {
+                    held.remove(0);
+                }
+            }
+            Err(err) if allowed_caller_error(err.kind()) => {}
+            Err(err) => log
+                .violations
+                .push(format!("{what} failed unexpectedly: {err}")),
+        }
+    }
+
+    /// (3) Invalidating an old generation never removes a newer cached token.
+    fn invalidate(&self, log: &mut WorkerLog, token: &Token) {
+        let old = token.generation();
+        let state_before = self.invalidations.start();
+        let before = self.manager.status().generation;
+        let removed = self.manager.invalidate(token);
+        let after = self.manager.status().generation;
+        let state_after = self.invalidations.end();
+        if !InvalidationTracker::alone(state_before, state_after) {
+            return;
+        }
+        log.alone_checks += 1;
+        if old != before && removed {
+            log.violations.push(format!(
+                "invalidate({old}) removed a token while generation {before} was cached"
+            ));
+        }
+        if !removed && before != 0 && after < before {
+            log.violations.push(format!(
+                "invalidate({old}) returned false but the cached generation went from {before} to {after}"
+            ));
+        }
+        if removed && after == old {
+            log.violations.push(format!(
+                "invalidate({old}) returned true but generation {old} is still cached"
+            ));
+        }
+    }
+
+    fn with_retry(&self, log: &mut WorkerLog, held: &mut Vec<Arc<Token>>) {
+        let config = self.config;
+        let tracker = &self.invalidations;
+        let mut seen: Vec<Arc<Token>> = Vec::new();
+        let mut pending_invalidation = false;
+        let result = self.manager.with_retry_blocking(|token: &Token| {
+            if pending_invalidation {
+                // The manager's own invalidation is over once it calls us again.
+                tracker.end();
+                pending_invalidation = false;
+                seen.push(Arc::new(token.clone()));
+                return if config.rejects(token.generation()) {
+                    Err(Rejected)
+                } else {
+                    Ok(token.generation())
+                };
+            }
+            seen.push(Arc::new(token.clone()));
+            if config.rejects(token.generation()) {
+                // The manager invalidates this token next.
+                tracker.start();
+                pending_invalidation = true;
+                Err(Rejected)
+            } else {
+                Ok(token.generation())
+            }
+        });
+        if pending_invalidation {
+            // The retry never ran (no token could be obtained).
+            tracker.end();
+        }
+        for token in seen {
+            self.note(log, held, Ok(token), "with_retry_blocking");
+        }
+        match result {
+            Ok(generation) if config.rejects(generation) => log.violations.push(format!(
+                "with_retry returned rejected generation {generation}"
+            )),
+            Ok(_) | Err(RetryError::Operation(Rejected)) => {}
+            Err(RetryError::Token(err)) if allowed_caller_error(err.kind()) => {}
+            Err(RetryError::Token(err)) => log
+                .violations
+                .push(format!("with_retry_blocking failed unexpectedly: {err}")),
+        }
+    }
+
+    /// (1), (2) and (4), once background work has settled.
+    fn check_accounting_and_observations(&self, logs: &[WorkerLog]) {
+        let seed = self.seed;
+        let source = &*self.source;
+        let events = |recorder: &Recorder| {
+            let events = recorder.events.lock();
+            let mut started = 0u64;
+            let mut generations = Vec::new();
+            let mut failures: Vec<ErrorKind> = Vec::new();
+            for event in events.iter() {
+                match event {
+                    Event::RefreshStarted { .. } => started += 1,
+                    Event::RefreshSucceeded { generation, .. } => generations.push(*generation),
+                    Event::RefreshFailed { kind, .. } => failures.push(*kind),
+                    _ => {}
+                }
+            }
+            (started, generations, failures)
+        };
+        // Background refreshes (stale reads, the timer) may still be finishing.
+        let settled = settle(|| {
+            let (_, generations, failures) = events(&self.recorder);
+            !self.manager.status().refreshing
+                && source.in_flight.load(Ordering::SeqCst) == 0
+                && source.calls() == (generations.len() + failures.len()) as u64
+        });
+        let (started, generations, failures) = events(&self.recorder);
+        let calls = source.calls();
+        let status = self.manager.status();
+
+        // (1) Single-flight: the source is never called concurrently.
+        let max_in_flight = source.max_in_flight.load(Ordering::SeqCst);
+        assert_eq!(
+            max_in_flight, 1,
+            "seed {seed}: the source was called {max_in_flight} times concurrently"
+        );
+
+        // (4) Every source call is one refresh; no refresh is lost or duplicated.
+        assert!(
+            settled,
+            "seed {seed}: {calls} source calls but {} refreshes succeeded and {} failed \
+             (status {status:?})",
+            generations.len(),
+            failures.len()
+        );
+        let installed = generations.len() as u64;
+        let expected: Vec<u64> = (1..=installed).collect();
+        assert_eq!(
+            generations, expected,
+            "seed {seed}: installed generations are not 1, 2, 3, ... in order"
+        );
+        let protocol = failures
+            .iter()
+            .filter(|kind| **kind == ErrorKind::Protocol)
+            .count() as u64;
+        let transient = failures
+            .iter()
+            .filter(|kind| **kind == ErrorKind::Transient)
+            .count() as u64;
+        assert_eq!(
+            protocol + transient,
+            failures.len() as u64,
+            "seed {seed}: unexpected refresh failure kinds {failures:?}"
+        );
+        assert_eq!(
+            source.failed.load(Ordering::SeqCst),
+            transient,
+            "seed {seed}: failed source calls != transient refresh failures"
+        );
+        assert_eq!(
+            source.succeeded.load(Ordering::SeqCst),
+            installed + protocol,
+            "seed {seed}: successful source calls != installed generations (+ expired on arrival)"
+        );
+        assert_eq!(
+            calls,
+            installed + failures.len() as u64,
+            "seed {seed}: source calls != installed generations + failed calls"
+        );
+        assert_eq!(
+            started, calls,
+            "seed {seed}: refreshes started != source calls"
+        );
+        assert_eq!(
+            status.counters.fetches + status.counters.refreshes,
+            calls,
+            "seed {seed}: the manager's fetch/refresh counters disagree with the source"
+        );
+        assert_eq!(
+            status.counters.failures,
+            failures.len() as u64,
+            "seed {seed}: the manager's failure counter disagrees with its events"
+        );
+
+        // (2) Every token handed out was produced by a source call and installed under one
+        // generation; each thread sees generations in non-decreasing order.
+        let produced = source.produced.lock();
+        let mut value_of: HashMap<u64, &str> = HashMap::new();
+        let mut generation_of: HashMap<&str, u64> = HashMap::new();
+        for (index, log) in logs.iter().enumerate() {
+            let mut last = 0;
+            for (generation, value) in &log.observed {
+                assert!(
+                    produced.contains(value.as_str()),
+                    "seed {seed}: worker {index} got token {value:?} that no source call produced"
+                );
+                assert!(
+                    (1..=installed).contains(generation),
+                    "seed {seed}: worker {index} got generation {generation}, never installed \
+                     ({installed} were)"
+                );
+                let known = *value_of.entry(*generation).or_insert(value);
+                assert_eq!(
+                    known, value,
+                    "seed {seed}: generation {generation} was handed out with two values"
+                );
+                let known = *generation_of.entry(value).or_insert(*generation);
+                assert_eq!(
+                    known, *generation,
+                    "seed {seed}: token {value:?} was handed out under two generations"
+                );
+                assert!(
+                    *generation >= last,
+                    "seed {seed}: worker {index} saw generation {generation} after {last}"
+                );
+                last = *generation;
+            }
+        }
+    }
+
+    /// (3) once more, deterministically: with nothing else running, invalidating any old
+    /// generation is refused and keeps the cached token; invalidating the current one works.
+    fn check_quiescent_invalidation(&self, logs: &[WorkerLog]) {
+        let seed = self.seed;
+        let current = self.manager.status().generation;
+        let observed: BTreeSet<u64> = logs
+            .iter()
+            .flat_map(|log| log.observed.iter().map(|(generation, _)| *generation))
+            .collect();
+        for &old in observed.iter().filter(|&&generation| generation != current) {
+            assert!(
+                !self.manager.invalidate_generation(old),
+                "seed {seed}: invalidating old generation {old} succeeded (current {current})"
+            );
+            assert_eq!(
+                self.manager.status().generation,
+                current,
+                "seed {seed}: invalidating old generation {old} changed the cached token"
+            );
+        }
+        if current != 0 {
+            assert!(
+                self.manager.invalidate_generation(current),
+                "seed {seed}: invalidating the current generation {current} failed"
+            );
+            assert_eq!(self.manager.status().generation, 0, "seed {seed}");
+        }
+    }
+}
+
+/// Polls (in real time, bounded) until background work reaches a condition. The
+/// condition holds as soon as the work has run; the bound only turns a hang into a failure.
+fn settle(condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Seeds from `TOKENLEASE_SEED` (`N` or `A..B`), else `0..DEFAULT_ITERATIONS`.
+fn seeds() -> std::ops::Range<u64> {
+    let Ok(spec) = std::env::var("TOKENLEASE_SEED") else {
+        return 0..DEFAULT_ITERATIONS;
+    };
+    let parse = |text: &str| {
+        text.trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("TOKENLEASE_SEED: cannot parse {spec:?} (N or A..B)"))
+    };
+    match spec.split_once("..") {
+        Some((start, end)) => parse(start)..parse(end),
+        None => {
+            let seed = parse(&spec);
+            seed..seed + 1
+        }
+    }
+}
+
+/// Aborts the process, naming the seed, if one iteration hangs (a deadlock in the manager
+/// would otherwise hang the test run without saying which seed caused it).
+struct Watchdog {
+    seed: Arc<AtomicU64>,
+    started: Arc<Mutex<Instant>>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start() -> Self {
+        let seed = Arc::new(AtomicU64::new(u64::MAX));
+        let started = Arc::new(Mutex::new(Instant::now()));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (seed, started, done) = (seed.clone(), started.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if started.lock().elapsed() > HANG_TIMEOUT {
+                        eprintln!(
+                            "concurrency test: seed {} hung for {HANG_TIMEOUT:?}; aborting \
+                             (reproduce with TOKENLEASE_SEED={})",
+                            seed.load(Ordering::SeqCst),
+                            seed.load(Ordering::SeqCst)
+                        );
+                        std::process::abort();
+                    }
+                }
+            })
+        };
+        Self {
+            seed,
+            started,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn iteration(&self, seed: u64) {
+        self.seed.store(seed, Ordering::SeqCst);
+        *self.started.lock() = Instant::now();
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn randomized_single_flight_and_invalidate() {
+    let watchdog = Watchdog::start();
+    let started = Instant::now();
+    let seeds = seeds();
+    let mut alone_checks = 0;
+    for seed in seeds.clone() {
+        watchdog.iteration(seed);
+        let iteration = Iteration::new(seed);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| iteration.run()));
+        match result {
+            Ok(checks) => alone_checks += checks,
+            Err(panic) => {
+                eprintln!(
+                    "concurrency test failed at seed {seed} ({:?}); reproduce with \
+                     TOKENLEASE_SEED={seed}",
+                    iteration.config
+                );
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+    eprintln!(
+        "concurrency test: seeds {seeds:?} in {:?}; {alone_checks} guarded-invalidate checks",
+        started.elapsed()
+    );
+    if seeds.end - seeds.start >= 50 {
+        assert!(
+            alone_checks > 0,
+            "no invalidation ever ran alone: invariant (3) was never checked"
+        );
+    }
+}

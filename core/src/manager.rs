@@ -570,21 +570,19 @@ impl Shared {
         let timeout = self.clock.sleep_until(deadline);
         let outcome = tokio::select! {
             outcome = wait_for_outcome(receiver) => outcome,
-            () = timeout => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "waited {:?} for the token refresh of {:?}; it is still running",
-                        self.policy.waiter_timeout(),
-                        self.key
-                    ),
-                ));
-            }
+            () = timeout => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "waited {:?} for the token refresh of {:?}; it is still running",
+                    self.policy.waiter_timeout(),
+                    self.key
+                ),
+            )),
         };
         match outcome {
             Ok(token) => Ok(token),
             Err(err) => {
-                // A failed refresh still leaves a usable token if the old one is valid.
+                // A failed or slow refresh still leaves a usable token if the old one is valid.
                 let now = self.clock.now();
                 match self.current.load_full() {
                     Some(token) if now < token.expires_at => {

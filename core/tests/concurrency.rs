@@ -17,7 +17,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use tokenlease::{
     Source, Token,
 };
 
-const DEFAULT_ITERATIONS: u64 = 300;
+const DEFAULT_ITERATIONS: u64 = 500;
 const LIFETIME: Duration = Duration::from_secs(60);
 /// Far beyond any amount the test advances the manual clock in one iteration, so neither a
 /// waiter nor a source call ever times out.
@@ -86,7 +86,7 @@ impl ChaosSource {
     fn new(seed: u64, fail_percent: u32, with_refresh_token: bool) -> Self {
         Self {
             seed,
-            rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed_0f_5011_7ce)),
+            rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed_50fc_e5ee_d5ed)),
             fail_percent,
             with_refresh_token,
             gate: tokio::sync::Semaphore::new(0),
@@ -230,12 +230,16 @@ impl Config {
         let reject_modulus = rng.gen_range(2..=4);
         Self {
             threads: rng.gen_range(2..=16),
-            ops: rng.gen_range(5..=40),
-            fail_percent: rng.gen_range(0..=40),
+            ops: rng.gen_range(5..=60),
+            fail_percent: if rng.gen_bool(0.4) {
+                0
+            } else {
+                rng.gen_range(1..=40)
+            },
             with_refresh_token: rng.gen_bool(0.5),
             reject_modulus,
             reject_residue: rng.gen_range(0..reject_modulus),
-            advance_percent: rng.gen_range(0..=15),
+            advance_percent: rng.gen_range(10..=100),
         }
     }
 
@@ -251,6 +255,22 @@ struct WorkerLog {
     /// Every token this thread was handed, in order: (generation, value).
     observed: Vec<(u64, String)>,
     violations: Vec<String>,
+    alone_checks: u64,
+    caller_errors: BTreeMap<String, u64>,
+}
+
+/// What the iterations exercised, printed at the end (with `--nocapture`) to show the
+/// test is not vacuous.
+#[derive(Debug, Default)]
+struct Stats {
+    iterations: u64,
+    threads: u64,
+    source_calls: u64,
+    source_failures: u64,
+    refresh_reasons: BTreeMap<String, u64>,
+    caller_errors: BTreeMap<String, u64>,
+    invalidations: u64,
+    served_stale: u64,
     alone_checks: u64,
 }
 
@@ -286,7 +306,7 @@ impl Iteration {
         ));
         let recorder = Arc::new(Recorder::default());
         let policy = Policy::builder()
-            .backoff(Duration::from_secs(1), Duration::from_secs(4))
+            .backoff(Duration::from_millis(10), Duration::from_millis(40))
             .waiter_timeout(NEVER)
             .source_timeout(NEVER)
             .build()
@@ -307,8 +327,8 @@ impl Iteration {
         }
     }
 
-    /// Runs the iteration; returns how many invalidations ran alone (were checked).
-    fn run(&self) -> u64 {
+    /// Runs the iteration and adds what it exercised to `stats`.
+    fn run(&self, stats: &mut Stats) {
         let seed = self.seed;
         let threads = self.config.threads;
         let barrier = Barrier::new(threads + 1);
@@ -356,7 +376,27 @@ impl Iteration {
         }
         self.check_accounting_and_observations(&logs);
         self.check_quiescent_invalidation(&logs);
-        logs.iter().map(|log| log.alone_checks).sum()
+        stats.iterations += 1;
+        stats.threads += threads as u64;
+        stats.source_calls += self.source.calls();
+        stats.source_failures += self.source.failed.load(Ordering::SeqCst);
+        let counters = self.manager.status().counters;
+        stats.invalidations += counters.invalidations;
+        stats.served_stale += counters.served_stale;
+        for event in self.recorder.events.lock().iter() {
+            if let Event::RefreshStarted { reason } = event {
+                *stats
+                    .refresh_reasons
+                    .entry(format!("{reason:?}"))
+                    .or_default() += 1;
+            }
+        }
+        for log in &logs {
+            stats.alone_checks += log.alone_checks;
+            for (kind, count) in &log.caller_errors {
+                *stats.caller_errors.entry(kind.clone()).or_default() += count;
+            }
+        }
     }
 
     fn worker(&self, index: usize, barrier: &Barrier) -> WorkerLog {
@@ -401,12 +441,12 @@ impl Iteration {
                 67..=84 => self.with_retry(&mut log, &mut held),
                 _ => {
                     if rng.gen_range(0..100) < self.config.advance_percent {
-                        // Mostly small steps through the windows, sometimes a big jump into
-                        // the mandatory window or past expiry.
-                        let by = if rng.gen_bool(0.1) {
-                            Duration::from_secs(rng.gen_range(10..=70))
-                        } else {
-                            Duration::from_millis(rng.gen_range(0..=3000))
+                        // Mostly steps past a backoff or through the windows, sometimes a
+                        // big jump into the mandatory window or past expiry.
+                        let by = match rng.gen_range(0..10) {
+                            0..=4 => Duration::from_millis(rng.gen_range(0..=50)),
+                            5..=7 => Duration::from_millis(rng.gen_range(0..=8000)),
+                            _ => Duration::from_secs(rng.gen_range(10..=50)),
                         };
                         self.clock.advance(by);
                     }
@@ -437,7 +477,11 @@ impl Iteration {
                     held.remove(0);
                 }
             }
-            Err(err) if allowed_caller_error(err.kind()) => {}
+            Err(err) if allowed_caller_error(err.kind()) => {
+                *log.caller_errors
+                    .entry(format!("{:?}", err.kind()))
+                    .or_default() += 1;
+            }
             Err(err) => log
                 .violations
                 .push(format!("{what} failed unexpectedly: {err}")),
@@ -512,7 +556,11 @@ impl Iteration {
                 "with_retry returned rejected generation {generation}"
             )),
             Ok(_) | Err(RetryError::Operation(Rejected)) => {}
-            Err(RetryError::Token(err)) if allowed_caller_error(err.kind()) => {}
+            Err(RetryError::Token(err)) if allowed_caller_error(err.kind()) => {
+                *log.caller_errors
+                    .entry(format!("{:?}", err.kind()))
+                    .or_default() += 1;
+            }
             Err(RetryError::Token(err)) => log
                 .violations
                 .push(format!("with_retry_blocking failed unexpectedly: {err}")),
@@ -772,13 +820,14 @@ fn randomized_single_flight_and_invalidate() {
     let watchdog = Watchdog::start();
     let started = Instant::now();
     let seeds = seeds();
-    let mut alone_checks = 0;
+    let mut stats = Stats::default();
     for seed in seeds.clone() {
         watchdog.iteration(seed);
         let iteration = Iteration::new(seed);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| iteration.run()));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| iteration.run(&mut stats)));
         match result {
-            Ok(checks) => alone_checks += checks,
+            Ok(()) => {}
             Err(panic) => {
                 eprintln!(
                     "concurrency test failed at seed {seed} ({:?}); reproduce with \
@@ -790,12 +839,12 @@ fn randomized_single_flight_and_invalidate() {
         }
     }
     eprintln!(
-        "concurrency test: seeds {seeds:?} in {:?}; {alone_checks} guarded-invalidate checks",
+        "concurrency test: seeds {seeds:?} in {:?}: {stats:#?}",
         started.elapsed()
     );
     if seeds.end - seeds.start >= 50 {
         assert!(
-            alone_checks > 0,
+            stats.alone_checks > 0,
             "no invalidation ever ran alone: invariant (3) was never checked"
         );
     }

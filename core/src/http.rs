@@ -177,7 +177,8 @@ impl ClientCredentials {
             .await
             .map_err(|err| transport_error(&self.token_url, &err))?;
         if status.is_success() {
-            parse_token_response(&self.token_url, &body)
+            let fetched = parse_token_response(&self.token_url, &body)?;
+            Ok(cross_check_jwt_expiry(fetched, server_date(&headers)))
         } else {
             Err(token_endpoint_error(
                 &self.token_url,
@@ -346,6 +347,62 @@ struct ErrorResponse {
     error: String,
 }
 
+/// The server's clock at the response, from its `Date` header.
+pub fn server_date(headers: &HeaderMap) -> Option<std::time::SystemTime> {
+    let value = headers.get(reqwest::header::DATE)?.to_str().ok()?;
+    httpdate::parse_http_date(value).ok()
+}
+
+/// The `exp` claim of a JWT, without verifying it (we only read our own token's expiry;
+/// the resource server verifies signatures).
+pub fn jwt_expiry(token: &str) -> Option<std::time::SystemTime> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(Deserialize)]
+    struct Claims {
+        exp: Option<f64>,
+    }
+    let exp = serde_json::from_slice::<Claims>(&bytes).ok()?.exp?;
+    if !(exp.is_finite() && exp > 0.0 && exp < 1e11) {
+        return None;
+    }
+    Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(exp))
+}
+
+/// When the access token is a JWT, its `exp` is cross-checked against `expires_in` and the
+/// earlier wins. `exp` is a server-clock timestamp, so it is compared with the server's
+/// own `Date` (exp − Date = remaining lifetime), never with our wall clock: a client clock
+/// minutes off changes nothing. Without a `Date` header our wall clock is the fallback.
+/// `Date` has one-second resolution, so one second is taken off.
+pub fn cross_check_jwt_expiry(
+    mut fetched: FetchedToken,
+    server_now: Option<std::time::SystemTime>,
+) -> FetchedToken {
+    let Some(exp) = jwt_expiry(fetched.value.expose()) else {
+        return fetched;
+    };
+    let reference = server_now.unwrap_or_else(std::time::SystemTime::now);
+    let by_exp = exp
+        .duration_since(reference)
+        .unwrap_or_default()
+        .saturating_sub(Duration::from_secs(u64::from(server_now.is_some())));
+    let lifetime = match fetched.lifetime {
+        Lifetime::ExpiresIn(expires_in) => expires_in.min(by_exp),
+        _ => by_exp,
+    };
+    // A token that is already dead by its own `exp` gets the smallest lifetime; the
+    // manager reports it as a protocol error instead of using it.
+    fetched.lifetime = Lifetime::ExpiresIn(lifetime.max(Duration::from_nanos(1)));
+    fetched
+}
+
 /// Maps a failed token- or revocation-endpoint response to an error kind.
 pub fn token_endpoint_error(
     url: &url::Url,
@@ -499,6 +556,61 @@ mod tests {
             let err = parse_token_response(&url(), bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Protocol);
         }
+    }
+
+    fn jwt(exp: u64) -> String {
+        use base64::Engine;
+        let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        format!(
+            "{}.{}.sig",
+            encode(r#"{"alg":"RS256"}"#),
+            encode(&format!(r#"{{"exp":{exp},"sub":"x"}}"#))
+        )
+    }
+
+    #[test]
+    fn jwt_exp_is_read_against_the_server_date_so_client_skew_does_not_matter() {
+        let server_now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // exp says 10 minutes, expires_in says 1 hour: the earlier wins.
+        let fetched = FetchedToken::bearer(jwt(1_800_000_600), Duration::from_secs(3600));
+        let checked = cross_check_jwt_expiry(fetched, Some(server_now));
+        assert_eq!(
+            checked.lifetime,
+            Lifetime::ExpiresIn(Duration::from_secs(599))
+        );
+        // expires_in earlier than exp: expires_in wins.
+        let fetched = FetchedToken::bearer(jwt(1_800_000_600), Duration::from_secs(60));
+        let checked = cross_check_jwt_expiry(fetched, Some(server_now));
+        assert_eq!(
+            checked.lifetime,
+            Lifetime::ExpiresIn(Duration::from_secs(60))
+        );
+        // The result depends only on server timestamps: no local clock involved.
+        let opaque = FetchedToken::bearer("opaque-token", Duration::from_secs(60));
+        assert_eq!(
+            cross_check_jwt_expiry(opaque, Some(server_now)).lifetime,
+            Lifetime::ExpiresIn(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn malformed_jwts_are_ignored() {
+        for token in ["a.b", "a.!!!.c", "a.e30.c", "a.b.c.d", ""] {
+            assert_eq!(jwt_expiry(token), None, "{token}");
+        }
+    }
+
+    #[test]
+    fn date_header_is_parsed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            reqwest::header::DATE,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            server_date(&headers),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
     }
 
     #[test]

@@ -537,7 +537,14 @@ impl Shared {
             return;
         }
         let mut flight = self.flight.lock();
-        if flight.inflight.is_none() && now >= flight.retry_at {
+        // The reader may have been paused while a refresh installed a newer token: only a
+        // token that is still stale (tokens are published under this lock) needs one.
+        let still_stale = self
+            .current
+            .load()
+            .as_deref()
+            .is_some_and(|token| now >= token.refresh_at);
+        if still_stale && flight.inflight.is_none() && now >= flight.retry_at {
             self.start_refresh(&mut flight, RefreshReason::Stale);
         }
     }

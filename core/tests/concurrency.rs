@@ -849,3 +849,201 @@ fn randomized_single_flight_and_invalidate() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Invalidation racing the publication of the next token
+// ---------------------------------------------------------------------------------------
+
+/// A source that announces the moment it hands a token back to the manager.
+#[derive(Debug, Default)]
+struct AnnouncingSource {
+    calls: AtomicU64,
+    /// The number of the last call that returned (the manager publishes its token next).
+    returned: AtomicU64,
+}
+
+#[async_trait]
+impl Source for AnnouncingSource {
+    async fn fetch(&self) -> tokenlease::Result<FetchedToken> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::task::yield_now().await;
+        self.returned.store(call, Ordering::SeqCst);
+        Ok(FetchedToken::bearer(format!("tok-{call}"), LIFETIME))
+    }
+}
+
+/// Spins until `condition` holds, up to `SETTLE_TIMEOUT` (without sleeping: the moments
+/// this waits for are microseconds apart).
+fn spin_until(condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !condition() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::hint::spin_loop();
+    }
+    true
+}
+
+/// (3), aimed at the narrowest window: a caller invalidates generation `g` just as the
+/// background refresh publishes `g + 1`. Whichever wins, `g + 1` (or, see
+/// `a_stale_read_racing_the_end_of_a_refresh_starts_no_second_one`, a later token) must end
+/// up cached: an invalidation that checked the generation and then cleared the cache without
+/// a compare-and-swap would sometimes discard `g + 1` and leave nothing. A random spin
+/// between the source returning and the invalidation sweeps the invalidation across the
+/// publication.
+#[test]
+fn invalidating_the_old_token_as_the_new_one_is_published_keeps_the_new_one() {
+    const ATTEMPTS_PER_SEED: u64 = 4;
+    let started = Instant::now();
+    let seeds = seeds();
+    let (mut removed_first, mut published_first, mut extra_refreshes) = (0u64, 0u64, 0u64);
+    for seed in seeds.clone() {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x00ba_d0c0_ffee);
+        let clock = ManualClock::new();
+        let source = Arc::new(AnnouncingSource::default());
+        let recorder = Arc::new(Recorder::default());
+        let manager = Manager::builder_from_arc(source.clone())
+            .clock(Arc::new(clock.clone()))
+            .listener(recorder.clone())
+            .build();
+        for attempt in 0..ATTEMPTS_PER_SEED {
+            let old = manager.token_blocking().expect("a token").into_arc();
+            let returned_before = source.returned.load(Ordering::SeqCst);
+            // Into the advisory window: the timer (or this read) starts the one refresh.
+            clock.advance(LIFETIME * 3 / 4);
+            drop(manager.cached());
+            let delay = rng.gen_range(0..3000);
+            let context =
+                format!("seed {seed}, attempt {attempt}, spin {delay} (TOKENLEASE_SEED={seed})");
+            assert!(
+                spin_until(|| source.returned.load(Ordering::SeqCst) > returned_before),
+                "{context}: the background refresh never reached the source"
+            );
+            spin(delay);
+            let removed = manager.invalidate(&old);
+            assert!(
+                settle(|| !manager.status().refreshing),
+                "{context}: the refresh never finished"
+            );
+            let current = manager.status().generation;
+            assert!(
+                current > old.generation(),
+                "{context}: invalidate({}) returned {removed} and left generation {current} \
+                 cached; expected the newly published {} (events: {:?})",
+                old.generation(),
+                old.generation() + 1,
+                recorder.events.lock()
+            );
+            // Known issue (see the ignored test below): the stale read above can start a
+            // second, redundant refresh after the first one ended.
+            extra_refreshes += current - old.generation() - 1;
+            if removed {
+                removed_first += 1;
+            } else {
+                published_first += 1;
+            }
+        }
+        assert_eq!(
+            source.calls.load(Ordering::SeqCst),
+            manager.status().generation,
+            "seed {seed}: one source call per installed token"
+        );
+    }
+    eprintln!(
+        "publish race: seeds {seeds:?} in {:?}: the invalidation won {removed_first} times, \
+         the publication {published_first} times; {extra_refreshes} redundant refreshes",
+        started.elapsed()
+    );
+}
+
+/// A manual clock that parks one chosen thread inside its next `now()` call, so a test can
+/// stop a reader between loading the cached token and reading the time.
+#[derive(Debug)]
+struct PausingClock {
+    inner: ManualClock,
+    pause: Mutex<Option<Pause>>,
+}
+
+#[derive(Debug)]
+struct Pause {
+    thread: std::thread::ThreadId,
+    reached: Arc<Barrier>,
+    resume: Arc<Barrier>,
+}
+
+impl tokenlease::Clock for PausingClock {
+    fn now(&self) -> tokenlease::MonoTime {
+        let pause = {
+            let mut pause = self.pause.lock();
+            match &*pause {
+                Some(armed) if armed.thread == std::thread::current().id() => pause.take(),
+                _ => None,
+            }
+        };
+        if let Some(pause) = pause {
+            pause.reached.wait();
+            pause.resume.wait();
+        }
+        self.inner.now()
+    }
+
+    fn wall_now(&self) -> std::time::SystemTime {
+        self.inner.wall_now()
+    }
+
+    fn sleep_until(&self, deadline: tokenlease::MonoTime) -> tokenlease::clock::Sleep {
+        self.inner.sleep_until(deadline)
+    }
+}
+
+/// Found by `invalidating_the_old_token_as_the_new_one_is_published_keeps_the_new_one`,
+/// reproduced here deterministically. A reader loads token 1, is descheduled before it
+/// reads the clock, and meanwhile token 1 becomes stale and the timer's refresh installs
+/// token 2. The reader then finds *token 1* stale; the manager must re-check under the
+/// flight lock that the cached token is still stale and start no second refresh.
+#[test]
+fn a_stale_read_racing_the_end_of_a_refresh_starts_no_second_one() {
+    let manual = ManualClock::new();
+    let clock = Arc::new(PausingClock {
+        inner: manual.clone(),
+        pause: Mutex::new(None),
+    });
+    let source = Arc::new(AnnouncingSource::default());
+    let manager = Manager::builder_from_arc(source.clone())
+        .clock(clock.clone())
+        .build();
+    assert_eq!(manager.token_blocking().unwrap().generation(), 1);
+
+    let start = Barrier::new(2);
+    let (reached, resume) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            start.wait();
+            manager.cached().map(|token| token.generation())
+        });
+        *clock.pause.lock() = Some(Pause {
+            thread: reader.thread().id(),
+            reached: reached.clone(),
+            resume: resume.clone(),
+        });
+        start.wait();
+        // The reader has loaded the cached token and is parked before reading the time.
+        reached.wait();
+        // The reader holds token 1. Token 1 goes stale; the timer refreshes it.
+        manual.advance(LIFETIME * 3 / 4);
+        assert!(settle(|| {
+            let status = manager.status();
+            status.generation == 2 && !status.refreshing
+        }));
+        resume.wait();
+        assert_eq!(reader.join().unwrap(), Some(1));
+    });
+    assert!(settle(|| !manager.status().refreshing));
+    assert_eq!(
+        source.calls.load(Ordering::SeqCst),
+        2,
+        "a read that saw token 1 stale refreshed token 2, which is fresh (generation now {})",
+        manager.status().generation
+    );
+}

@@ -656,13 +656,7 @@ impl Shared {
         let now = self.clock.now();
         match self.current.load_full() {
             Some(token) if now >= token.expires_at => {
-                let first_report = {
-                    let mut flight = self.flight.lock();
-                    let first = flight.expired_generation != token.generation;
-                    flight.expired_generation = token.generation;
-                    first
-                };
-                if first_report {
+                if self.first_report(|flight| &mut flight.expired_generation, token.generation) {
                     self.emit(Event::Expired {
                         generation: token.generation,
                     });
@@ -680,15 +674,24 @@ impl Shared {
         }
     }
 
+    /// Whether an event about `generation` is reported for the first time (events that
+    /// could fire on every call are emitted once per token).
+    fn first_report(
+        &self,
+        last_reported: impl FnOnce(&mut Flight) -> &mut u64,
+        generation: u64,
+    ) -> bool {
+        let mut flight = self.flight.lock();
+        let last = last_reported(&mut flight);
+        std::mem::replace(last, generation) != generation
+    }
+
     fn note_served_stale(&self, token: &Token) {
         bump(&self.counters.served_stale);
-        let first_report = {
-            let mut flight = self.flight.lock();
-            let first = flight.served_stale_generation != token.generation;
-            flight.served_stale_generation = token.generation;
-            first
-        };
-        if first_report {
+        if self.first_report(
+            |flight| &mut flight.served_stale_generation,
+            token.generation,
+        ) {
             self.emit(Event::ServedStale {
                 generation: token.generation,
                 expires_at: token.expires_at_wall,

@@ -65,6 +65,23 @@ where
     handle().spawn(future)
 }
 
+/// Runs a blocking callback (a foreign source or store) on the runtime's blocking pool.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| {
+        crate::Error::new(
+            crate::ErrorKind::Internal,
+            if err.is_panic() {
+                format!("a {what} callback panicked")
+            } else {
+                format!("a {what} callback was cancelled")
+            },
+        )
+    })?
+}
+
 /// Whether the calling thread belongs to the background runtime (its thread or its
 /// blocking pool). Blocking on tokenlease from there would deadlock.
 pub fn on_background_runtime() -> bool {

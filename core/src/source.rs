@@ -107,35 +107,20 @@ impl<S: BlockingSource> BlockingSourceAdapter<S> {
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|err| {
-        crate::Error::new(
-            crate::ErrorKind::Internal,
-            if err.is_panic() {
-                "a token source callback panicked"
-            } else {
-                "a token source callback was cancelled"
-            },
-        )
-    })?
-}
-
 #[async_trait]
 impl<S: BlockingSource> Source for BlockingSourceAdapter<S> {
     async fn fetch(&self) -> Result<FetchedToken> {
         let source = self.0.clone();
-        run_blocking(move || source.fetch()).await
+        crate::runtime::run_blocking("token source", move || source.fetch()).await
     }
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
         let (source, refresh_token) = (self.0.clone(), refresh_token.clone());
-        run_blocking(move || source.refresh(&refresh_token)).await
+        crate::runtime::run_blocking("token source", move || source.refresh(&refresh_token)).await
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {
         let (source, token) = (self.0.clone(), token.clone());
-        run_blocking(move || source.revoke(&token)).await
+        crate::runtime::run_blocking("token source", move || source.revoke(&token)).await
     }
 }

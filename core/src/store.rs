@@ -153,32 +153,21 @@ impl<S: BlockingStore> BlockingStoreAdapter<S> {
     }
 }
 
-async fn run_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.map_err(|err| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("store callback panicked or was cancelled: {err}"),
-        )
-    })?
-}
-
 #[async_trait]
 impl<S: BlockingStore> Store for BlockingStoreAdapter<S> {
     async fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
         let (store, key) = (self.0.clone(), key.to_owned());
-        run_blocking(move || store.load(&key)).await
+        crate::runtime::run_blocking("token store", move || store.load(&key)).await
     }
 
     async fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
         let (store, key, record) = (self.0.clone(), key.to_owned(), record.clone());
-        run_blocking(move || store.save(&key, &record)).await
+        crate::runtime::run_blocking("token store", move || store.save(&key, &record)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
         let (store, key) = (self.0.clone(), key.to_owned());
-        run_blocking(move || store.delete(&key)).await
+        crate::runtime::run_blocking("token store", move || store.delete(&key)).await
     }
 }
 

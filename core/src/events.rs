@@ -72,9 +72,14 @@ pub enum Event {
         /// Generation that expired.
         generation: u64,
     },
+    /// The cross-process refresh lease was taken.
+    LeaseAcquired {
+        /// How long we waited for a sibling to release it.
+        waited: std::time::Duration,
+    },
     /// The store failed; the manager carried on from memory and the source.
     StoreError {
-        /// What the store was doing: "load", "save" or "delete".
+        /// What the store was doing: "load", "save", "delete", "lease" or "release".
         operation: &'static str,
         /// The error message.
         message: String,

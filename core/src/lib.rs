@@ -44,5 +44,7 @@ pub use manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
 pub use policy::Policy;
 pub use secret::SecretString;
 pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Source};
-pub use store::{BlockingStore, BlockingStoreAdapter, MemoryStore, Store, TokenRecord};
+pub use store::{
+    BlockingStore, BlockingStoreAdapter, Lease, LeaseOutcome, MemoryStore, Store, TokenRecord,
+};
 pub use token::{FetchedToken, Lifetime, Token};

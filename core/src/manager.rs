@@ -22,7 +22,7 @@ use crate::policy::Policy;
 use crate::runtime;
 use crate::secret::SecretString;
 use crate::source::Source;
-use crate::store::{unix_ms, Store, TokenRecord};
+use crate::store::{unix_ms, Lease, LeaseOutcome, Store, TokenRecord};
 use crate::token::{FetchedToken, Lifetime, Token};
 
 /// A token borrowed from a manager's cache.
@@ -196,7 +196,8 @@ struct Flight {
     last_error: Option<Error>,
     /// Kept apart from the cached token so an invalidated token's refresh token still works.
     refresh_token: Option<SecretString>,
-    store_checked: bool,
+    /// The value of the last invalidated token, so it is never adopted back from a store.
+    rejected_value: Option<SecretString>,
     last_refresh: Option<SystemTime>,
     served_stale_generation: u64,
     expired_generation: u64,
@@ -765,9 +766,53 @@ impl Shared {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed_error());
         }
-        if let Some(token) = self.adopt_stored_record().await {
+        let Some(store) = self.store.clone() else {
+            return self.refresh_from_source(None).await;
+        };
+        // A predecessor (restart) or a sibling may have saved a token we can use.
+        if let Some(token) = self.adopt_from_store(&store).await {
             return Ok(token);
         }
+        let waiting_since = self.clock.now();
+        let lease = match store
+            .acquire_lease(&self.key, self.policy.lease_ttl(), self.policy.lease_wait())
+            .await
+        {
+            Ok(LeaseOutcome::Acquired(lease)) => Some(lease),
+            Ok(LeaseOutcome::Unsupported) => None,
+            Ok(LeaseOutcome::Busy) => {
+                if let Some(token) = self.adopt_from_store(&store).await {
+                    return Ok(token);
+                }
+                return Err(Error::transient(format!(
+                    "another process holds the refresh lease of {:?}",
+                    self.key
+                )));
+            }
+            Err(err) => {
+                // The shared store is down: keep working from the source alone.
+                self.store_failed("lease", &err);
+                None
+            }
+        };
+        let Some(lease) = lease else {
+            return self.refresh_from_source(None).await;
+        };
+        self.emit(Event::LeaseAcquired {
+            waited: self.clock.now().saturating_duration_since(waiting_since),
+        });
+        // Whoever held the lease before us may have just saved a fresh token.
+        let outcome = match self.adopt_from_store(&store).await {
+            Some(token) => Ok(token),
+            None => self.refresh_from_source(Some(&*lease)).await,
+        };
+        if let Err(err) = lease.release().await {
+            self.store_failed("release", &err);
+        }
+        outcome
+    }
+
+    async fn refresh_from_source(self: &Arc<Self>, lease: Option<&dyn Lease>) -> Outcome {
         let refresh_token = self.flight.lock().refresh_token.clone();
         let sent_at = self.clock.now();
         let (result, used_refresh_token) = match &refresh_token {
@@ -775,8 +820,15 @@ impl Shared {
                 bump(&self.counters.refreshes);
                 let result = self.call_source(self.source.refresh(refresh_token)).await;
                 match result {
-                    // The refresh token is dead: fall back to the primary grant.
                     Err(err) if err.kind() == ErrorKind::InvalidGrant => {
+                        // A sibling may have rotated the refresh token under us: adopt its
+                        // token rather than logging in again.
+                        if let Some(store) = self.store.clone() {
+                            if let Some(token) = self.adopt_from_store(&store).await {
+                                return Ok(token);
+                            }
+                        }
+                        // The refresh token is dead: fall back to the primary grant.
                         self.flight.lock().refresh_token = None;
                         bump(&self.counters.fetches);
                         (self.call_source(self.source.fetch()).await, false)
@@ -795,7 +847,8 @@ impl Shared {
         } else {
             None
         };
-        self.install(fetched, sent_at, previous_refresh_token).await
+        self.install(fetched, sent_at, previous_refresh_token, lease)
+            .await
     }
 
     async fn call_source(
@@ -819,6 +872,7 @@ impl Shared {
         fetched: FetchedToken,
         sent_at: MonoTime,
         previous_refresh_token: Option<SecretString>,
+        lease: Option<&dyn Lease>,
     ) -> Outcome {
         let sent_at = fetched
             .sent_at
@@ -859,7 +913,11 @@ impl Shared {
         };
         if let Some(store) = &self.store {
             let record = self.record_of(&token);
-            if let Err(err) = store.save(&self.key, &record).await {
+            let saved = match lease {
+                Some(lease) => store.save_fenced(&self.key, &record, lease).await,
+                None => store.save(&self.key, &record).await,
+            };
+            if let Err(err) = saved {
                 // The token is valid; losing persistence must not fail the caller.
                 self.store_failed("save", &err);
             }
@@ -898,17 +956,10 @@ impl Shared {
         }
     }
 
-    /// Before the first fetch, adopts a record from the store if it is still usable
-    /// (before its mandatory point), so a restart makes no token request.
-    async fn adopt_stored_record(self: &Arc<Self>) -> Option<Arc<Token>> {
-        let store = self.store.as_ref()?;
-        {
-            let mut flight = self.flight.lock();
-            if flight.store_checked {
-                return None;
-            }
-            flight.store_checked = true;
-        }
+    /// Adopts the stored record when it is news (not our current token, not a token the
+    /// server rejected) and still usable (before its mandatory point). A stored refresh
+    /// token is taken even when its access token is too old: it is the latest rotation.
+    async fn adopt_from_store(self: &Arc<Self>, store: &Arc<dyn Store>) -> Option<Arc<Token>> {
         let record = match store.load(&self.key).await {
             Ok(Some(record)) => record,
             Ok(None) => return None,
@@ -917,6 +968,15 @@ impl Shared {
                 return None;
             }
         };
+        let is_current = self
+            .current
+            .load()
+            .as_deref()
+            .is_some_and(|token| token.value == record.value);
+        let was_rejected = self.flight.lock().rejected_value.as_ref() == Some(&record.value);
+        if is_current || was_rejected {
+            return None;
+        }
         let now = self.clock.now();
         let expires_at = self.clock.mono_of_wall(record.expires_at());
         let obtained_at = self.clock.mono_of_wall(record.obtained_at()).min(now);
@@ -924,8 +984,9 @@ impl Shared {
             .policy
             .windows_with_random_jitter(obtained_at, expires_at);
         if now >= windows.mandatory_at {
-            // Too close to expiry to be worth using; keep its refresh token though.
-            self.flight.lock().refresh_token = record.refresh_token.clone();
+            if record.refresh_token.is_some() {
+                self.flight.lock().refresh_token = record.refresh_token.clone();
+            }
             return None;
         }
         bump(&self.counters.store_loads);
@@ -968,6 +1029,7 @@ impl Shared {
             _ => false,
         };
         if swapped {
+            self.flight.lock().rejected_value = Some(token.value.clone());
             bump(&self.counters.invalidations);
             self.emit(Event::Invalidated { generation });
             self.timer_wakeup.notify_one();

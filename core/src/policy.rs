@@ -34,6 +34,11 @@ pub const DEFAULT_WAITER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// Upper bound on one source call; a hung server becomes a transient `Timeout`.
 pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refresh lease lasts at most: a holder that dies (kill -9) blocks its
+/// siblings no longer than this. Longer than the source timeout, so a live holder keeps it.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(35);
+/// How long a manager waits for a sibling's lease before reporting a transient error.
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(36);
 
 /// Refresh, backoff and waiting rules of a manager. Build with [`Policy::builder`].
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +55,8 @@ pub struct Policy {
     waiter_timeout: Duration,
     default_lifetime: Duration,
     source_timeout: Duration,
+    lease_ttl: Duration,
+    lease_wait: Duration,
 }
 
 impl Default for Policy {
@@ -67,6 +74,8 @@ impl Default for Policy {
             waiter_timeout: DEFAULT_WAITER_TIMEOUT,
             default_lifetime: DEFAULT_LIFETIME,
             source_timeout: DEFAULT_SOURCE_TIMEOUT,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            lease_wait: DEFAULT_LEASE_WAIT,
         }
     }
 }
@@ -197,6 +206,16 @@ impl Policy {
     pub fn source_timeout(&self) -> Duration {
         self.source_timeout
     }
+
+    /// Longest a refresh lease is held.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// Longest wait for a sibling's lease.
+    pub fn lease_wait(&self) -> Duration {
+        self.lease_wait
+    }
 }
 
 /// Builds a [`Policy`]; `build` checks the values.
@@ -250,6 +269,13 @@ impl PolicyBuilder {
     /// Upper bound on one source call.
     pub fn source_timeout(mut self, timeout: Duration) -> Self {
         self.policy.source_timeout = timeout;
+        self
+    }
+
+    /// Lease lifetime and how long to wait for a sibling's lease.
+    pub fn lease(mut self, ttl: Duration, wait: Duration) -> Self {
+        self.policy.lease_ttl = ttl;
+        self.policy.lease_wait = wait;
         self
     }
 
@@ -315,6 +341,11 @@ impl PolicyBuilder {
         check(
             !p.source_timeout.is_zero(),
             "source_timeout",
+            "must be greater than zero",
+        )?;
+        check(
+            !p.lease_ttl.is_zero(),
+            "lease_ttl",
             "must be greater than zero",
         )?;
         Ok(self.policy)

@@ -116,10 +116,35 @@ impl fmt::Debug for TokenRecord {
     }
 }
 
+/// A held refresh lease: while it is held, no other manager sharing the store refreshes
+/// the same key (cross-process single-flight).
+#[async_trait]
+pub trait Lease: Send + Sync + fmt::Debug {
+    /// Increases with every acquisition of the key's lease; a store may refuse writes
+    /// carrying an older fencing token.
+    fn fencing_token(&self) -> u64;
+    /// Releases the lease early (it also lapses at its expiry).
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// The result of asking a store for a lease.
+#[derive(Debug)]
+pub enum LeaseOutcome {
+    /// The lease is ours until released or expired.
+    Acquired(Box<dyn Lease>),
+    /// Another holder kept it for the whole wait.
+    Busy,
+    /// The store has no leases (single-process stores).
+    Unsupported,
+}
+
 /// An async store of token records by key.
 ///
-/// A manager loads a still-valid record before its first fetch, and saves every new
-/// token before handing it out (so a rotated refresh token is persisted before use).
+/// Before every refresh a manager re-reads the record, so a token saved by a restart's
+/// predecessor or by a sibling process is adopted instead of requesting a new one; every
+/// new token is saved before it is handed out (so a rotated refresh token is persisted
+/// before use). Stores shared between processes also offer a lease, taken around the
+/// refresh so a fleet makes one token request per token lifetime.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The record stored under `key`, if any.
@@ -128,6 +153,25 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn save(&self, key: &str, record: &TokenRecord) -> Result<()>;
     /// Removes the record under `key` (no error when absent).
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Takes the refresh lease of `key` for at most `ttl`, waiting up to `wait` for
+    /// another holder. The default: leases are unsupported.
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        let _ = (key, ttl, wait);
+        Ok(LeaseOutcome::Unsupported)
+    }
+
+    /// Saves `record` on behalf of a lease holder; stores with fencing reject the write
+    /// when the lease has passed to someone else. The default is a plain save.
+    async fn save_fenced(&self, key: &str, record: &TokenRecord, lease: &dyn Lease) -> Result<()> {
+        let _ = lease;
+        self.save(key, record).await
+    }
 }
 
 /// A blocking store (file systems, foreign callbacks). Wrap it with [`BlockingStoreAdapter`]
@@ -171,11 +215,46 @@ impl<S: BlockingStore> Store for BlockingStoreAdapter<S> {
     }
 }
 
-/// An in-process store; shared between managers of one process through `Arc`.
+/// An in-process store; shared between managers of one process through `Arc`, with an
+/// in-process lease so managers sharing it refresh a key once.
 #[derive(Default)]
 pub struct MemoryStore {
     records: Mutex<HashMap<String, TokenRecord>>,
+    leases: Arc<Mutex<HashMap<String, MemoryLeaseState>>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct MemoryLeaseState {
+    fencing_token: u64,
+    held_until: Option<std::time::Instant>,
+}
+
+#[derive(Debug)]
+struct MemoryLease {
+    key: String,
+    fencing_token: u64,
+    leases: Arc<Mutex<HashMap<String, MemoryLeaseState>>>,
+}
+
+#[async_trait]
+impl Lease for MemoryLease {
+    fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    async fn release(self: Box<Self>) -> Result<()> {
+        let mut leases = self.leases.lock();
+        if let Some(state) = leases.get_mut(&self.key) {
+            if state.fencing_token == self.fencing_token {
+                state.held_until = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often a waiting lease taker looks again.
+const LEASE_POLL: Duration = Duration::from_millis(5);
 
 impl MemoryStore {
     /// An empty store.
@@ -223,6 +302,27 @@ impl BlockingStore for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn try_lease(&self, key: &str, ttl: Duration) -> Option<MemoryLease> {
+        let now = std::time::Instant::now();
+        let mut leases = self.leases.lock();
+        let state = leases.entry(key.to_owned()).or_insert(MemoryLeaseState {
+            fencing_token: 0,
+            held_until: None,
+        });
+        if state.held_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        state.fencing_token += 1;
+        state.held_until = Some(now + ttl);
+        Some(MemoryLease {
+            key: key.to_owned(),
+            fencing_token: state.fencing_token,
+            leases: self.leases.clone(),
+        })
+    }
+}
+
 // The memory store never blocks, so it is also a direct async store.
 #[async_trait]
 impl Store for MemoryStore {
@@ -234,6 +334,35 @@ impl Store for MemoryStore {
     }
     async fn delete(&self, key: &str) -> Result<()> {
         BlockingStore::delete(self, key)
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LeaseOutcome> {
+        let give_up = std::time::Instant::now() + wait;
+        loop {
+            if let Some(lease) = self.try_lease(key, ttl) {
+                return Ok(LeaseOutcome::Acquired(Box::new(lease)));
+            }
+            if std::time::Instant::now() >= give_up {
+                return Ok(LeaseOutcome::Busy);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    async fn save_fenced(&self, key: &str, record: &TokenRecord, lease: &dyn Lease) -> Result<()> {
+        let current = self.leases.lock().get(key).map(|state| state.fencing_token);
+        if current != Some(lease.fencing_token()) {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!("lease of {key:?} passed to another holder; write refused"),
+            ));
+        }
+        BlockingStore::save(self, key, record)
     }
 }
 

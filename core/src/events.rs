@@ -57,6 +57,11 @@ pub enum Event {
         /// Its wall-clock expiry.
         expires_at: SystemTime,
     },
+    /// A sliding session was kept alive (its idle timeout restarted).
+    KeptAlive {
+        /// Generation kept alive.
+        generation: u64,
+    },
     /// A token was invalidated (generation-guarded).
     Invalidated {
         /// Generation discarded.
@@ -121,6 +126,8 @@ pub struct Counters {
     pub store_loads: u64,
     /// Store failures.
     pub store_errors: u64,
+    /// Keep-alive requests for sliding sessions.
+    pub keep_alives: u64,
 }
 
 /// Where the cached token is in its life.

@@ -1,5 +1,5 @@
-//! OAuth2 over HTTP (feature `http`): a client-credentials source with refresh and
-//! revocation, and the classification of token-endpoint and resource responses.
+//! HTTP plumbing shared by the HTTP sources (feature `http`): endpoint rules, the
+//! classification of token-endpoint and resource responses, and the time model.
 //!
 //! Error mapping (RFC 6749 §5.2): `invalid_client` → `InvalidCredentials`,
 //! `invalid_grant` → `InvalidGrant`, `invalid_scope`/`invalid_request`/
@@ -8,53 +8,20 @@
 //! timeouts → `Timeout`, an unreadable success → `Protocol`. Messages name the endpoint
 //! and the kind, never a token or secret.
 
-use std::fmt;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reqwest::header::{HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::SecretString;
-use crate::source::Source;
-use crate::token::{FetchedToken, Lifetime, Token};
+use crate::token::{FetchedToken, Lifetime};
 
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClientAuth {
-    /// HTTP Basic (`client_secret_basic`, the RFC's recommendation).
-    #[default]
-    Basic,
-    /// Form fields (`client_secret_post`).
-    Post,
-}
+pub use crate::oauth2::{ClientAuth, Grant, OAuth2Source};
 
-/// An OAuth2 client-credentials source; refreshes with a refresh token when the server
-/// issued one and revokes (RFC 7009) when a revocation endpoint is configured.
-#[derive(Clone)]
-pub struct ClientCredentials {
-    http: reqwest::Client,
-    token_url: url::Url,
-    revocation_url: Option<url::Url>,
-    client_id: String,
-    client_secret: SecretString,
-    scopes: Vec<String>,
-    auth: ClientAuth,
-}
-
-impl fmt::Debug for ClientCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCredentials")
-            .field("token_url", &self.token_url.as_str())
-            .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
-            .field("scopes", &self.scopes)
-            .field("auth", &self.auth)
-            .finish()
-    }
-}
+/// The OAuth2 source with the client-credentials grant (the common case).
+pub type ClientCredentials = OAuth2Source;
 
 /// Parses an endpoint URL and requires HTTPS unless the host is loopback.
 pub fn endpoint_url(field: &str, value: &str) -> Result<url::Url> {
@@ -103,139 +70,12 @@ pub fn http_client() -> Result<reqwest::Client> {
         })
 }
 
-impl ClientCredentials {
-    /// A source for `client_id`/`client_secret` at `token_url`.
-    pub fn new(
-        token_url: &str,
-        client_id: impl Into<String>,
-        client_secret: impl Into<SecretString>,
-    ) -> Result<Self> {
-        Ok(Self {
-            http: http_client()?,
-            token_url: endpoint_url("token_url", token_url)?,
-            revocation_url: None,
-            client_id: client_id.into(),
-            client_secret: client_secret.into(),
-            scopes: Vec::new(),
-            auth: ClientAuth::default(),
-        })
-    }
-
-    /// Requested scopes.
-    pub fn scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.scopes = scopes.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Client authentication method.
-    pub fn client_auth(mut self, auth: ClientAuth) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// RFC 7009 revocation endpoint, used by `Manager::revoke`.
-    pub fn revocation_url(mut self, url: &str) -> Result<Self> {
-        self.revocation_url = Some(endpoint_url("revocation_url", url)?);
-        Ok(self)
-    }
-
-    async fn post_form(
-        &self,
-        url: &url::Url,
-        mut form: Vec<(&str, String)>,
-    ) -> Result<reqwest::Response> {
-        let mut request = self.http.post(url.clone());
-        match self.auth {
-            ClientAuth::Basic => {
-                request = request.basic_auth(
-                    form_encode(&self.client_id),
-                    Some(form_encode(self.client_secret.expose())),
-                );
-            }
-            ClientAuth::Post => {
-                form.push(("client_id", self.client_id.clone()));
-                form.push(("client_secret", self.client_secret.expose().to_owned()));
-            }
-        }
-        request
-            .form(&form)
-            .send()
-            .await
-            .map_err(|err| transport_error(url, &err))
-    }
-
-    async fn token_request(&self, form: Vec<(&str, String)>) -> Result<FetchedToken> {
-        let mut form = form;
-        if !self.scopes.is_empty() {
-            form.push(("scope", self.scopes.join(" ")));
-        }
-        let response = self.post_form(&self.token_url, form).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&self.token_url, &err))?;
-        if status.is_success() {
-            let fetched = parse_token_response(&self.token_url, &body)?;
-            Ok(cross_check_jwt_expiry(fetched, server_date(&headers)))
-        } else {
-            Err(token_endpoint_error(
-                &self.token_url,
-                status,
-                &headers,
-                &body,
-            ))
-        }
-    }
-}
-
-#[async_trait]
-impl Source for ClientCredentials {
-    async fn fetch(&self) -> Result<FetchedToken> {
-        self.token_request(vec![("grant_type", "client_credentials".to_owned())])
-            .await
-    }
-
-    async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
-        self.token_request(vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.expose().to_owned()),
-        ])
-        .await
-    }
-
-    async fn revoke(&self, token: &Token) -> Result<()> {
-        let Some(url) = &self.revocation_url else {
-            return Ok(());
-        };
-        let mut to_revoke = vec![(token.value(), "access_token")];
-        if let Some(refresh) = token.refresh_token() {
-            to_revoke.push((refresh, "refresh_token"));
-        }
-        for (value, hint) in to_revoke {
-            let form = vec![
-                ("token", value.expose().to_owned()),
-                ("token_type_hint", hint.to_owned()),
-            ];
-            let response = self.post_form(url, form).await?;
-            let status = response.status();
-            if !status.is_success() {
-                let headers = response.headers().clone();
-                let body = response.bytes().await.unwrap_or_default();
-                return Err(token_endpoint_error(url, status, &headers, &body));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn form_encode(value: &str) -> String {
+pub(crate) fn form_encode(value: &str) -> String {
     // RFC 6749 §2.3.1: credentials are form-encoded before Basic encoding.
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-fn endpoint_name(url: &url::Url) -> String {
+pub(crate) fn endpoint_name(url: &url::Url) -> String {
     let mut shown = url.clone();
     shown.set_query(None);
     shown.set_fragment(None);
@@ -244,7 +84,7 @@ fn endpoint_name(url: &url::Url) -> String {
     shown.to_string()
 }
 
-fn transport_error(url: &url::Url, err: &reqwest::Error) -> Error {
+pub(crate) fn transport_error(url: &url::Url, err: &reqwest::Error) -> Error {
     let endpoint = endpoint_name(url);
     if err.is_timeout() {
         Error::new(ErrorKind::Timeout, format!("{endpoint}: request timed out"))
@@ -339,6 +179,7 @@ pub fn parse_token_response(url: &url::Url, body: &[u8]) -> Result<FetchedToken>
             .map(SecretString::new),
         lifetime,
         sent_at: None,
+        idle_timeout: None,
     })
 }
 

@@ -30,6 +30,8 @@ pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
 mod manager;
+#[cfg(feature = "http")]
+pub mod oauth2;
 pub mod policy;
 pub mod runtime;
 mod secret;

@@ -23,7 +23,7 @@ use crate::runtime;
 use crate::secret::SecretString;
 use crate::source::Source;
 use crate::store::{unix_ms, Lease, LeaseOutcome, Store, TokenRecord};
-use crate::token::{FetchedToken, Lifetime, Token};
+use crate::token::{FetchedToken, IdleWindows, Lifetime, Token};
 
 /// A token borrowed from a manager's cache.
 ///
@@ -213,6 +213,7 @@ struct AtomicCounters {
     invalidations: AtomicU64,
     store_loads: AtomicU64,
     store_errors: AtomicU64,
+    keep_alives: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -231,6 +232,7 @@ impl AtomicCounters {
             invalidations: get(&self.invalidations),
             store_loads: get(&self.store_loads),
             store_errors: get(&self.store_errors),
+            keep_alives: get(&self.keep_alives),
         }
     }
 }
@@ -326,14 +328,14 @@ impl Manager {
         let token = guard.as_deref()?;
         // The latest instant it can be now: the cheap reading may lag by `coarse_lag`.
         let now_at_most = shared.clock.coarse_now() + shared.coarse_lag;
-        if now_at_most < token.refresh_at {
+        if now_at_most < token.refresh_at() {
             return Some(TokenRef(Inner::Cached(guard)));
         }
         let now = shared.clock.now();
-        if now < token.refresh_at {
+        if now < token.refresh_at() {
             return Some(TokenRef(Inner::Cached(guard)));
         }
-        if now < token.mandatory_at {
+        if now < token.mandatory_at() {
             self.shared.kick_background_refresh(now);
             return Some(TokenRef(Inner::Cached(guard)));
         }
@@ -376,6 +378,16 @@ impl Manager {
     /// rejection of an older token never discards a newer one. Returns whether it did.
     pub fn invalidate(&self, token: &Token) -> bool {
         self.invalidate_generation(token.generation)
+    }
+
+    /// Reports that `token` was just used successfully: a sliding session's idle timeout
+    /// restarts, so no keep-alive is needed while the application is busy. A no-op for
+    /// tokens with a fixed expiry.
+    pub fn report_use(&self, token: &Token) {
+        if token.idle.is_some() {
+            token.mark_used(self.shared.clock.now());
+            self.shared.timer_wakeup.notify_one();
+        }
     }
 
     /// [`Manager::invalidate`] by generation number (for bindings).
@@ -513,9 +525,9 @@ impl Shared {
     fn state_at(&self, now: MonoTime) -> TokenState {
         match self.current.load().as_deref() {
             None => TokenState::Empty,
-            Some(token) if now < token.refresh_at => TokenState::Fresh,
-            Some(token) if now < token.mandatory_at => TokenState::Stale,
-            Some(token) if now < token.expires_at => TokenState::Mandatory,
+            Some(token) if now < token.refresh_at() => TokenState::Fresh,
+            Some(token) if now < token.mandatory_at() => TokenState::Stale,
+            Some(token) if now < token.expires_at() => TokenState::Mandatory,
             Some(_) => TokenState::Expired,
         }
     }
@@ -544,7 +556,7 @@ impl Shared {
             .current
             .load()
             .as_deref()
-            .is_some_and(|token| now >= token.refresh_at);
+            .is_some_and(|token| now >= token.refresh_at());
         if still_stale && flight.inflight.is_none() && now >= flight.retry_at {
             self.start_refresh(&mut flight, RefreshReason::Stale);
         }
@@ -593,7 +605,7 @@ impl Shared {
                 // A failed or slow refresh still leaves a usable token if the old one is valid.
                 let now = self.clock.now();
                 match self.current.load_full() {
-                    Some(token) if now < token.expires_at => {
+                    Some(token) if now < token.expires_at() => {
                         self.note_served_stale(&token);
                         Ok(token)
                     }
@@ -612,8 +624,9 @@ impl Shared {
         let now = self.clock.now();
         let current = self.current.load_full();
         if let Some(token) = &current {
-            if now < token.mandatory_at {
-                if now >= token.refresh_at && flight.inflight.is_none() && now >= flight.retry_at {
+            if now < token.mandatory_at() {
+                if now >= token.refresh_at() && flight.inflight.is_none() && now >= flight.retry_at
+                {
                     self.start_refresh(&mut flight, RefreshReason::Stale);
                 }
                 return Next::Serve(token.clone());
@@ -632,7 +645,7 @@ impl Shared {
         }
         // Backing off after a failure: serve a still-valid token, else the last error.
         match current {
-            Some(token) if now < token.expires_at => {
+            Some(token) if now < token.expires_at() => {
                 drop(flight);
                 self.note_served_stale(&token);
                 Next::Serve(token)
@@ -656,7 +669,7 @@ impl Shared {
         }
         let now = self.clock.now();
         match self.current.load_full() {
-            Some(token) if now >= token.expires_at => {
+            Some(token) if now >= token.expires_at() => {
                 if self.first_report(|flight| &mut flight.expired_generation, token.generation) {
                     self.emit(Event::Expired {
                         generation: token.generation,
@@ -766,6 +779,9 @@ impl Shared {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed_error());
         }
+        if let Some(outcome) = self.keep_alive_if_idle().await {
+            return outcome;
+        }
         let Some(store) = self.store.clone() else {
             return self.refresh_from_source(None).await;
         };
@@ -810,6 +826,44 @@ impl Shared {
             self.store_failed("release", &err);
         }
         outcome
+    }
+
+    /// A sliding session whose idle timeout comes before its refresh point is kept alive
+    /// instead of replaced, when the source can. `None`: do a full refresh instead.
+    async fn keep_alive_if_idle(self: &Arc<Self>) -> Option<Outcome> {
+        let token = self.current.load_full()?;
+        let now = self.clock.now();
+        if !token.idle_is_due_first()
+            || now >= token.expires_at()
+            || !self.source.supports_keep_alive()
+        {
+            return None;
+        }
+        bump(&self.counters.keep_alives);
+        match self.call_keep_alive(&token).await {
+            Ok(()) => {
+                token.mark_used(now);
+                self.emit(Event::KeptAlive {
+                    generation: token.generation,
+                });
+                Some(Ok(token))
+            }
+            // The server may be down: keep the session while it lasts, retry with backoff.
+            Err(err) if err.is_transient() => Some(Err(err)),
+            // The session is gone (expired, revoked): log in again.
+            Err(_) => None,
+        }
+    }
+
+    async fn call_keep_alive(&self, token: &Token) -> Result<()> {
+        let deadline = self.clock.now() + self.policy.source_timeout();
+        tokio::select! {
+            result = self.source.keep_alive(token) => result.map(|_| ()),
+            () = self.clock.sleep_until(deadline) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("the keep-alive did not answer within {:?}", self.policy.source_timeout()),
+            )),
+        }
     }
 
     async fn refresh_from_source(self: &Arc<Self>, lease: Option<&dyn Lease>) -> Outcome {
@@ -910,6 +964,12 @@ impl Shared {
             mandatory_at: windows.mandatory_at,
             expires_at,
             expires_at_wall: self.clock.wall_of_mono(expires_at),
+            idle: fetched.idle_timeout.map(|timeout| IdleWindows {
+                timeout,
+                advisory: self.policy.advisory_window(timeout),
+                mandatory: self.policy.mandatory_window(timeout),
+            }),
+            last_used: AtomicU64::new(sent_at.as_nanos()),
         };
         if let Some(store) = &self.store {
             let record = self.record_of(&token);
@@ -1001,6 +1061,8 @@ impl Shared {
             mandatory_at: windows.mandatory_at,
             expires_at,
             expires_at_wall: record.expires_at(),
+            idle: None,
+            last_used: AtomicU64::new(obtained_at.as_nanos()),
         };
         Some(self.publish(token, true))
     }
@@ -1089,10 +1151,10 @@ impl Shared {
             return MonoTime::FAR_FUTURE;
         };
         if flight.consecutive_failures == 0 {
-            return token.refresh_at;
+            return token.refresh_at();
         }
         match &flight.last_error {
-            Some(err) if err.is_transient() => token.refresh_at.max(flight.retry_at),
+            Some(err) if err.is_transient() => token.refresh_at().max(flight.retry_at),
             _ => MonoTime::FAR_FUTURE,
         }
     }

@@ -38,6 +38,12 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
         let _ = token;
         Ok(None)
     }
+
+    /// Whether [`Source::keep_alive`] does something. When it doesn't, a sliding session
+    /// about to lapse is replaced by a new login instead.
+    fn supports_keep_alive(&self) -> bool {
+        false
+    }
 }
 
 /// A source built from an async closure, for apps and tests.

@@ -1,6 +1,7 @@
 //! Tokens as handed to callers, and as sources return them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::MonoTime;
@@ -11,7 +12,6 @@ use crate::secret::SecretString;
 /// The value is a [`SecretString`]; `Debug` never shows it. Deadlines are monotonic
 /// instants of the manager's clock (immune to wall-clock jumps); the wall-clock expiry is
 /// kept for display and persistence.
-#[derive(Clone)]
 pub struct Token {
     pub(crate) value: SecretString,
     pub(crate) token_type: String,
@@ -23,6 +23,40 @@ pub struct Token {
     pub(crate) mandatory_at: MonoTime,
     pub(crate) expires_at: MonoTime,
     pub(crate) expires_at_wall: SystemTime,
+    /// Sliding sessions: the idle timeout and its windows; `None` for tokens that only
+    /// expire at a fixed time.
+    pub(crate) idle: Option<IdleWindows>,
+    /// Last use reported for a sliding session (monotonic nanoseconds).
+    pub(crate) last_used: AtomicU64,
+}
+
+/// Windows of a sliding idle timeout, relative to the last use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdleWindows {
+    pub(crate) timeout: Duration,
+    /// Keep-alive starts this long before the idle timeout lapses.
+    pub(crate) advisory: Duration,
+    /// Callers wait for the keep-alive from this long before it lapses.
+    pub(crate) mandatory: Duration,
+}
+
+impl Clone for Token {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            token_type: self.token_type.clone(),
+            scopes: self.scopes.clone(),
+            refresh_token: self.refresh_token.clone(),
+            generation: self.generation,
+            obtained_at: self.obtained_at,
+            refresh_at: self.refresh_at,
+            mandatory_at: self.mandatory_at,
+            expires_at: self.expires_at,
+            expires_at_wall: self.expires_at_wall,
+            idle: self.idle,
+            last_used: AtomicU64::new(self.last_used.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Token {
@@ -52,9 +86,37 @@ impl Token {
         self.generation
     }
 
-    /// Monotonic instant after which the token must not be used.
+    /// Monotonic instant after which the token must not be used: the absolute expiry,
+    /// or for a sliding session the end of its idle timeout if that comes first.
+    #[inline]
     pub fn expires_at(&self) -> MonoTime {
-        self.expires_at
+        match &self.idle {
+            None => self.expires_at,
+            Some(idle) => self.expires_at.min(self.last_used() + idle.timeout),
+        }
+    }
+
+    /// The idle timeout of a sliding session (`None` for fixed-expiry tokens).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle.map(|idle| idle.timeout)
+    }
+
+    /// The last use reported for a sliding session (or when it was obtained).
+    pub fn last_used(&self) -> MonoTime {
+        MonoTime::from_nanos(self.last_used.load(Ordering::Acquire))
+    }
+
+    /// Records a use: a sliding session's idle timeout restarts now.
+    pub(crate) fn mark_used(&self, now: MonoTime) {
+        self.last_used.fetch_max(now.as_nanos(), Ordering::AcqRel);
+    }
+
+    /// Whether the keep-alive (not a new token) is what the refresh point is about.
+    pub(crate) fn idle_is_due_first(&self) -> bool {
+        match &self.idle {
+            None => false,
+            Some(idle) => self.last_used() + idle.timeout - idle.advisory < self.refresh_at,
+        }
     }
 
     /// Wall-clock expiry (for display and persistence).
@@ -62,14 +124,27 @@ impl Token {
         self.expires_at_wall
     }
 
-    /// Monotonic instant at which a background refresh starts (the advisory window).
+    /// Monotonic instant at which a background refresh (or keep-alive) starts: the
+    /// advisory window.
+    #[inline]
     pub fn refresh_at(&self) -> MonoTime {
-        self.refresh_at
+        match &self.idle {
+            None => self.refresh_at,
+            Some(idle) => self
+                .refresh_at
+                .min(self.last_used() + idle.timeout - idle.advisory),
+        }
     }
 
     /// Monotonic instant from which callers wait for a refresh (the mandatory window).
+    #[inline]
     pub fn mandatory_at(&self) -> MonoTime {
-        self.mandatory_at
+        match &self.idle {
+            None => self.mandatory_at,
+            Some(idle) => self
+                .mandatory_at
+                .min(self.last_used() + idle.timeout - idle.mandatory),
+        }
     }
 
     /// Monotonic instant at which the request that produced this token was sent.
@@ -92,6 +167,7 @@ impl fmt::Debug for Token {
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("generation", &self.generation)
             .field("expires_at_wall", &self.expires_at_wall)
+            .field("idle_timeout", &self.idle_timeout())
             .finish()
     }
 }
@@ -124,6 +200,9 @@ pub struct FetchedToken {
     /// When the request was sent, if the source measured it; otherwise the manager uses
     /// the moment it called the source (never later than the actual send).
     pub sent_at: Option<MonoTime>,
+    /// For sliding sessions: the idle timeout that every use restarts. The manager keeps
+    /// the session alive (keep-alive request or re-login) before it lapses.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl FetchedToken {
@@ -136,7 +215,14 @@ impl FetchedToken {
             refresh_token: None,
             lifetime: Lifetime::ExpiresIn(expires_in),
             sent_at: None,
+            idle_timeout: None,
         }
+    }
+
+    /// Makes this a sliding session with the given idle timeout.
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = Some(idle_timeout);
+        self
     }
 
     /// Adds a refresh token.
@@ -166,6 +252,7 @@ impl fmt::Debug for FetchedToken {
             .field("scopes", &self.scopes)
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("lifetime", &self.lifetime)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }

@@ -1,0 +1,166 @@
+//! Sliding idle timeouts and absolute timeouts of session tokens, on a manual clock.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use tokenlease::clock::ManualClock;
+use tokenlease::{Clock, Event, FetchedToken, Lifetime, Manager, Source, Token, TokenState};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A session API: 15 minutes idle, 60 minutes absolute, optional keep-alive.
+#[derive(Debug)]
+struct SessionApi {
+    logins: AtomicU64,
+    keep_alives: AtomicU64,
+    keep_alive_supported: bool,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl SessionApi {
+    fn new(keep_alive_supported: bool) -> Arc<Self> {
+        Arc::new(Self {
+            logins: AtomicU64::new(0),
+            keep_alives: AtomicU64::new(0),
+            keep_alive_supported,
+            down: Default::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for SessionApi {
+    async fn fetch(&self) -> tokenlease::Result<FetchedToken> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(transient("session API down"));
+        }
+        let n = self.logins.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok(FetchedToken::bearer(format!("session-{n}"), 60 * MINUTE)
+            .with_lifetime(Lifetime::ExpiresIn(60 * MINUTE))
+            .with_idle_timeout(15 * MINUTE))
+    }
+
+    async fn keep_alive(&self, _token: &Token) -> tokenlease::Result<Option<Lifetime>> {
+        self.keep_alives.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(transient("session API down"));
+        }
+        Ok(None)
+    }
+
+    fn supports_keep_alive(&self) -> bool {
+        self.keep_alive_supported
+    }
+}
+
+fn session_manager(api: Arc<SessionApi>, clock: &ManualClock) -> (Manager, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let manager = Manager::builder_from_arc(api)
+        .clock(Arc::new(clock.clone()))
+        .policy(policy())
+        .listener(recorder.clone())
+        .build();
+    (manager, recorder)
+}
+
+#[test]
+fn an_idle_session_is_kept_alive_on_the_client_timer_at_minute_ten() {
+    let clock = ManualClock::new();
+    let api = SessionApi::new(true);
+    let (manager, recorder) = session_manager(api.clone(), &clock);
+    let token = manager.token_blocking().unwrap().into_arc();
+    assert_eq!(token.idle_timeout(), Some(15 * MINUTE));
+    // Idle advisory window of a 15-minute idle timeout is 5 minutes: keep-alive at minute 10.
+    assert_eq!(token.refresh_at(), token.obtained_at() + 10 * MINUTE);
+    wait_until("timer armed", || {
+        clock.next_timer() == Some(token.refresh_at())
+    });
+    clock.advance(10 * MINUTE);
+    wait_until("kept alive", || {
+        recorder.count(|e| matches!(e, Event::KeptAlive { .. })) == 1
+    });
+    assert_eq!(api.keep_alives.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        api.logins.load(Ordering::SeqCst),
+        1,
+        "no re-login for an idle session"
+    );
+    assert_eq!(manager.status().generation, 1);
+    assert_eq!(manager.status().state, TokenState::Fresh);
+    assert_eq!(manager.status().counters.keep_alives, 1);
+}
+
+#[test]
+fn reported_use_postpones_the_keep_alive() {
+    let clock = ManualClock::new();
+    let api = SessionApi::new(true);
+    let (manager, _) = session_manager(api.clone(), &clock);
+    for _ in 0..5 {
+        clock.advance(5 * MINUTE);
+        let token = manager.token_blocking().unwrap();
+        manager.report_use(&token);
+    }
+    // 25 minutes of steady use: never idle long enough to need a keep-alive.
+    wait_until("no refresh running", || !manager.status().refreshing);
+    assert_eq!(api.keep_alives.load(Ordering::SeqCst), 0);
+    assert_eq!(api.logins.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_absolute_timeout_forces_a_new_login_even_when_used() {
+    let clock = ManualClock::new();
+    let api = SessionApi::new(true);
+    let (manager, recorder) = session_manager(api.clone(), &clock);
+    let first = manager.token_blocking().unwrap().into_arc();
+    // Used every 5 minutes for 50 minutes: the absolute refresh point of a 60-minute
+    // session (minute 45) triggers a re-login, not a keep-alive.
+    for _ in 0..10 {
+        clock.advance(5 * MINUTE);
+        if let Ok(token) = manager.token_blocking() {
+            manager.report_use(&token);
+        }
+        wait_until("settled", || !manager.status().refreshing);
+    }
+    wait_until("re-login", || recorder.successes() == 2);
+    assert_eq!(api.logins.load(Ordering::SeqCst), 2);
+    assert_ne!(manager.cached().unwrap().generation(), first.generation());
+    assert_eq!(api.keep_alives.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn without_keep_alive_an_idle_session_is_replaced_by_a_new_login() {
+    let clock = ManualClock::new();
+    let api = SessionApi::new(false);
+    let (manager, recorder) = session_manager(api.clone(), &clock);
+    let first = manager.token_blocking().unwrap().into_arc();
+    wait_until("timer armed", || {
+        clock.next_timer() == Some(first.refresh_at())
+    });
+    clock.advance(10 * MINUTE);
+    wait_until("re-login", || recorder.successes() == 2);
+    assert_eq!(api.logins.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_idle_session_past_its_idle_timeout_is_never_served() {
+    let clock = ManualClock::new();
+    let api = SessionApi::new(true);
+    let (manager, _) = session_manager(api.clone(), &clock);
+    let first = manager.token_blocking().unwrap().into_arc();
+    assert_eq!(first.expires_at(), first.obtained_at() + 15 * MINUTE);
+    api.down.store(true, Ordering::SeqCst);
+    // Keep-alives and logins fail; the session is served until its idle timeout...
+    clock.advance(14 * MINUTE + Duration::from_secs(30));
+    assert_eq!(manager.token_blocking().unwrap().generation(), 1);
+    wait_until("settled", || !manager.status().refreshing);
+    // ...and never after it, although its absolute expiry is 45 minutes away.
+    clock.advance(MINUTE);
+    let err = manager.token_blocking().unwrap_err();
+    assert_eq!(err.kind(), tokenlease::ErrorKind::Expired);
+    assert!(api.keep_alives.load(Ordering::SeqCst) >= 1);
+}

@@ -35,6 +35,8 @@ pub mod oauth2;
 pub mod policy;
 pub mod runtime;
 mod secret;
+#[cfg(feature = "http")]
+pub mod session;
 mod source;
 pub mod store;
 mod token;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use tokenlease::clock::ManualClock;
-use tokenlease::{Clock, Event, FetchedToken, Lifetime, Manager, Source, Token, TokenState};
+use tokenlease::{Event, FetchedToken, Lifetime, Manager, Source, Token, TokenState};
 
 const MINUTE: Duration = Duration::from_secs(60);
 

@@ -1,0 +1,836 @@
+//! Declarative HTTP session login for APIs that are not OAuth2 (feature `http`).
+//!
+//! A login request built from configured credentials returns a session token; the spec
+//! says where the token is (JSON pointer or header), how long it lives (a field, a header
+//! such as `X-Token-Expires-In`, a JWT `exp`, or a documented minimum lifetime), whether
+//! that lifetime slides with use (idle timeout) and what absolute timeout caps it, how
+//! the token is sent (`Authorization: Bearer x`, `vmware-api-session-id: x`,
+//! `Authorization: ZSession x`), how to keep it alive and log out, and which responses
+//! mean "session expired".
+//!
+//! Request templates may use `{{name}}` for a configured credential and `{{token}}` for
+//! the session token; values are substituted, never logged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::http::{
+    endpoint_name, endpoint_url, http_client, jwt_expiry, server_date, transport_error,
+};
+use crate::secret::SecretString;
+use crate::source::Source;
+use crate::token::{FetchedToken, Lifetime, Token};
+
+/// Where a value is found in a response.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ValueLocation {
+    /// A JSON pointer (RFC 6901) into the JSON body, e.g. `/session/id`.
+    JsonPointer(String),
+    /// A response header.
+    Header(String),
+}
+
+/// An HTTP request template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// HTTP method (default `POST`).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// URL (HTTPS unless loopback).
+    pub url: String,
+    /// Extra headers (templated).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON body (string values templated).
+    #[serde(default)]
+    pub json: Option<serde_json::Value>,
+    /// A form body (values templated).
+    #[serde(default)]
+    pub form: Option<BTreeMap<String, String>>,
+    /// Send the session token with this request the way `send` says (keep-alive, logout).
+    #[serde(default)]
+    pub authenticated: bool,
+}
+
+fn default_method() -> String {
+    "POST".to_owned()
+}
+
+/// How the token is attached to API requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendSpec {
+    /// Header name, e.g. `Authorization` or `vmware-api-session-id`.
+    pub header: String,
+    /// Prefix before the token, e.g. `"Bearer "` or `"ZSession "` (default none).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// Which responses mean "the session expired or was rejected".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiredSpec {
+    /// Statuses that can mean expiry (default `[401]`).
+    #[serde(default = "default_expired_statuses")]
+    pub statuses: Vec<u16>,
+    /// When non-empty, a status match also needs the body to contain one of these
+    /// (e.g. `"Token Expired"`, `"INVALID_SESSION"`); a body match alone also counts
+    /// for APIs that report expiry with another status (SOAP faults with 500).
+    #[serde(default)]
+    pub body_contains: Vec<String>,
+    /// A response header whose presence means expiry.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+fn default_expired_statuses() -> Vec<u16> {
+    vec![401]
+}
+
+impl Default for ExpiredSpec {
+    fn default() -> Self {
+        Self {
+            statuses: default_expired_statuses(),
+            body_contains: Vec::new(),
+            header: None,
+        }
+    }
+}
+
+/// The declarative description of a session API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// The login request.
+    pub login: RequestSpec,
+    /// Where the session token is in the login response.
+    pub token: ValueLocation,
+    /// Where the lifetime in seconds is (`expires_in` field, `X-Token-Expires-In` header).
+    #[serde(default)]
+    pub expires_in: Option<ValueLocation>,
+    /// Read the lifetime from the token's JWT `exp` (against the server's `Date`).
+    #[serde(default)]
+    pub expires_in_from_jwt: bool,
+    /// A lifetime the API documents (e.g. "at least 15 minutes"); the shortest known
+    /// lifetime wins.
+    #[serde(default)]
+    pub lifetime_s: Option<u64>,
+    /// The lifetime is an idle timeout that every use restarts (sliding session).
+    #[serde(default)]
+    pub sliding: bool,
+    /// Absolute timeout from login, seconds.
+    #[serde(default)]
+    pub absolute_timeout_s: Option<u64>,
+    /// Where an absolute deadline (RFC 3339, server clock) is in the login response.
+    #[serde(default)]
+    pub absolute_deadline: Option<ValueLocation>,
+    /// How the token is sent.
+    pub send: SendSpec,
+    /// A keep-alive request that restarts the idle timeout.
+    #[serde(default)]
+    pub keep_alive: Option<RequestSpec>,
+    /// A logout request (used by `Manager::revoke`).
+    #[serde(default)]
+    pub logout: Option<RequestSpec>,
+    /// Which responses mean the session expired.
+    #[serde(default)]
+    pub expired: ExpiredSpec,
+}
+
+/// A [`Source`] that logs in to a session API.
+#[derive(Clone)]
+pub struct SessionLogin {
+    http: reqwest::Client,
+    spec: SessionSpec,
+    credentials: BTreeMap<String, SecretString>,
+    send_header: HeaderName,
+}
+
+impl fmt::Debug for SessionLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLogin")
+            .field("login_url", &self.spec.login.url)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("send_header", &self.send_header)
+            .finish()
+    }
+}
+
+fn config_error(message: String) -> Error {
+    Error::new(ErrorKind::Configuration, message)
+}
+
+impl SessionLogin {
+    /// Checks the spec (URLs, header names, templates) and builds the source.
+    pub fn new(spec: SessionSpec, credentials: BTreeMap<String, SecretString>) -> Result<Self> {
+        let send_header = HeaderName::from_bytes(spec.send.header.as_bytes()).map_err(|_| {
+            config_error(format!(
+                "session.send.header: {:?} is not a header name",
+                spec.send.header
+            ))
+        })?;
+        let requests = [
+            ("login", Some(&spec.login)),
+            ("keep_alive", spec.keep_alive.as_ref()),
+            ("logout", spec.logout.as_ref()),
+        ];
+        for (name, request) in requests {
+            let Some(request) = request else { continue };
+            endpoint_url(&format!("session.{name}.url"), &request.url)?;
+            reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+                config_error(format!(
+                    "session.{name}.method: {:?} is not an HTTP method",
+                    request.method
+                ))
+            })?;
+            if request.json.is_some() && request.form.is_some() {
+                return Err(config_error(format!(
+                    "session.{name}: give either json or form, not both"
+                )));
+            }
+            for placeholder in placeholders_of(request) {
+                if placeholder != "token" && !credentials.contains_key(&placeholder) {
+                    return Err(config_error(format!(
+                        "session.{name}: template uses {{{{{placeholder}}}}} but no credential {placeholder:?} is configured"
+                    )));
+                }
+                if placeholder == "token" && name == "login" {
+                    return Err(config_error(
+                        "session.login: {{token}} is not available before login".to_owned(),
+                    ));
+                }
+            }
+        }
+        if let Some(ValueLocation::JsonPointer(pointer)) = &spec.expires_in {
+            check_pointer("session.expires_in", pointer)?;
+        }
+        if let ValueLocation::JsonPointer(pointer) = &spec.token {
+            check_pointer("session.token", pointer)?;
+        }
+        if spec.expires_in.is_none()
+            && !spec.expires_in_from_jwt
+            && spec.lifetime_s.is_none()
+            && spec.absolute_timeout_s.is_none()
+            && spec.absolute_deadline.is_none()
+        {
+            return Err(config_error(
+                "session: say how long a session lives (expires_in, expires_in_from_jwt, lifetime_s, absolute_timeout_s or absolute_deadline)".to_owned(),
+            ));
+        }
+        Ok(Self {
+            http: http_client()?,
+            spec,
+            credentials,
+            send_header,
+        })
+    }
+
+    /// The header that carries the token, with its value.
+    pub fn authorization(&self, token: &Token) -> Result<(HeaderName, HeaderValue)> {
+        let mut value = HeaderValue::from_str(&format!(
+            "{}{}",
+            self.spec.send.prefix,
+            token.value().expose()
+        ))
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Protocol,
+                "the session token is not a valid header value",
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok((self.send_header.clone(), value))
+    }
+
+    /// Whether a response means the session expired (see [`ExpiredSpec`]).
+    pub fn is_session_expired(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
+        let expired = &self.spec.expired;
+        if let Some(header) = &expired.header {
+            if headers.contains_key(header.as_str()) {
+                return true;
+            }
+        }
+        let body_matches = || {
+            let text = String::from_utf8_lossy(body);
+            expired
+                .body_contains
+                .iter()
+                .any(|needle| text.contains(needle.as_str()))
+        };
+        if expired.statuses.contains(&status.as_u16()) {
+            return expired.body_contains.is_empty() || body_matches();
+        }
+        !status.is_success() && !expired.body_contains.is_empty() && body_matches()
+    }
+
+    fn render(&self, template: &str, token: Option<&Token>) -> String {
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find("}}") {
+                Some(end) => {
+                    let name = after[..end].trim();
+                    match (name, token) {
+                        ("token", Some(token)) => out.push_str(token.value().expose()),
+                        _ => match self.credentials.get(name) {
+                            Some(secret) => out.push_str(secret.expose()),
+                            None => out.push_str(&rest[start..start + 2 + end + 2]),
+                        },
+                    }
+                    rest = &after[end + 2..];
+                }
+                None => {
+                    out.push_str(&rest[start..]);
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn render_json(&self, value: &serde_json::Value, token: Option<&Token>) -> serde_json::Value {
+        match value {
+            serde_json::Value::String(text) => serde_json::Value::String(self.render(text, token)),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(|item| self.render_json(item, token))
+                .collect(),
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| (k.clone(), self.render_json(v, token)))
+                .collect(),
+            other => other.clone(),
+        }
+    }
+
+    async fn send(
+        &self,
+        what: &str,
+        request: &RequestSpec,
+        token: Option<&Token>,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>, url::Url)> {
+        let url = endpoint_url(
+            &format!("session.{what}.url"),
+            &self.render(&request.url, token),
+        )?;
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| config_error(format!("session.{what}.method is invalid")))?;
+        let mut builder = self.http.request(method, url.clone());
+        for (name, value) in &request.headers {
+            let mut value = HeaderValue::from_str(&self.render(value, token)).map_err(|_| {
+                config_error(format!(
+                    "session.{what}.headers.{name}: not a valid header value"
+                ))
+            })?;
+            value.set_sensitive(true);
+            builder = builder.header(name.as_str(), value);
+        }
+        if request.authenticated {
+            if let Some(token) = token {
+                let (name, value) = self.authorization(token)?;
+                builder = builder.header(name, value);
+            }
+        }
+        if let Some(json) = &request.json {
+            builder = builder.json(&self.render_json(json, token));
+        } else if let Some(form) = &request.form {
+            let rendered: Vec<(String, String)> = form
+                .iter()
+                .map(|(k, v)| (k.clone(), self.render(v, token)))
+                .collect();
+            builder = builder.form(&rendered);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|err| transport_error(&url, &err))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| transport_error(&url, &err))?;
+        Ok((status, headers, body.to_vec(), url))
+    }
+
+    fn failure(
+        &self,
+        what: &str,
+        url: &url::Url,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Error {
+        let endpoint = endpoint_name(url);
+        let kind = match status.as_u16() {
+            429 => ErrorKind::RateLimited,
+            500..=599 if !self.is_session_expired(status, headers, body) => ErrorKind::Transient,
+            401 | 403 if what == "login" => ErrorKind::InvalidCredentials,
+            _ if what != "login" && self.is_session_expired(status, headers, body) => {
+                ErrorKind::TokenRejected
+            }
+            400..=499 => {
+                if what == "login" {
+                    ErrorKind::InvalidCredentials
+                } else {
+                    ErrorKind::Protocol
+                }
+            }
+            _ => ErrorKind::Protocol,
+        };
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        Error::new(
+            kind,
+            format!("session {what} at {endpoint} answered {}", status.as_u16()),
+        )
+        .with_retry_after(retry_after)
+    }
+
+    fn extract(
+        &self,
+        location: &ValueLocation,
+        headers: &HeaderMap,
+        json: Option<&serde_json::Value>,
+    ) -> Option<String> {
+        match location {
+            ValueLocation::Header(name) => headers
+                .get(name.as_str())?
+                .to_str()
+                .ok()
+                .map(|v| v.trim().to_owned()),
+            ValueLocation::JsonPointer(pointer) => match json?.pointer(pointer)? {
+                serde_json::Value::String(text) => Some(text.clone()),
+                serde_json::Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            },
+        }
+    }
+
+    /// Parses a login response into a token (public for fuzzing and tests).
+    pub fn parse_login(
+        &self,
+        url: &url::Url,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<FetchedToken> {
+        let endpoint = endpoint_name(url);
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let value = self
+            .extract(&self.spec.token, headers, json.as_ref())
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "session login at {endpoint}: no token where the spec says ({:?})",
+                        self.spec.token
+                    ),
+                )
+            })?;
+        let server_now = server_date(headers);
+        let mut candidates: Vec<Duration> = Vec::new();
+        if let Some(location) = &self.spec.expires_in {
+            let text = self
+                .extract(location, headers, json.as_ref())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        format!("session login at {endpoint}: no lifetime at {location:?}"),
+                    )
+                })?;
+            let seconds: f64 = text.trim().parse().map_err(|_| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "session login at {endpoint}: lifetime at {location:?} is not a number"
+                    ),
+                )
+            })?;
+            let lifetime = Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|lifetime| !lifetime.is_zero() && seconds < 1e10)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        format!("session login at {endpoint}: lifetime must be positive"),
+                    )
+                })?;
+            candidates.push(lifetime);
+        }
+        if self.spec.expires_in_from_jwt {
+            let exp = jwt_expiry(&value).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("session login at {endpoint}: the token is not a JWT with exp"),
+                )
+            })?;
+            candidates.push(remaining_on_server_clock(exp, server_now));
+        }
+        if let Some(seconds) = self.spec.lifetime_s {
+            candidates.push(Duration::from_secs(seconds));
+        }
+        let mut absolute: Vec<Duration> = Vec::new();
+        if let Some(seconds) = self.spec.absolute_timeout_s {
+            absolute.push(Duration::from_secs(seconds));
+        }
+        if let Some(location) = &self.spec.absolute_deadline {
+            let text = self
+                .extract(location, headers, json.as_ref())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Protocol,
+                        format!(
+                            "session login at {endpoint}: no absolute deadline at {location:?}"
+                        ),
+                    )
+                })?;
+            let deadline = parse_rfc3339(&text).ok_or_else(|| {
+                Error::new(ErrorKind::Protocol, format!("session login at {endpoint}: absolute deadline at {location:?} is not RFC 3339"))
+            })?;
+            absolute.push(remaining_on_server_clock(deadline, server_now));
+        }
+        let shortest = candidates.iter().copied().min();
+        let absolute = absolute.into_iter().min();
+        let mut fetched = FetchedToken::bearer(value, Duration::ZERO);
+        fetched.token_type = self.spec.send.prefix.trim().to_owned();
+        match (self.spec.sliding, shortest, absolute) {
+            (true, Some(idle), absolute) => {
+                fetched.idle_timeout = Some(idle);
+                fetched.lifetime = absolute.map_or(Lifetime::Unknown, Lifetime::ExpiresIn);
+            }
+            (_, Some(lifetime), Some(absolute)) => {
+                fetched.lifetime = Lifetime::ExpiresIn(lifetime.min(absolute))
+            }
+            (_, Some(lifetime), None) | (_, None, Some(lifetime)) => {
+                fetched.lifetime = Lifetime::ExpiresIn(lifetime)
+            }
+            (_, None, None) => fetched.lifetime = Lifetime::Unknown,
+        }
+        Ok(fetched)
+    }
+}
+
+/// Remaining lifetime of a server-clock deadline, measured against the server's own
+/// `Date` so client clock skew doesn't matter (one second off for `Date`'s resolution).
+fn remaining_on_server_clock(deadline: SystemTime, server_now: Option<SystemTime>) -> Duration {
+    match server_now {
+        Some(now) => deadline
+            .duration_since(now)
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_secs(1)),
+        None => deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    }
+}
+
+fn check_pointer(field: &str, pointer: &str) -> Result<()> {
+    if pointer.is_empty() || pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(config_error(format!(
+            "{field}: a JSON pointer starts with '/' (got {pointer:?})"
+        )))
+    }
+}
+
+fn placeholders_of(request: &RequestSpec) -> Vec<String> {
+    fn scan(text: &str, out: &mut Vec<String>) {
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else { break };
+            out.push(after[..end].trim().to_owned());
+            rest = &after[end + 2..];
+        }
+    }
+    fn scan_json(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(text) => scan(text, out),
+            serde_json::Value::Array(items) => items.iter().for_each(|item| scan_json(item, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|value| scan_json(value, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    scan(&request.url, &mut out);
+    request
+        .headers
+        .values()
+        .for_each(|value| scan(value, &mut out));
+    request
+        .form
+        .iter()
+        .flat_map(|form| form.values())
+        .for_each(|value| scan(value, &mut out));
+    if let Some(json) = &request.json {
+        scan_json(json, &mut out);
+    }
+    out
+}
+
+/// Parses an RFC 3339 timestamp (`2026-11-23T10:00:00Z`, with optional fraction and offset).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    let (date, time) = text.split_once(['T', 't', ' '])?;
+    let mut date_parts = date.splitn(3, '-');
+    let year: i64 = date_parts.next()?.parse().ok()?;
+    let month: u32 = date_parts.next()?.parse().ok()?;
+    let day: u32 = date_parts.next()?.parse().ok()?;
+    let (clock, offset_seconds) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
+        (clock, 0i64)
+    } else {
+        let split = time.rfind(['+', '-'])?;
+        let (clock, offset) = time.split_at(split);
+        let sign = if offset.starts_with('-') { -1 } else { 1 };
+        let (hours, minutes) = offset[1..].split_once(':')?;
+        let offset = sign * (hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60);
+        (clock, offset)
+    };
+    let mut clock_parts = clock.splitn(3, ':');
+    let hour: i64 = clock_parts.next()?.parse().ok()?;
+    let minute: i64 = clock_parts.next()?.parse().ok()?;
+    let second_text = clock_parts.next()?;
+    let (whole, fraction) = second_text.split_once('.').unwrap_or((second_text, ""));
+    let second: i64 = whole.parse().ok()?;
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let nanos: u32 = if fraction.is_empty() {
+        0
+    } else {
+        let digits: String = fraction.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        format!("{digits:0<9}").parse().ok()?
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * i64::from(m) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
+    let seconds = u64::try_from(seconds).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos))
+}
+
+#[async_trait]
+impl Source for SessionLogin {
+    async fn fetch(&self) -> Result<FetchedToken> {
+        let (status, headers, body, url) = self.send("login", &self.spec.login, None).await?;
+        if !status.is_success() {
+            return Err(self.failure("login", &url, status, &headers, &body));
+        }
+        self.parse_login(&url, &headers, &body)
+    }
+
+    async fn revoke(&self, token: &Token) -> Result<()> {
+        let Some(logout) = &self.spec.logout else {
+            return Ok(());
+        };
+        let (status, headers, body, url) = self.send("logout", logout, Some(token)).await?;
+        // An already expired session is logged out as far as we are concerned.
+        if status.is_success() || self.is_session_expired(status, &headers, &body) {
+            Ok(())
+        } else {
+            Err(self.failure("logout", &url, status, &headers, &body))
+        }
+    }
+
+    async fn keep_alive(&self, token: &Token) -> Result<Option<Lifetime>> {
+        let Some(keep_alive) = &self.spec.keep_alive else {
+            return Ok(None);
+        };
+        let (status, headers, body, url) = self.send("keep_alive", keep_alive, Some(token)).await?;
+        if status.is_success() {
+            Ok(None)
+        } else {
+            Err(self.failure("keep_alive", &url, status, &headers, &body))
+        }
+    }
+
+    fn supports_keep_alive(&self) -> bool {
+        self.spec.keep_alive.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> SessionSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn zuora_like() -> SessionLogin {
+        let spec = spec(
+            r#"{
+            "login": {"url": "http://127.0.0.1:1/login", "json": {"user": "{{username}}", "pass": "{{password}}"}},
+            "token": {"json_pointer": "/session/id"},
+            "expires_in": {"header": "X-Token-Expires-In"},
+            "lifetime_s": 900,
+            "sliding": true,
+            "absolute_deadline": {"json_pointer": "/session/absolute_expires_at"},
+            "send": {"header": "Authorization", "prefix": "ZSession "},
+            "expired": {"statuses": [401], "body_contains": ["Token Expired", "INVALID_SESSION"]}
+        }"#,
+        );
+        let credentials = [
+            ("username".to_owned(), SecretString::from("alice")),
+            ("password".to_owned(), SecretString::from("pw-secret")),
+        ];
+        SessionLogin::new(spec, credentials.into_iter().collect()).unwrap()
+    }
+
+    #[test]
+    fn templates_substitute_credentials_and_token() {
+        let login = zuora_like();
+        assert_eq!(
+            login.render("u={{username}}&p={{ password }}", None),
+            "u=alice&p=pw-secret"
+        );
+        assert_eq!(login.render("{{unknown}} {{", None), "{{unknown}} {{");
+        let json = login.render_json(&serde_json::json!({"a": ["{{username}}", 1]}), None);
+        assert_eq!(json, serde_json::json!({"a": ["alice", 1]}));
+        assert!(!format!("{login:?}").contains("pw-secret"));
+    }
+
+    #[test]
+    fn login_response_gives_idle_and_absolute_lifetimes_on_the_server_clock() {
+        let login = zuora_like();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-token-expires-in", "600".parse().unwrap());
+        headers.insert(
+            reqwest::header::DATE,
+            "Mon, 23 Nov 2026 10:00:00 GMT".parse().unwrap(),
+        );
+        let body =
+            br#"{"session": {"id": "sess-1", "absolute_expires_at": "2026-11-23T11:00:00Z"}}"#;
+        let url = url::Url::parse("http://127.0.0.1:1/login").unwrap();
+        let fetched = login.parse_login(&url, &headers, body).unwrap();
+        assert_eq!(fetched.value.expose(), "sess-1");
+        // The header (600 s) is shorter than the documented minimum (900 s): it wins.
+        assert_eq!(fetched.idle_timeout, Some(Duration::from_secs(600)));
+        // One hour to the absolute deadline by the server's own clock, minus Date's 1 s.
+        assert_eq!(
+            fetched.lifetime,
+            Lifetime::ExpiresIn(Duration::from_secs(3599))
+        );
+        assert_eq!(fetched.token_type, "ZSession");
+    }
+
+    #[test]
+    fn expiry_responses_are_recognised_by_status_and_body() {
+        let login = zuora_like();
+        let headers = HeaderMap::new();
+        assert!(login.is_session_expired(
+            StatusCode::UNAUTHORIZED,
+            &headers,
+            br#"{"message":"Token Expired"}"#
+        ));
+        assert!(!login.is_session_expired(
+            StatusCode::UNAUTHORIZED,
+            &headers,
+            br#"{"message":"no permission"}"#
+        ));
+        assert!(login.is_session_expired(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &headers,
+            b"<fault>INVALID_SESSION</fault>"
+        ));
+        assert!(!login.is_session_expired(StatusCode::OK, &headers, b"Token Expired is a phrase"));
+    }
+
+    #[test]
+    fn malformed_login_responses_are_protocol_errors() {
+        let login = zuora_like();
+        let url = url::Url::parse("http://127.0.0.1:1/login").unwrap();
+        let mut headers = HeaderMap::new();
+        for body in [
+            &b"not json"[..],
+            br#"{"session": {}}"#,
+            br#"{"session": {"id": 5}}"#,
+        ] {
+            let err = login.parse_login(&url, &headers, body).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Protocol);
+        }
+        headers.insert("x-token-expires-in", "soon".parse().unwrap());
+        let err = login
+            .parse_login(
+                &url,
+                &headers,
+                br#"{"session": {"id": "s", "absolute_expires_at": "2026-11-23T11:00:00Z"}}"#,
+            )
+            .unwrap_err();
+        assert!(err.message().contains("not a number"));
+    }
+
+    #[test]
+    fn spec_errors_name_the_field() {
+        let base = r#"{"login": {"url": "http://127.0.0.1:1/l", "json": {"u": "{{user}}"}}, "token": {"header": "X"}, "lifetime_s": 60, "send": {"header": "X"}}"#;
+        let err = SessionLogin::new(spec(base), BTreeMap::new()).unwrap_err();
+        assert!(err.message().contains("{{user}}"), "{err}");
+        let no_lifetime = r#"{"login": {"url": "http://127.0.0.1:1/l"}, "token": {"header": "X"}, "send": {"header": "X"}}"#;
+        assert!(SessionLogin::new(spec(no_lifetime), BTreeMap::new())
+            .unwrap_err()
+            .message()
+            .contains("how long"));
+        let remote = r#"{"login": {"url": "http://api.example/l"}, "token": {"header": "X"}, "lifetime_s": 5, "send": {"header": "X"}}"#;
+        assert!(SessionLogin::new(spec(remote), BTreeMap::new())
+            .unwrap_err()
+            .message()
+            .contains("HTTPS"));
+    }
+
+    #[test]
+    fn rfc3339_parses() {
+        let t = parse_rfc3339("2026-11-23T11:00:00Z").unwrap();
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            1_795_431_600
+        );
+        let offset = parse_rfc3339("2026-11-23T12:00:00.5+01:00").unwrap();
+        assert_eq!(
+            offset.duration_since(t).unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23",
+            "2026-11-23T25:00:00Z",
+            "x-y-zT1:2:3Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+}

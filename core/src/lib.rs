@@ -22,6 +22,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "http")]
+pub mod client;
 pub mod clock;
 #[cfg(feature = "config")]
 pub mod config;

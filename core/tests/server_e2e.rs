@@ -336,3 +336,89 @@ fn plain_http_to_a_remote_host_is_refused() {
     let err = ClientCredentials::new("http://idp.example.com/token", "c", "s").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Configuration);
 }
+
+mod authorized_client {
+    use super::*;
+    use tokenlease::client::{Attempts, AuthorizedClient, BearerAuthorizer};
+
+    fn client(server: &TestServer) -> AuthorizedClient {
+        let source =
+            ClientCredentials::new(&server.token_url(), "demo-client", "demo-secret").unwrap();
+        AuthorizedClient::new(Manager::builder(source).build(), Arc::new(BearerAuthorizer)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attaches_the_token_and_retries_once_after_an_early_revocation() {
+        let server = TestServer::start_background(ServerConfig::default()).unwrap();
+        let client = client(&server);
+        let url = server.resource_url();
+        let request = client
+            .request(reqwest::Method::POST, &url)
+            .body("record-1")
+            .build()
+            .unwrap();
+        let (response, attempts) = client.execute_counted(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(attempts, Attempts::Once);
+
+        server.control(Control {
+            revoke_all: Some(true),
+            ..Control::default()
+        });
+        let request = client
+            .request(reqwest::Method::POST, &url)
+            .body("record-2")
+            .build()
+            .unwrap();
+        let (response, attempts) = client.execute_counted(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(attempts, Attempts::RetriedAfterRejection);
+        assert_eq!(server.stats().token_requests, 2);
+        assert_eq!(client.manager().status().counters.invalidations, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamed_body_is_not_replayed() {
+        let server = TestServer::start_background(ServerConfig::default()).unwrap();
+        let client = client(&server);
+        client.manager().token().await.unwrap();
+        server.control(Control {
+            revoke_all: Some(true),
+            ..Control::default()
+        });
+        let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("streamed")];
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+        let request = client
+            .request(reqwest::Method::POST, &server.resource_url())
+            .body(body)
+            .build()
+            .unwrap();
+        let (response, attempts) = client.execute_counted(request).await.unwrap();
+        assert_eq!(response.status(), 401, "the caller sees the rejection");
+        assert_eq!(attempts, Attempts::RejectedNotReplayable);
+        assert!(
+            response.text().await.unwrap().contains("invalid_token"),
+            "body kept for the caller"
+        );
+        // The rejected token is gone: the next call gets a new one.
+        let request = client
+            .request(reqwest::Method::GET, &server.resource_url())
+            .build()
+            .unwrap();
+        assert_eq!(client.execute(request).await.unwrap().status(), 200);
+        assert_eq!(server.stats().token_requests, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_http_to_another_host_is_refused_before_any_token_is_sent() {
+        let server = TestServer::start_background(ServerConfig::default()).unwrap();
+        let client = client(&server);
+        let request = client
+            .request(reqwest::Method::GET, "http://api.example.com/x")
+            .build()
+            .unwrap();
+        let err = client.execute(request).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert_eq!(server.stats().token_requests, 0);
+    }
+}

@@ -28,11 +28,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::client::{AuthorizedClient, Authorizer, BearerAuthorizer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{ClientAuth, ClientCredentials};
 use crate::manager::Manager;
+use crate::oauth2::{ClientAuth, Grant, OAuth2Source};
 use crate::policy::Policy;
 use crate::secret::SecretString;
+use crate::session::SessionLogin;
+use crate::source::Source;
 use crate::store::MemoryStore;
 
 /// The whole configuration of one manager.
@@ -73,6 +76,73 @@ pub enum SourceConfig {
         /// Revocation endpoint.
         #[serde(default)]
         revocation_url: Option<String>,
+    },
+    /// OAuth2 with any grant, fixed endpoints or OIDC discovery.
+    Oauth2 {
+        /// Token endpoint (or give `issuer` for discovery).
+        #[serde(default)]
+        token_url: Option<String>,
+        /// Issuer whose `/.well-known/openid-configuration` names the endpoints.
+        #[serde(default)]
+        issuer: Option<String>,
+        /// Client id.
+        client_id: String,
+        /// Client secret (omit for public clients).
+        #[serde(default)]
+        client_secret: Option<SecretValue>,
+        /// The primary grant.
+        grant: GrantConfig,
+        /// Requested scopes.
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// `basic` (default) or `post`.
+        #[serde(default)]
+        client_auth: ClientAuthConfig,
+        /// Revocation endpoint (fixed endpoints only).
+        #[serde(default)]
+        revocation_url: Option<String>,
+        /// `audience` parameter.
+        #[serde(default)]
+        audience: Option<String>,
+        /// `resource` parameter.
+        #[serde(default)]
+        resource: Option<String>,
+        /// Extra form parameters.
+        #[serde(default)]
+        extra_params: std::collections::BTreeMap<String, String>,
+    },
+    /// A declarative HTTP session login (see [`crate::session`]).
+    SessionLogin {
+        /// Credentials the request templates refer to as `{{name}}`.
+        #[serde(default)]
+        credentials: std::collections::BTreeMap<String, SecretValue>,
+        /// The session API description.
+        session: Box<crate::session::SessionSpec>,
+    },
+}
+
+/// The primary grant of an `oauth2` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GrantConfig {
+    /// `client_credentials`.
+    ClientCredentials,
+    /// `password` (legacy auth type "password").
+    Password {
+        /// User name.
+        username: String,
+        /// Password.
+        password: SecretValue,
+    },
+    /// RFC 8693 token exchange (e.g. a SAML assertion for a session token).
+    TokenExchange {
+        /// The subject token.
+        subject_token: SecretValue,
+        /// Its type URI.
+        subject_token_type: String,
+        /// The requested token type URI.
+        #[serde(default)]
+        requested_token_type: Option<String>,
     },
 }
 
@@ -286,7 +356,42 @@ impl ManagerConfig {
     /// Builds the manager this configuration describes.
     pub fn build(&self) -> Result<Manager> {
         let policy = self.policy.to_policy()?;
-        let (source, default_key) = match &self.source {
+        let BuiltSource {
+            source,
+            default_key,
+            ..
+        } = self.source.build()?;
+        let store = match self.store {
+            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+        };
+        Ok(Manager::builder_from_arc(source)
+            .key(self.key.clone().unwrap_or(default_key))
+            .policy(policy)
+            .store(store)
+            .build())
+    }
+}
+
+/// What a [`SourceConfig`] builds.
+#[derive(Debug, Clone)]
+pub struct BuiltSource {
+    /// The token source.
+    pub source: Arc<dyn Source>,
+    /// How tokens are attached to requests and rejections recognised.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// The default store key: auth type, client and scopes.
+    pub default_key: String,
+}
+
+impl SourceConfig {
+    /// The source, how its tokens are attached to requests, and a default store key
+    /// (auth type, client and scopes).
+    pub fn build(&self) -> Result<BuiltSource> {
+        let to_auth = |auth: &ClientAuthConfig| match auth {
+            ClientAuthConfig::Basic => ClientAuth::Basic,
+            ClientAuthConfig::Post => ClientAuth::Post,
+        };
+        match self {
             SourceConfig::Oauth2ClientCredentials {
                 token_url,
                 client_id,
@@ -296,26 +401,128 @@ impl ManagerConfig {
                 revocation_url,
             } => {
                 let secret = client_secret.resolve("source.client_secret")?;
-                let mut source = ClientCredentials::new(token_url, client_id.clone(), secret)?
+                let mut source = OAuth2Source::new(token_url, client_id.clone(), secret)?
                     .scopes(scopes.iter().cloned())
-                    .client_auth(match client_auth {
-                        ClientAuthConfig::Basic => ClientAuth::Basic,
-                        ClientAuthConfig::Post => ClientAuth::Post,
-                    });
+                    .client_auth(to_auth(client_auth));
                 if let Some(url) = revocation_url {
                     source = source.revocation_url(url)?;
                 }
-                (source, format!("client:{client_id}:{}", scopes.join(" ")))
+                let key = format!("client:{client_id}:{}", scopes.join(" "));
+                Ok(BuiltSource {
+                    source: Arc::new(source),
+                    authorizer: Arc::new(BearerAuthorizer),
+                    default_key: key,
+                })
             }
-        };
-        let store = match self.store {
-            StoreConfig::Memory => Arc::new(MemoryStore::new()),
-        };
-        Ok(Manager::builder(source)
-            .key(self.key.clone().unwrap_or(default_key))
-            .policy(policy)
-            .store(store)
-            .build())
+            SourceConfig::Oauth2 {
+                token_url,
+                issuer,
+                client_id,
+                client_secret,
+                grant,
+                scopes,
+                client_auth,
+                revocation_url,
+                audience,
+                resource,
+                extra_params,
+            } => {
+                let secret = client_secret
+                    .as_ref()
+                    .map(|secret| secret.resolve("source.client_secret"))
+                    .transpose()?;
+                let mut source = match (token_url, issuer) {
+                    (Some(token_url), None) => {
+                        let source = OAuth2Source::new(
+                            token_url,
+                            client_id.clone(),
+                            secret.clone().unwrap_or_default(),
+                        )?;
+                        if secret.is_none() {
+                            source.without_client_secret()
+                        } else {
+                            source
+                        }
+                    }
+                    (None, Some(issuer)) => {
+                        OAuth2Source::discover(issuer, client_id.clone(), secret)?
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Configuration,
+                            "config.source: give exactly one of `token_url` and `issuer`",
+                        ))
+                    }
+                };
+                let (grant, auth_type) = match grant {
+                    GrantConfig::ClientCredentials => {
+                        (Grant::ClientCredentials, "client".to_owned())
+                    }
+                    GrantConfig::Password { username, password } => (
+                        Grant::Password {
+                            username: username.clone(),
+                            password: password.resolve("source.grant.password")?,
+                        },
+                        format!("password:{username}"),
+                    ),
+                    GrantConfig::TokenExchange {
+                        subject_token,
+                        subject_token_type,
+                        requested_token_type,
+                    } => (
+                        Grant::TokenExchange {
+                            subject_token: subject_token.resolve("source.grant.subject_token")?,
+                            subject_token_type: subject_token_type.clone(),
+                            requested_token_type: requested_token_type.clone(),
+                        },
+                        "exchange".to_owned(),
+                    ),
+                };
+                source = source
+                    .grant(grant)
+                    .scopes(scopes.iter().cloned())
+                    .client_auth(to_auth(client_auth));
+                if let Some(url) = revocation_url {
+                    source = source.revocation_url(url)?;
+                }
+                if let Some(audience) = audience {
+                    source = source.audience(audience.clone());
+                }
+                if let Some(resource) = resource {
+                    source = source.resource(resource.clone());
+                }
+                for (name, value) in extra_params {
+                    source = source.extra_param(name.clone(), value.clone());
+                }
+                let key = format!("{auth_type}:{client_id}:{}", scopes.join(" "));
+                Ok(BuiltSource {
+                    source: Arc::new(source),
+                    authorizer: Arc::new(BearerAuthorizer),
+                    default_key: key,
+                })
+            }
+            SourceConfig::SessionLogin {
+                credentials,
+                session,
+            } => {
+                let resolved = credentials
+                    .iter()
+                    .map(|(name, value)| {
+                        Ok((
+                            name.clone(),
+                            value.resolve(&format!("source.credentials.{name}"))?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?;
+                let key = format!("server:{}", session.login.url);
+                let source = Arc::new(SessionLogin::new((**session).clone(), resolved)?);
+                Ok(BuiltSource {
+                    source: source.clone(),
+                    authorizer: source,
+                    default_key: key,
+                })
+            }
+        }
     }
 }
 
@@ -355,6 +562,16 @@ impl Manager {
     /// Builds a manager from a JSON or TOML configuration (see [`crate::config`]).
     pub fn from_config(text: &str) -> Result<Manager> {
         ManagerConfig::parse(text)?.build()
+    }
+}
+
+impl AuthorizedClient {
+    /// Builds a manager and an HTTP client attaching its tokens the way the configured
+    /// source says (bearer for OAuth2, the session's header for session logins).
+    pub fn from_config(text: &str) -> Result<AuthorizedClient> {
+        let config = ManagerConfig::parse(text)?;
+        let authorizer = config.source.build()?.authorizer;
+        AuthorizedClient::new(config.build()?, authorizer)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -25,13 +25,21 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
-use crate::state::{Fault, GrantError, Shared, TokenCheck, TokenResponse};
+use crate::state::{Fault, GrantError, SessionUse, Shared, TokenCheck, TokenResponse};
 use crate::Control;
 
 /// How long a `Timeout`-mode outage holds a request at most.
 const TIMEOUT_HOLD: Duration = Duration::from_secs(30);
 /// How long shutdown waits for open connections before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The RFC 8693 grant type.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Lifetime header on token, login and keep-alive responses.
+const X_TOKEN_EXPIRES_IN: &str = "x-token-expires-in";
+/// Session token header set on login responses (and accepted on session requests).
+const X_SESSION_TOKEN: &str = "x-session-token";
+/// vSphere-style session header.
+const VMWARE_SESSION: &str = "vmware-api-session-id";
 
 type Shr = Arc<Shared>;
 
@@ -44,6 +52,14 @@ fn router(shared: Shr) -> Router {
         .route("/oauth/token", post(token))
         .route("/oauth/revoke", post(revoke))
         .route("/api/resource", get(resource_get).post(resource_post))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/session/login", post(session_login))
+        .route(
+            "/session/resource",
+            get(session_resource).post(session_resource),
+        )
+        .route("/session/keepalive", post(session_keepalive))
+        .route("/session/logout", post(session_logout))
         .route("/stats", get(stats))
         .route("/control", post(control))
         .route("/health", get(|| async { "ok" }))
@@ -178,7 +194,11 @@ fn grant_error(e: GrantError) -> Response {
 }
 
 fn token_ok(body: TokenResponse) -> Response {
-    with_no_store((StatusCode::OK, Json(body)).into_response())
+    let expires_in = body.expires_in();
+    let mut resp = with_no_store((StatusCode::OK, Json(body)).into_response());
+    resp.headers_mut()
+        .insert(X_TOKEN_EXPIRES_IN, HeaderValue::from(expires_in));
+    resp
 }
 
 /// Parsed `application/x-www-form-urlencoded` body.
@@ -385,6 +405,23 @@ fn token_grant(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             };
             shared.grant_password(&client_id, username, password, scope)
         }
+        TOKEN_EXCHANGE => {
+            let (Some(subject_token), Some(subject_token_type)) =
+                (form.get("subject_token"), form.get("subject_token_type"))
+            else {
+                return Err(invalid_request(
+                    "missing subject_token or subject_token_type",
+                ));
+            };
+            // `audience` and `resource` are accepted and not restricted.
+            shared.grant_token_exchange(
+                &client_id,
+                subject_token,
+                subject_token_type,
+                form.get("requested_token_type"),
+                scope,
+            )
+        }
         other => {
             return Err(oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -487,5 +524,169 @@ async fn control(State(shared): State<Shr>, body: Bytes) -> Response {
             Json(json!({ "error": "invalid_request", "error_description": e.to_string() })),
         )
             .into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discovery
+
+async fn discovery(State(shared): State<Shr>) -> Response {
+    let base = shared.base_url();
+    let auth_methods = ["client_secret_basic", "client_secret_post"];
+    Json(json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/oauth/token"),
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
+        "grant_types_supported": [
+            "client_credentials",
+            "refresh_token",
+            "password",
+            TOKEN_EXCHANGE,
+        ],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+    }))
+    .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session API (vendor style, not OAuth2)
+
+#[derive(serde::Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// Formats `t` as RFC 3339 UTC with whole seconds, e.g. `2024-05-01T12:00:00Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn invalid_session() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "fault": "INVALID_SESSION", "message": "Token Expired" })),
+    )
+        .into_response()
+}
+
+/// The session token from `vmware-api-session-id: T`, `Authorization: ZSession T` or
+/// `X-Session-Token: T`.
+fn session_token(headers: &HeaderMap) -> Option<&str> {
+    let plain = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    };
+    plain(VMWARE_SESSION)
+        .or_else(|| {
+            headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("zsession"))
+                .map(|(_, t)| t.trim())
+                .filter(|t| !t.is_empty())
+        })
+        .or_else(|| plain(X_SESSION_TOKEN))
+}
+
+async fn session_login(State(shared): State<Shr>, body: Bytes) -> Response {
+    let login = match serde_json::from_slice::<LoginBody>(&body) {
+        Ok(login) => login,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "fault": "INVALID_REQUEST", "message": e.to_string() })),
+            )
+                .into_response()
+        }
+    };
+    let Some(session) = shared.session_login(&login.username, &login.password) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "fault": "INVALID_LOGIN" })),
+        )
+            .into_response();
+    };
+    let mut resp = with_no_store(
+        Json(json!({
+            "session": {
+                "id": session.token,
+                "expires_in": session.expires_in,
+                "absolute_expires_at": rfc3339(session.absolute_expires_at),
+            }
+        }))
+        .into_response(),
+    );
+    let h = resp.headers_mut();
+    h.insert(X_TOKEN_EXPIRES_IN, HeaderValue::from(session.expires_in));
+    if let Ok(v) = HeaderValue::from_str(&session.token) {
+        h.insert(X_SESSION_TOKEN, v);
+    }
+    resp
+}
+
+async fn session_resource(State(shared): State<Shr>, headers: HeaderMap) -> Response {
+    match shared.session_use(session_token(&headers), SessionUse::Resource) {
+        Some(_) => Json(json!({ "ok": true })).into_response(),
+        None => invalid_session(),
+    }
+}
+
+async fn session_keepalive(State(shared): State<Shr>, headers: HeaderMap) -> Response {
+    match shared.session_use(session_token(&headers), SessionUse::KeepAlive) {
+        Some(idle) => {
+            let mut resp = Json(json!({ "expires_in": idle.as_secs() })).into_response();
+            resp.headers_mut()
+                .insert(X_TOKEN_EXPIRES_IN, HeaderValue::from(idle.as_secs()));
+            resp
+        }
+        None => invalid_session(),
+    }
+}
+
+async fn session_logout(State(shared): State<Shr>, headers: HeaderMap) -> Response {
+    match shared.session_use(session_token(&headers), SessionUse::Logout) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => invalid_session(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723);
+        assert_eq!(rfc3339(t), "2000-02-29T01:02:03Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
+        assert_eq!(rfc3339(t), "2024-12-31T23:59:59Z");
     }
 }

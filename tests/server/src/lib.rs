@@ -5,12 +5,29 @@
 //! * `POST /oauth/token` — RFC 6749 token endpoint (`client_credentials`, `refresh_token`,
 //!   `password` grants; client auth via HTTP Basic or form fields),
 //! * `POST /oauth/revoke` — RFC 7009 revocation,
+//! * `POST /oauth/token` with `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` —
+//!   RFC 8693 token exchange; the issued token is also a session (see below),
+//! * `POST /oauth/revoke` — RFC 7009 revocation,
 //! * `GET|POST /api/resource` — a protected resource checking bearer tokens,
+//! * `GET /.well-known/openid-configuration` — a discovery document,
+//! * `POST /session/login`, `GET|POST /session/resource`, `POST /session/keepalive`,
+//!   `POST /session/logout` — a vendor-style (non-OAuth2) session API with a sliding idle timeout
+//!   and an absolute timeout; the session token is accepted in any of the headers
+//!   `vmware-api-session-id: T`, `Authorization: ZSession T` or `X-Session-Token: T`,
 //! * `GET /stats`, `POST /control`, `GET /health` — test plumbing.
 //!
 //! Use [`TestServer::start`] inside a tokio runtime, or [`TestServer::start_background`] from
 //! anywhere. Faults are injected with [`TestServer::control`] or `POST /control` (a [`Control`]
 //! JSON body). Token values are never logged.
+//!
+//! # Server clock
+//!
+//! Every server-side expiry (access tokens, early expiry, access idle/absolute timeouts, sessions)
+//! and the `Date` header use the *server clock*: the real monotonic clock running
+//! [`ServerConfig::time_scale`] times faster, plus an offset that [`TestServer::advance`] (or
+//! [`Control::advance_s`]) moves forward. Tests can therefore simulate an hour without waiting.
+//! Fault durations given in milliseconds ([`Outage::duration_ms`], [`RateLimit::duration_ms`]),
+//! latency and [`ServerConfig::max_lifetime`] stay on real time.
 
 mod app;
 mod state;
@@ -20,7 +37,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -49,8 +66,24 @@ pub struct ServerConfig {
     /// Known users for the `password` grant as `(username, password)`.
     /// Default `[("alice", "wonderland")]`.
     pub users: Vec<(String, String)>,
-    /// The server shuts itself down after this long. Default `Some(600 s)`; `None` = never.
+    /// The server shuts itself down after this long (real time). Default `Some(600 s)`;
+    /// `None` = never.
     pub max_lifetime: Option<Duration>,
+    /// How many times faster than real time the server clock runs. Default `1.0`; values that
+    /// are not finite and positive are treated as `1.0`.
+    pub time_scale: f64,
+    /// Sliding idle timeout of sessions (login and token exchange): a session dies after this
+    /// much server time without successful use. Default 900 s.
+    pub session_idle_timeout: Duration,
+    /// Absolute timeout of sessions, counted from login (or exchange), whatever the use.
+    /// Default 3600 s.
+    pub session_absolute_timeout: Duration,
+    /// When set, OAuth2 access tokens also die after this much server time without use on
+    /// `/api/resource` (sliding), although `expires_in` still says the TTL. Default `None`.
+    pub access_idle_timeout: Option<Duration>,
+    /// When set, OAuth2 access tokens die this long (server time) after issuance at the latest,
+    /// although `expires_in` still says the TTL. Default `None`.
+    pub access_absolute_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +97,11 @@ impl Default for ServerConfig {
             clients: vec![("demo-client".to_owned(), "demo-secret".to_owned())],
             users: vec![("alice".to_owned(), "wonderland".to_owned())],
             max_lifetime: Some(Duration::from_secs(600)),
+            time_scale: 1.0,
+            session_idle_timeout: Duration::from_secs(900),
+            session_absolute_timeout: Duration::from_secs(3600),
+            access_idle_timeout: None,
+            access_absolute_timeout: None,
         }
     }
 }
@@ -85,6 +123,22 @@ pub struct Stats {
     pub resource_rejections: u64,
     /// Successful (`200`) revocation requests, whether or not the token was known.
     pub revocations: u64,
+    /// Successful `POST /session/login` requests.
+    #[serde(default)]
+    pub session_logins: u64,
+    /// Successful `POST /session/keepalive` requests.
+    #[serde(default)]
+    pub session_keepalives: u64,
+    /// Successful `POST /session/logout` requests.
+    #[serde(default)]
+    pub session_logouts: u64,
+    /// Requests to `/session/resource` (GET and POST).
+    #[serde(default)]
+    pub session_requests: u64,
+    /// `401` answers from any `/session/*` endpoint (failed logins, and expired, unknown or
+    /// missing session tokens).
+    #[serde(default)]
+    pub session_rejections: u64,
 }
 
 /// Fault and behaviour changes; every field is optional. Applied by `POST /control` and by
@@ -103,10 +157,12 @@ pub struct Control {
     pub rate_limit: Option<RateLimit>,
     /// `true` ends any rate limit now.
     pub clear_rate_limit: Option<bool>,
-    /// Tokens issued from now on die (server side) after this many seconds although
-    /// `expires_in` still says the normal TTL; `0` clears.
+    /// Tokens issued from now on die (server side) after this many seconds of server time
+    /// although `expires_in` still says the normal TTL; `0` clears. Also caps sessions created
+    /// from now on (login and token exchange), whatever their use and reported timeouts.
     pub early_expiry_s: Option<u64>,
-    /// `true` makes every currently issued access and refresh token invalid now.
+    /// `true` makes every currently issued access and refresh token, and every session,
+    /// invalid now.
     pub revoke_all: Option<bool>,
     /// The `Date` header of every response is shifted by this many seconds (`0` clears).
     pub date_skew_s: Option<i64>,
@@ -118,6 +174,26 @@ pub struct Control {
     pub reset_stats: Option<bool>,
     /// The next `count` token requests answer this OAuth2 error.
     pub fail_next_token_requests: Option<FailNext>,
+    /// Moves the server clock forward by this many seconds (applied last, after every other
+    /// field, so e.g. new timeouts already count).
+    pub advance_s: Option<u64>,
+    /// Sets how many times faster than real time the server clock runs from now on (server
+    /// time already elapsed is kept). Must be finite and positive, otherwise ignored.
+    pub time_scale: Option<f64>,
+    /// Replaces the per-scope TTLs ([`ServerConfig::scope_ttls`]) for tokens issued from now on;
+    /// `{}` clears them, entries with `0` are ignored.
+    pub scope_ttls_s: Option<HashMap<String, u64>>,
+    /// Sets [`ServerConfig::access_idle_timeout`] in seconds (`0` clears). Applies to every
+    /// access token at its next check, including ones issued earlier.
+    pub access_idle_timeout_s: Option<u64>,
+    /// Sets [`ServerConfig::access_absolute_timeout`] in seconds (`0` clears). Applies to every
+    /// access token at its next check, including ones issued earlier.
+    pub access_absolute_timeout_s: Option<u64>,
+    /// Sets [`ServerConfig::session_idle_timeout`] in seconds, for sessions created from now on.
+    pub session_idle_timeout_s: Option<u64>,
+    /// Sets [`ServerConfig::session_absolute_timeout`] in seconds, for sessions created from now
+    /// on.
+    pub session_absolute_timeout_s: Option<u64>,
 }
 
 /// A token endpoint outage.
@@ -181,6 +257,10 @@ impl fmt::Debug for TestServer {
     }
 }
 
+fn base_url(addr: SocketAddr) -> String {
+    format!("http://127.0.0.1:{}", addr.port())
+}
+
 fn bind(port: u16) -> io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
     listener.set_nonblocking(true)?;
@@ -201,7 +281,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::from_std(bind(port)?)?;
         let addr = listener.local_addr()?;
         let max_lifetime = config.max_lifetime;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config, base_url(addr)));
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(app::serve(listener, shared.clone(), stop_rx, max_lifetime));
         Ok(TestServer {
@@ -219,7 +299,7 @@ impl TestServer {
         let std_listener = bind(0)?;
         let addr = std_listener.local_addr()?;
         let max_lifetime = config.max_lifetime;
-        let shared = Arc::new(Shared::new(config));
+        let shared = Arc::new(Shared::new(config, base_url(addr)));
         let (stop, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let thread_shared = shared.clone();
@@ -276,7 +356,7 @@ impl TestServer {
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.addr.port())
+        base_url(self.addr)
     }
 
     /// The token endpoint: `url() + "/oauth/token"`.
@@ -292,6 +372,44 @@ impl TestServer {
     /// The revocation endpoint: `url() + "/oauth/revoke"`.
     pub fn revoke_url(&self) -> String {
         format!("{}/oauth/revoke", self.url())
+    }
+
+    /// The discovery document: `url() + "/.well-known/openid-configuration"`.
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.url())
+    }
+
+    /// The session login endpoint: `url() + "/session/login"`.
+    pub fn session_login_url(&self) -> String {
+        format!("{}/session/login", self.url())
+    }
+
+    /// The session-protected resource: `url() + "/session/resource"`.
+    pub fn session_resource_url(&self) -> String {
+        format!("{}/session/resource", self.url())
+    }
+
+    /// The session keep-alive endpoint: `url() + "/session/keepalive"`.
+    pub fn session_keepalive_url(&self) -> String {
+        format!("{}/session/keepalive", self.url())
+    }
+
+    /// The session logout endpoint: `url() + "/session/logout"`.
+    pub fn session_logout_url(&self) -> String {
+        format!("{}/session/logout", self.url())
+    }
+
+    /// Moves the server clock forward by `by` (in-process, no HTTP); sub-second precision is
+    /// kept.
+    pub fn advance(&self, by: Duration) {
+        self.shared.advance(by);
+    }
+
+    /// The server's wall-clock time: what the `Date` header says (including
+    /// [`Control::date_skew_s`]) and what absolute timestamps such as a session's
+    /// `absolute_expires_at` are expressed in.
+    pub fn server_time(&self) -> SystemTime {
+        self.shared.server_wall_time()
     }
 
     /// A snapshot of the counters (in-process, no HTTP).

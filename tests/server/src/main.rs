@@ -1,6 +1,7 @@
 //! `tokenlease-test-server`: runs the loopback OAuth2 test server for other languages' tests.
 //!
-//! Usage: `tokenlease-test-server [--port N] [--max-lifetime-s N] [--default-ttl-s N] [--no-rotation]`
+//! Usage: `tokenlease-test-server [--port N] [--max-lifetime-s N] [--default-ttl-s N] [--no-rotation]
+//! [--time-scale F] [--session-idle-timeout-s N] [--session-absolute-timeout-s N]`
 //!
 //! Prints exactly one first line `TOKENLEASE_TEST_SERVER_URL=http://127.0.0.1:PORT` to stdout,
 //! then serves until the maximum lifetime elapses (`0` = no limit) or SIGTERM/SIGINT arrives,
@@ -13,13 +14,17 @@ use std::time::Duration;
 use tokenlease_test_server::{ServerConfig, TestServer};
 
 const USAGE: &str = "usage: tokenlease-test-server [--port N] [--max-lifetime-s N] \
-                     [--default-ttl-s N] [--no-rotation]";
+                     [--default-ttl-s N] [--no-rotation] [--time-scale F] \
+                     [--session-idle-timeout-s N] [--session-absolute-timeout-s N]";
 
 struct Args {
     port: u16,
     max_lifetime_s: u64,
     default_ttl_s: u64,
     rotation: bool,
+    time_scale: f64,
+    session_idle_timeout_s: u64,
+    session_absolute_timeout_s: u64,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -28,6 +33,9 @@ fn parse_args() -> Result<Option<Args>, String> {
         max_lifetime_s: 600,
         default_ttl_s: 3600,
         rotation: true,
+        time_scale: 1.0,
+        session_idle_timeout_s: 900,
+        session_absolute_timeout_s: 3600,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,6 +67,26 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .map_err(|_| format!("bad --default-ttl-s {v:?}"))?;
             }
             "--no-rotation" => args.rotation = false,
+            "--time-scale" => {
+                let v = value("--time-scale")?;
+                args.time_scale = v
+                    .parse()
+                    .ok()
+                    .filter(|f: &f64| f.is_finite() && *f > 0.0)
+                    .ok_or_else(|| format!("bad --time-scale {v:?}"))?;
+            }
+            "--session-idle-timeout-s" => {
+                let v = value("--session-idle-timeout-s")?;
+                args.session_idle_timeout_s = v
+                    .parse()
+                    .map_err(|_| format!("bad --session-idle-timeout-s {v:?}"))?;
+            }
+            "--session-absolute-timeout-s" => {
+                let v = value("--session-absolute-timeout-s")?;
+                args.session_absolute_timeout_s = v
+                    .parse()
+                    .map_err(|_| format!("bad --session-absolute-timeout-s {v:?}"))?;
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -94,6 +122,9 @@ async fn run(args: Args) -> std::io::Result<()> {
     let config = ServerConfig {
         default_ttl: Duration::from_secs(args.default_ttl_s),
         rotate_refresh_tokens: args.rotation,
+        time_scale: args.time_scale,
+        session_idle_timeout: Duration::from_secs(args.session_idle_timeout_s),
+        session_absolute_timeout: Duration::from_secs(args.session_absolute_timeout_s),
         // The lifetime is enforced below, together with the signals.
         max_lifetime: None,
         ..ServerConfig::default()

@@ -101,6 +101,37 @@ async fn no_rotation_flag() {
     let _ = child.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_and_time_scale_flags() {
+    let (mut child, url) = spawn(&[
+        "--session-idle-timeout-s",
+        "60",
+        "--session-absolute-timeout-s",
+        "120",
+        "--time-scale",
+        "2.5",
+    ]);
+    let c = client();
+    let resp = c
+        .post(format!("{url}/session/login"))
+        .json(&serde_json::json!({"username": "alice", "password": "wonderland"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-token-expires-in"], "60");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["session"]["expires_in"], 60);
+    let _ = child.kill();
+    let _ = child.wait();
+    for bad in ["0", "-1", "nan", "x"] {
+        let out = Command::new(BIN)
+            .args(["--time-scale", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn exits_zero_on_sigterm() {

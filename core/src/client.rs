@@ -5,13 +5,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{endpoint_url, http_client, is_token_rejected, transport_error};
 use crate::manager::Manager;
-use crate::session::SessionLogin;
+use crate::session::{ExpiredSpec, SendSpec, SessionLogin};
 use crate::token::Token;
 
 /// How a token is attached to a request and how a rejection of it is recognised.
@@ -55,9 +55,66 @@ impl Authorizer for BearerAuthorizer {
     }
 }
 
-impl Authorizer for SessionLogin {
+/// A token in a configured header (`vmware-api-session-id: x`, `Authorization: ZSession
+/// x`), with configured expiry responses.
+#[derive(Debug, Clone)]
+pub struct HeaderAuthorizer {
+    header: HeaderName,
+    prefix: String,
+    expired: ExpiredSpec,
+}
+
+impl HeaderAuthorizer {
+    /// From the `send` and `expired` parts of a spec.
+    pub fn new(send: &SendSpec, expired: ExpiredSpec) -> Result<Self> {
+        let header = HeaderName::from_bytes(send.header.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::Configuration,
+                format!("send.header: {:?} is not a header name", send.header),
+            )
+        })?;
+        Ok(Self {
+            header,
+            prefix: send.prefix.clone(),
+            expired,
+        })
+    }
+
+    /// The header carrying `token`.
+    pub fn header_for(&self, token: &Token) -> Result<(HeaderName, HeaderValue)> {
+        let mut value =
+            HeaderValue::from_str(&format!("{}{}", self.prefix, token.value().expose())).map_err(
+                |_| Error::new(ErrorKind::Protocol, "the token is not a valid header value"),
+            )?;
+        value.set_sensitive(true);
+        Ok((self.header.clone(), value))
+    }
+
+    /// Whether a response means the token expired (see [`ExpiredSpec`]).
+    pub fn is_expired(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
+        let expired = &self.expired;
+        if let Some(header) = &expired.header {
+            if headers.contains_key(header.as_str()) {
+                return true;
+            }
+        }
+        let body_matches = || {
+            let text = String::from_utf8_lossy(body);
+            expired
+                .body_contains
+                .iter()
+                .any(|needle| text.contains(needle.as_str()))
+        };
+        if expired.statuses.contains(&status.as_u16()) {
+            return expired.body_contains.is_empty() || body_matches();
+        }
+        !status.is_success() && !expired.body_contains.is_empty() && body_matches()
+    }
+}
+
+impl Authorizer for HeaderAuthorizer {
     fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
-        let (name, value) = self.authorization(token)?;
+        let (name, value) = self.header_for(token)?;
         headers.insert(name, value);
         Ok(())
     }
@@ -67,7 +124,21 @@ impl Authorizer for SessionLogin {
     }
 
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
-        self.is_session_expired(status, headers, body)
+        self.is_expired(status, headers, body)
+    }
+}
+
+impl Authorizer for SessionLogin {
+    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
+        self.authorizer().authorize(token, headers)
+    }
+
+    fn may_be_rejection(&self, status: StatusCode) -> bool {
+        self.authorizer().may_be_rejection(status)
+    }
+
+    fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
+        self.authorizer().is_rejection(status, headers, body)
     }
 }
 

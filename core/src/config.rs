@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::{AuthorizedClient, Authorizer, BearerAuthorizer};
+use crate::client::{AuthorizedClient, Authorizer, BearerAuthorizer, HeaderAuthorizer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manager::Manager;
 use crate::oauth2::{ClientAuth, Grant, OAuth2Source};
@@ -110,6 +110,13 @@ pub enum SourceConfig {
         /// Extra form parameters.
         #[serde(default)]
         extra_params: std::collections::BTreeMap<String, String>,
+        /// Send the token in another header than `Authorization: Bearer` (e.g. an
+        /// exchanged session token in `X-Session-Token`).
+        #[serde(default)]
+        send: Option<crate::session::SendSpec>,
+        /// With `send`: which responses mean the token expired (default: 401).
+        #[serde(default)]
+        expired: Option<crate::session::ExpiredSpec>,
     },
     /// A declarative HTTP session login (see [`crate::session`]).
     SessionLogin {
@@ -426,6 +433,8 @@ impl SourceConfig {
                 audience,
                 resource,
                 extra_params,
+                send,
+                expired,
             } => {
                 let secret = client_secret
                     .as_ref()
@@ -495,9 +504,22 @@ impl SourceConfig {
                     source = source.extra_param(name.clone(), value.clone());
                 }
                 let key = format!("{auth_type}:{client_id}:{}", scopes.join(" "));
+                let authorizer: Arc<dyn Authorizer> = match send {
+                    Some(send) => Arc::new(
+                        HeaderAuthorizer::new(send, expired.clone().unwrap_or_default()).map_err(
+                            |err| {
+                                Error::new(
+                                    ErrorKind::Configuration,
+                                    format!("config.source.{}", err.message()),
+                                )
+                            },
+                        )?,
+                    ),
+                    None => Arc::new(BearerAuthorizer),
+                };
                 Ok(BuiltSource {
                     source: Arc::new(source),
-                    authorizer: Arc::new(BearerAuthorizer),
+                    authorizer,
                     default_key: key,
                 })
             }

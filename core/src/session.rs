@@ -20,6 +20,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
+use crate::client::HeaderAuthorizer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
     endpoint_name, endpoint_url, http_client, jwt_expiry, server_date, transport_error,
@@ -153,7 +154,7 @@ pub struct SessionLogin {
     http: reqwest::Client,
     spec: SessionSpec,
     credentials: BTreeMap<String, SecretString>,
-    send_header: HeaderName,
+    authorizer: HeaderAuthorizer,
 }
 
 impl fmt::Debug for SessionLogin {
@@ -161,7 +162,7 @@ impl fmt::Debug for SessionLogin {
         f.debug_struct("SessionLogin")
             .field("login_url", &self.spec.login.url)
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
-            .field("send_header", &self.send_header)
+            .field("send", &self.spec.send.header)
             .finish()
     }
 }
@@ -173,12 +174,8 @@ fn config_error(message: String) -> Error {
 impl SessionLogin {
     /// Checks the spec (URLs, header names, templates) and builds the source.
     pub fn new(spec: SessionSpec, credentials: BTreeMap<String, SecretString>) -> Result<Self> {
-        let send_header = HeaderName::from_bytes(spec.send.header.as_bytes()).map_err(|_| {
-            config_error(format!(
-                "session.send.header: {:?} is not a header name",
-                spec.send.header
-            ))
-        })?;
+        let authorizer = HeaderAuthorizer::new(&spec.send, spec.expired.clone())
+            .map_err(|err| config_error(format!("session.{}", err.message())))?;
         let requests = [
             ("login", Some(&spec.login)),
             ("keep_alive", spec.keep_alive.as_ref()),
@@ -231,46 +228,23 @@ impl SessionLogin {
             http: http_client()?,
             spec,
             credentials,
-            send_header,
+            authorizer,
         })
+    }
+
+    /// How the session token is attached and its expiry recognised.
+    pub fn authorizer(&self) -> &HeaderAuthorizer {
+        &self.authorizer
     }
 
     /// The header that carries the token, with its value.
     pub fn authorization(&self, token: &Token) -> Result<(HeaderName, HeaderValue)> {
-        let mut value = HeaderValue::from_str(&format!(
-            "{}{}",
-            self.spec.send.prefix,
-            token.value().expose()
-        ))
-        .map_err(|_| {
-            Error::new(
-                ErrorKind::Protocol,
-                "the session token is not a valid header value",
-            )
-        })?;
-        value.set_sensitive(true);
-        Ok((self.send_header.clone(), value))
+        self.authorizer.header_for(token)
     }
 
     /// Whether a response means the session expired (see [`ExpiredSpec`]).
     pub fn is_session_expired(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
-        let expired = &self.spec.expired;
-        if let Some(header) = &expired.header {
-            if headers.contains_key(header.as_str()) {
-                return true;
-            }
-        }
-        let body_matches = || {
-            let text = String::from_utf8_lossy(body);
-            expired
-                .body_contains
-                .iter()
-                .any(|needle| text.contains(needle.as_str()))
-        };
-        if expired.statuses.contains(&status.as_u16()) {
-            return expired.body_contains.is_empty() || body_matches();
-        }
-        !status.is_success() && !expired.body_contains.is_empty() && body_matches()
+        self.authorizer.is_expired(status, headers, body)
     }
 
     fn render(&self, template: &str, token: Option<&Token>) -> String {

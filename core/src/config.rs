@@ -78,46 +78,7 @@ pub enum SourceConfig {
         revocation_url: Option<String>,
     },
     /// OAuth2 with any grant, fixed endpoints or OIDC discovery.
-    Oauth2 {
-        /// Token endpoint (or give `issuer` for discovery).
-        #[serde(default)]
-        token_url: Option<String>,
-        /// Issuer whose `/.well-known/openid-configuration` names the endpoints.
-        #[serde(default)]
-        issuer: Option<String>,
-        /// Client id.
-        client_id: String,
-        /// Client secret (omit for public clients).
-        #[serde(default)]
-        client_secret: Option<SecretValue>,
-        /// The primary grant.
-        grant: GrantConfig,
-        /// Requested scopes.
-        #[serde(default)]
-        scopes: Vec<String>,
-        /// `basic` (default) or `post`.
-        #[serde(default)]
-        client_auth: ClientAuthConfig,
-        /// Revocation endpoint (fixed endpoints only).
-        #[serde(default)]
-        revocation_url: Option<String>,
-        /// `audience` parameter.
-        #[serde(default)]
-        audience: Option<String>,
-        /// `resource` parameter.
-        #[serde(default)]
-        resource: Option<String>,
-        /// Extra form parameters.
-        #[serde(default)]
-        extra_params: std::collections::BTreeMap<String, String>,
-        /// Send the token in another header than `Authorization: Bearer` (e.g. an
-        /// exchanged session token in `X-Session-Token`).
-        #[serde(default)]
-        send: Option<crate::session::SendSpec>,
-        /// With `send`: which responses mean the token expired (default: 401).
-        #[serde(default)]
-        expired: Option<crate::session::ExpiredSpec>,
-    },
+    Oauth2(Box<OAuth2Config>),
     /// A declarative HTTP session login (see [`crate::session`]).
     SessionLogin {
         /// Credentials the request templates refer to as `{{name}}`.
@@ -126,6 +87,50 @@ pub enum SourceConfig {
         /// The session API description.
         session: Box<crate::session::SessionSpec>,
     },
+}
+
+/// An `oauth2` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// Token endpoint (or give `issuer` for discovery).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Issuer whose `/.well-known/openid-configuration` names the endpoints.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret (omit for public clients).
+    #[serde(default)]
+    pub client_secret: Option<SecretValue>,
+    /// The primary grant.
+    pub grant: GrantConfig,
+    /// Requested scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `basic` (default) or `post`.
+    #[serde(default)]
+    pub client_auth: ClientAuthConfig,
+    /// Revocation endpoint (fixed endpoints only).
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+    /// `audience` parameter.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// `resource` parameter.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Extra form parameters.
+    #[serde(default)]
+    pub extra_params: std::collections::BTreeMap<String, String>,
+    /// Send the token in another header than `Authorization: Bearer` (e.g. an
+    /// exchanged session token in `X-Session-Token`).
+    #[serde(default)]
+    pub send: Option<crate::session::SendSpec>,
+    /// With `send`: which responses mean the token expired (default: 401).
+    #[serde(default)]
+    pub expired: Option<crate::session::ExpiredSpec>,
 }
 
 /// The primary grant of an `oauth2` source.
@@ -421,21 +426,22 @@ impl SourceConfig {
                     default_key: key,
                 })
             }
-            SourceConfig::Oauth2 {
-                token_url,
-                issuer,
-                client_id,
-                client_secret,
-                grant,
-                scopes,
-                client_auth,
-                revocation_url,
-                audience,
-                resource,
-                extra_params,
-                send,
-                expired,
-            } => {
+            SourceConfig::Oauth2(oauth2) => {
+                let OAuth2Config {
+                    token_url,
+                    issuer,
+                    client_id,
+                    client_secret,
+                    grant,
+                    scopes,
+                    client_auth,
+                    revocation_url,
+                    audience,
+                    resource,
+                    extra_params,
+                    send,
+                    expired,
+                } = &**oauth2;
                 let secret = client_secret
                     .as_ref()
                     .map(|secret| secret.resolve("source.client_secret"))

@@ -1,0 +1,420 @@
+//! The real systems tokenlease exists for, end to end over loopback against the test
+//! server. The manager runs on a manual clock and the server's clock is advanced in step,
+//! so an hour of a batch job takes well under a second and nothing sleeps.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokenlease::client::{AuthorizedClient, Authorizer};
+use tokenlease::clock::ManualClock;
+use tokenlease::config::ManagerConfig;
+use tokenlease::{Clock, ErrorKind, Manager, MemoryStore, Store};
+use tokenlease_test_server::{Control, Outage, OutageMode, RateLimit, ServerConfig, TestServer};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+struct Sim {
+    server: TestServer,
+    clock: ManualClock,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Sim {
+    fn new(config: ServerConfig) -> Self {
+        Self::with_client_skew(config, 0)
+    }
+
+    /// The client's wall clock is `skew_s` seconds off the server's.
+    fn with_client_skew(config: ServerConfig, skew_s: i64) -> Self {
+        let server = TestServer::start_background(config).expect("server");
+        let server_now = server.server_time();
+        let wall = if skew_s >= 0 {
+            server_now + Duration::from_secs(skew_s as u64)
+        } else {
+            server_now - Duration::from_secs(skew_s.unsigned_abs())
+        };
+        Self {
+            server,
+            clock: ManualClock::with_wall(wall),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn client(&self, config_json: &str, store: Arc<dyn Store>) -> AuthorizedClient {
+        let config = ManagerConfig::from_json(config_json).expect("config");
+        let built = config.source.build().expect("source");
+        let authorizer: Arc<dyn Authorizer> = built.authorizer;
+        let manager = Manager::builder_from_arc(built.source)
+            .clock(Arc::new(self.clock.clone()))
+            .policy(policy())
+            .store(store)
+            .key(built.default_key)
+            .build();
+        AuthorizedClient::new(manager, authorizer).unwrap()
+    }
+
+    /// Both clocks move; then background work the move triggered is allowed to finish.
+    fn advance(&self, by: Duration, manager: &Manager) {
+        self.clock.advance(by);
+        self.server.advance(by);
+        let clock = &self.clock;
+        // Settled: no refresh running, and the manager's timer is armed for a future
+        // deadline again (a due timer is removed by `advance` and re-armed by the task).
+        wait_until("background work settled", || {
+            let status = manager.status();
+            !status.refreshing
+                && (status.state == tokenlease::TokenState::Empty
+                    || clock.next_timer().is_some_and(|next| next > clock.now()))
+        });
+    }
+
+    fn call(&self, client: &AuthorizedClient, url: &str, body: String) -> tokenlease::Result<u16> {
+        let request = client
+            .request(reqwest::Method::POST, url)
+            .body(body)
+            .build()
+            .unwrap();
+        let response = self.runtime.block_on(client.execute(request))?;
+        Ok(response.status().as_u16())
+    }
+}
+
+fn batch_server() -> ServerConfig {
+    ServerConfig {
+        default_ttl: Duration::from_secs(3600),
+        scope_ttls: [("batch".to_owned(), Duration::from_secs(900))].into(),
+        access_idle_timeout: Some(Duration::from_secs(900)),
+        access_absolute_timeout: Some(Duration::from_secs(3600)),
+        refresh_for_client_credentials: true,
+        ..ServerConfig::default()
+    }
+}
+
+fn batch_config(server: &TestServer) -> String {
+    format!(
+        r#"{{"source": {{"type": "oauth2", "token_url": "{}", "client_id": "demo-client",
+            "client_secret": "demo-secret", "grant": {{"type": "client_credentials"}},
+            "scopes": ["batch"], "revocation_url": "{}"}}}}"#,
+        server.token_url(),
+        server.revoke_url()
+    )
+}
+
+/// 500 records over ~58 simulated minutes against a server whose scope TTL (15 min) and
+/// sliding idle timeout override its 60-minute default TTL — the "batch job dies at
+/// minute 15" report — killed halfway and resumed from saved progress.
+#[test]
+fn batch_sync_survives_scope_ttl_idle_timeout_and_a_restart() {
+    let sim = Sim::new(batch_server());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let url = sim.server.resource_url();
+    let mut progress = 0usize; // the job's saved checkpoint
+    let run = |client: &AuthorizedClient, until: usize, progress: &mut usize| {
+        while *progress < until {
+            match sim.call(client, &url, format!("{{\"record\": {progress}}}")) {
+                Ok(200) => *progress += 1,
+                other => panic!("record {progress} failed: {other:?}"),
+            }
+            sim.advance(Duration::from_secs(7), client.manager());
+        }
+    };
+    let first_run = sim.client(&batch_config(&sim.server), store.clone());
+    run(&first_run, 250, &mut progress);
+    drop(first_run); // kill -9 stand-in: nothing is flushed on the way out
+    let stats_at_kill = sim.server.stats();
+    let second_run = sim.client(&batch_config(&sim.server), store.clone());
+    run(&second_run, 500, &mut progress);
+
+    let stats = sim.server.stats();
+    assert_eq!(progress, 500, "every record done, none failed");
+    assert_eq!(
+        stats.resource_requests, 500,
+        "no record sent twice: {stats:?}"
+    );
+    assert_eq!(stats.resource_rejections, 0);
+    // One login for the whole job (the restart adopted the stored token) and a refresh
+    // every ~10 minutes of a 15-minute token: at minutes 10, 20, 30, 40 and 50.
+    assert_eq!(
+        stats.grants.get("client_credentials"),
+        Some(&1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.grants.get("refresh_token"), Some(&5), "{stats:?}");
+    assert_eq!(stats_at_kill.token_requests + 3, stats.token_requests);
+    assert_eq!(second_run.manager().status().counters.store_loads, 1);
+}
+
+fn session_config(server: &TestServer, sliding: bool) -> String {
+    let header = if sliding {
+        r#""expires_in": {"header": "X-Token-Expires-In"}, "sliding": true,
+           "absolute_deadline": {"json_pointer": "/session/absolute_expires_at"},"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"source": {{"type": "session_login",
+            "credentials": {{"username": "alice", "password": "wonderland"}},
+            "session": {{
+              "login": {{"url": "{login}", "json": {{"username": "{{{{username}}}}", "password": "{{{{password}}}}"}}}},
+              "token": {{"json_pointer": "/session/id"}},
+              {header}
+              "lifetime_s": 900,
+              "send": {{"header": "vmware-api-session-id"}},
+              "keep_alive": {{"url": "{keepalive}", "authenticated": true}},
+              "logout": {{"url": "{logout}", "authenticated": true}},
+              "expired": {{"statuses": [401], "body_contains": ["INVALID_SESSION", "Token Expired"]}}
+            }}}}}}"#,
+        login = sim_url(server, "/session/login"),
+        keepalive = sim_url(server, "/session/keepalive"),
+        logout = sim_url(server, "/session/logout"),
+    )
+}
+
+fn sim_url(server: &TestServer, path: &str) -> String {
+    format!("{}{path}", server.url())
+}
+
+#[test]
+fn an_idle_session_is_kept_alive_every_ten_minutes_and_relogged_before_its_absolute_timeout() {
+    let sim = Sim::new(ServerConfig::default());
+    let client = sim.client(
+        &session_config(&sim.server, true),
+        Arc::new(MemoryStore::new()),
+    );
+    assert_eq!(
+        sim.call(&client, &sim.server.session_resource_url(), String::new())
+            .unwrap(),
+        200
+    );
+    for _ in 0..50 {
+        sim.advance(MINUTE, client.manager());
+    }
+    let stats = sim.server.stats();
+    // Keep-alives at minutes 10, 20, 30, 40; the absolute deadline (60 min) forces a new
+    // login at minute 45 (its advisory window is 15 minutes).
+    assert_eq!(stats.session_keepalives, 4, "{stats:?}");
+    assert_eq!(stats.session_logins, 2, "{stats:?}");
+    assert_eq!(
+        sim.call(&client, &sim.server.session_resource_url(), String::new())
+            .unwrap(),
+        200
+    );
+    assert_eq!(sim.server.stats().session_rejections, 0);
+}
+
+#[test]
+fn a_busy_session_logs_in_once_and_retries_an_expiry_fault_once() {
+    let sim = Sim::new(ServerConfig::default());
+    let client = sim.client(
+        &session_config(&sim.server, true),
+        Arc::new(MemoryStore::new()),
+    );
+    let url = sim.server.session_resource_url();
+    for _ in 0..100 {
+        assert_eq!(sim.call(&client, &url, String::new()).unwrap(), 200);
+        sim.advance(Duration::from_secs(18), client.manager());
+    }
+    let stats = sim.server.stats();
+    assert_eq!(stats.session_logins, 1, "never a login per call: {stats:?}");
+    assert_eq!(
+        stats.session_keepalives, 0,
+        "real use keeps it alive: {stats:?}"
+    );
+    // The server drops every session; the "Token Expired" fault is retried once.
+    sim.server.control(Control {
+        revoke_all: Some(true),
+        ..Control::default()
+    });
+    assert_eq!(sim.call(&client, &url, String::new()).unwrap(), 200);
+    let stats = sim.server.stats();
+    assert_eq!(stats.session_logins, 2);
+    assert_eq!(stats.session_rejections, 1);
+}
+
+#[test]
+fn a_documented_minimum_lifetime_refreshes_on_the_client_timer_at_minute_ten() {
+    let sim = Sim::new(ServerConfig::default());
+    let client = sim.client(
+        &session_config(&sim.server, false),
+        Arc::new(MemoryStore::new()),
+    );
+    let url = sim.server.session_resource_url();
+    for _ in 0..60 {
+        assert_eq!(sim.call(&client, &url, String::new()).unwrap(), 200);
+        sim.advance(Duration::from_secs(30), client.manager());
+    }
+    // 30 minutes, "at least 15 minutes" lifetime: logins at 0, 10, 20 and 30 minutes.
+    let stats = sim.server.stats();
+    assert_eq!(stats.session_logins, 4, "{stats:?}");
+    assert_eq!(stats.session_rejections, 0);
+}
+
+#[test]
+fn token_exchange_session_in_a_custom_header_and_logout() {
+    let sim = Sim::new(ServerConfig::default());
+    let config = format!(
+        r#"{{"source": {{"type": "oauth2", "token_url": "{}", "revocation_url": "{}",
+            "client_id": "demo-client", "client_secret": "demo-secret",
+            "grant": {{"type": "token_exchange", "subject_token": "saml-assertion-for-alice",
+                      "subject_token_type": "urn:ietf:params:oauth:token-type:saml2"}},
+            "send": {{"header": "X-Session-Token"}},
+            "expired": {{"statuses": [401], "body_contains": ["INVALID_SESSION"]}}}}}}"#,
+        sim.server.token_url(),
+        sim.server.revoke_url()
+    );
+    let client = sim.client(&config, Arc::new(MemoryStore::new()));
+    let url = sim.server.session_resource_url();
+    assert_eq!(sim.call(&client, &url, String::new()).unwrap(), 200);
+    assert_eq!(sim.call(&client, &url, String::new()).unwrap(), 200);
+    let token = client.manager().token_blocking().unwrap().into_arc();
+    sim.runtime.block_on(client.manager().revoke()).unwrap();
+    let raw = reqwest::blocking::Client::new()
+        .get(&url)
+        .header("X-Session-Token", token.value().expose())
+        .send()
+        .unwrap();
+    assert_eq!(raw.status(), 401, "logout ended the exchanged session");
+    let stats = sim.server.stats();
+    assert_eq!(
+        stats
+            .grants
+            .get("urn:ietf:params:oauth:grant-type:token-exchange")
+            .or(stats.grants.get("token_exchange")),
+        Some(&1)
+    );
+}
+
+#[test]
+fn client_clock_five_minutes_off_either_way_causes_no_failures() {
+    for skew_s in [-300i64, 300] {
+        let sim = Sim::with_client_skew(ServerConfig::default(), skew_s);
+        let client = sim.client(
+            &session_config(&sim.server, true),
+            Arc::new(MemoryStore::new()),
+        );
+        let url = sim.server.session_resource_url();
+        for _ in 0..120 {
+            assert_eq!(
+                sim.call(&client, &url, String::new()).unwrap(),
+                200,
+                "skew {skew_s}"
+            );
+            sim.advance(Duration::from_secs(30), client.manager());
+        }
+        let stats = sim.server.stats();
+        assert_eq!(stats.session_rejections, 0, "skew {skew_s}: {stats:?}");
+        // Re-login before the absolute deadline (45 min) and again at 90 min.
+        assert_eq!(stats.session_logins, 2, "skew {skew_s}: {stats:?}");
+    }
+    // The server's clock off instead of the client's.
+    for date_skew_s in [-300i64, 300] {
+        let sim = Sim::new(ServerConfig::default());
+        sim.server.control(Control {
+            date_skew_s: Some(date_skew_s),
+            ..Control::default()
+        });
+        let client = sim.client(
+            &session_config(&sim.server, true),
+            Arc::new(MemoryStore::new()),
+        );
+        let url = sim.server.session_resource_url();
+        for _ in 0..120 {
+            assert_eq!(
+                sim.call(&client, &url, String::new()).unwrap(),
+                200,
+                "server skew {date_skew_s}"
+            );
+            sim.advance(Duration::from_secs(30), client.manager());
+        }
+        assert_eq!(sim.server.stats().session_rejections, 0);
+    }
+}
+
+/// Outage, 429 storm and early revocation in one batch: 0 failures while a valid token
+/// exists; once none does, the right error kind.
+#[test]
+fn faults_mid_run_cause_no_failures_while_a_valid_token_exists() {
+    let sim = Sim::new(batch_server());
+    let client = sim.client(&batch_config(&sim.server), Arc::new(MemoryStore::new()));
+    let url = sim.server.resource_url();
+    let mut record = 0;
+    let mut step = |sim: &Sim, records: usize| {
+        for _ in 0..records {
+            assert_eq!(
+                sim.call(&client, &url, format!("{record}")).unwrap(),
+                200,
+                "record {record}"
+            );
+            record += 1;
+            sim.advance(Duration::from_secs(10), client.manager());
+        }
+    };
+    step(&sim, 55); // minute 9:10, just before the refresh point
+    sim.server.control(Control {
+        outage: Some(Outage {
+            mode: OutageMode::Status503,
+            duration_ms: None,
+        }),
+        ..Control::default()
+    });
+    step(&sim, 20); // refresh attempts fail; the cached token carries the job
+    sim.server.control(Control {
+        clear_outage: Some(true),
+        ..Control::default()
+    });
+    step(&sim, 5);
+    sim.server.control(Control {
+        rate_limit: Some(RateLimit {
+            duration_ms: None,
+            retry_after_s: 30,
+        }),
+        ..Control::default()
+    });
+    step(&sim, 40); // a 429 storm across the next refresh point
+    sim.server.control(Control {
+        clear_rate_limit: Some(true),
+        ..Control::default()
+    });
+    step(&sim, 10);
+    sim.server.control(Control {
+        revoke_all: Some(true),
+        ..Control::default()
+    });
+    step(&sim, 10); // early revocation: one re-authentication
+    let stats = sim.server.stats();
+    assert!(stats.token_errors > 0, "faults were hit: {stats:?}");
+    assert_eq!(
+        stats.resource_requests as usize,
+        record + stats.resource_rejections as usize
+    );
+
+    // Now an outage that outlasts the token: callers get Expired, caused by the outage.
+    sim.server.control(Control {
+        outage: Some(Outage {
+            mode: OutageMode::Status503,
+            duration_ms: None,
+        }),
+        ..Control::default()
+    });
+    let mut kinds = Vec::new();
+    for _ in 0..100 {
+        match sim.call(&client, &url, String::new()) {
+            Ok(status) => assert_eq!(status, 200),
+            Err(err) => kinds.push((err.kind(), err.cause_error().map(|cause| cause.kind()))),
+        }
+        sim.advance(Duration::from_secs(10), client.manager());
+    }
+    assert!(!kinds.is_empty(), "the token eventually expired");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| *k == (ErrorKind::Expired, Some(ErrorKind::Transient))),
+        "{kinds:?}"
+    );
+}

@@ -185,7 +185,10 @@ pub enum Lifetime {
 }
 
 /// What a [`Source`](crate::Source) returns: a token value and what is known about it.
+///
+/// Build it with [`FetchedToken::bearer`] and the `with_*` methods; fields may be added.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct FetchedToken {
     /// The secret value.
     pub value: SecretString,

@@ -1,0 +1,369 @@
+//! A token source implemented in C: function pointers + userdata.
+
+use std::ffi::{c_char, c_void};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{RwLock, RwLockReadGuard};
+use tl_core::{
+    BlockingSource, Error, ErrorKind, FetchedToken, Lifetime, Result, SecretString, Token,
+};
+use zeroize::Zeroizing;
+
+use crate::boundary::{ffi_boundary, str_arg, utf8_arg, Failure, UserData};
+use crate::result::tl_result;
+
+/// A token source written in C.
+///
+/// Every callback returns a `tl_result` number: `TL_OK` (0) on success, or the error kind of
+/// the failure (1..15), which tokenlease keeps: `TL_TRANSIENT`, `TL_RATE_LIMITED` and
+/// `TL_TIMEOUT` are retried with backoff while the cached token stays in use, the others
+/// (e.g. `TL_INVALID_CREDENTIALS`) reach callers at once. Any other number becomes
+/// `TL_INTERNAL`.
+///
+/// Threads: callbacks run on tokenlease's background blocking threads, never on the caller's
+/// thread. `fetch`/`refresh` of one manager never overlap (single-flight), but `revoke` may
+/// overlap them, so `userdata` must be safe to use from any thread. A callback must not call
+/// a blocking `tl_manager_*` function of its own manager (that returns `TL_USAGE`) nor
+/// `tl_manager_free` (that deadlocks). After `tl_manager_free` returns, no callback is called
+/// again, so userdata may be released then.
+///
+/// The struct is copied by `tl_manager_new_custom`; it need not outlive that call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct tl_source_callbacks {
+    /// Passed unchanged to every callback. May be NULL.
+    pub userdata: *mut c_void,
+    /// Required. Obtains a new token with the primary grant and reports it through the
+    /// `tl_fetch_output_set_*` functions on `out` (valid only during the call).
+    pub fetch:
+        Option<unsafe extern "C" fn(userdata: *mut c_void, out: *mut tl_fetch_output) -> u32>,
+    /// Optional (NULL: `fetch` is used). Obtains a new token with `refresh_token`
+    /// (`refresh_token_len` bytes, NUL-terminated, valid only during the call). Returning
+    /// `TL_INVALID_GRANT` makes tokenlease fall back to `fetch`.
+    pub refresh: Option<
+        unsafe extern "C" fn(
+            userdata: *mut c_void,
+            refresh_token: *const c_char,
+            refresh_token_len: usize,
+            out: *mut tl_fetch_output,
+        ) -> u32,
+    >,
+    /// Optional (NULL: revocation does nothing at the source). Revokes `token`
+    /// (`token_len` bytes, NUL-terminated, valid only during the call).
+    pub revoke: Option<
+        unsafe extern "C" fn(userdata: *mut c_void, token: *const c_char, token_len: usize) -> u32,
+    >,
+}
+
+/// What a C `fetch`/`refresh` callback reports, filled through `tl_fetch_output_set_*`.
+/// Opaque; owned by tokenlease and valid only during the callback.
+#[derive(Default)]
+pub struct tl_fetch_output {
+    value: Option<SecretString>,
+    expires_in_ms: u64,
+    token_type: Option<String>,
+    refresh_token: Option<SecretString>,
+    message: Option<String>,
+}
+
+impl fmt::Debug for tl_fetch_output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("tl_fetch_output")
+            .field("has_value", &self.value.is_some())
+            .field("expires_in_ms", &self.expires_in_ms)
+            .finish()
+    }
+}
+
+impl tl_fetch_output {
+    /// Turns a callback's return code and output into the source's result.
+    fn finish(self, code: u32, callback: &str) -> Result<FetchedToken> {
+        match tl_result::from_code(code) {
+            Some(tl_result::TL_OK) => {
+                let Some(value) = self.value else {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        format!("the C {callback} callback returned TL_OK without calling tl_fetch_output_set_token"),
+                    ));
+                };
+                let lifetime = if self.expires_in_ms == 0 {
+                    Lifetime::Unknown
+                } else {
+                    Lifetime::ExpiresIn(Duration::from_millis(self.expires_in_ms))
+                };
+                let mut fetched =
+                    FetchedToken::bearer(value, Duration::ZERO).with_lifetime(lifetime);
+                fetched.token_type = self.token_type.unwrap_or_default();
+                fetched.refresh_token = self.refresh_token;
+                Ok(fetched)
+            }
+            other => Err(callback_error(code, other, callback, self.message)),
+        }
+    }
+}
+
+/// The error a failing callback stands for: its kind is kept.
+pub(crate) fn callback_error(
+    code: u32,
+    result: Option<tl_result>,
+    callback: &str,
+    message: Option<String>,
+) -> Error {
+    match result.and_then(tl_result::kind) {
+        Some(kind) => Error::new(
+            kind,
+            message.unwrap_or_else(|| format!("the C {callback} callback failed ({kind})")),
+        ),
+        None => Error::new(
+            ErrorKind::Internal,
+            format!(
+                "the C {callback} callback returned {code}, which is not an error kind (1..15)"
+            ),
+        ),
+    }
+}
+
+/// Closes the way to a manager's C callbacks when the manager is freed: calls hold a read
+/// guard, `shut` takes the write lock, so it waits for running callbacks and no callback
+/// starts afterwards.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    open: RwLock<bool>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: RwLock::new(true),
+        })
+    }
+
+    pub(crate) fn enter(&self) -> Result<RwLockReadGuard<'_, bool>> {
+        let guard = self.open.read();
+        if *guard {
+            Ok(guard)
+        } else {
+            Err(Error::new(
+                ErrorKind::Closed,
+                "the token manager was freed; its C callbacks are no longer called",
+            ))
+        }
+    }
+
+    pub(crate) fn shut(&self) {
+        *self.open.write() = false;
+    }
+}
+
+type FetchFn = unsafe extern "C" fn(*mut c_void, *mut tl_fetch_output) -> u32;
+type RefreshFn =
+    unsafe extern "C" fn(*mut c_void, *const c_char, usize, *mut tl_fetch_output) -> u32;
+type RevokeFn = unsafe extern "C" fn(*mut c_void, *const c_char, usize) -> u32;
+
+/// The C callbacks as a core `BlockingSource` (run on the blocking pool by the adapter).
+pub(crate) struct CSource {
+    userdata: UserData,
+    fetch: FetchFn,
+    refresh: Option<RefreshFn>,
+    revoke: Option<RevokeFn>,
+    gate: Arc<Gate>,
+}
+
+impl fmt::Debug for CSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CSource")
+            .field("refresh", &self.refresh.is_some())
+            .field("revoke", &self.revoke.is_some())
+            .finish()
+    }
+}
+
+impl CSource {
+    pub(crate) fn new(callbacks: &tl_source_callbacks, gate: Arc<Gate>) -> Option<Self> {
+        Some(Self {
+            userdata: UserData(callbacks.userdata),
+            fetch: callbacks.fetch?,
+            refresh: callbacks.refresh,
+            revoke: callbacks.revoke,
+            gate,
+        })
+    }
+}
+
+/// A secret as a NUL-terminated buffer that is wiped when dropped.
+fn c_secret(secret: &SecretString) -> Zeroizing<Vec<u8>> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(secret.len() + 1));
+    bytes.extend_from_slice(secret.expose().as_bytes());
+    bytes.push(0);
+    bytes
+}
+
+impl BlockingSource for CSource {
+    fn fetch(&self) -> Result<FetchedToken> {
+        let _open = self.gate.enter()?;
+        let mut out = tl_fetch_output::default();
+        // SAFETY: `fetch` and `userdata` were registered together through
+        // tl_manager_new_custom, whose contract makes them callable from any thread until
+        // tl_manager_free, which the gate guard held here prevents from completing. `out`
+        // is a valid, exclusively borrowed tl_fetch_output for the duration of the call.
+        let code = unsafe { (self.fetch)(self.userdata.0, &mut out) };
+        out.finish(code, "fetch")
+    }
+
+    fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
+        let Some(refresh) = self.refresh else {
+            return self.fetch();
+        };
+        let _open = self.gate.enter()?;
+        let mut out = tl_fetch_output::default();
+        let secret = c_secret(refresh_token);
+        // SAFETY: as in `fetch`; `secret` is a NUL-terminated buffer of `len + 1` bytes that
+        // outlives the call.
+        let code = unsafe {
+            refresh(
+                self.userdata.0,
+                secret.as_ptr().cast(),
+                refresh_token.len(),
+                &mut out,
+            )
+        };
+        out.finish(code, "refresh")
+    }
+
+    fn revoke(&self, token: &Token) -> Result<()> {
+        let Some(revoke) = self.revoke else {
+            return Ok(());
+        };
+        let _open = self.gate.enter()?;
+        let secret = c_secret(token.value());
+        // SAFETY: as in `fetch`; `secret` outlives the call.
+        let code = unsafe { revoke(self.userdata.0, secret.as_ptr().cast(), token.value().len()) };
+        match tl_result::from_code(code) {
+            Some(tl_result::TL_OK) => Ok(()),
+            other => Err(callback_error(code, other, "revoke", None)),
+        }
+    }
+}
+
+/// Runs a setter on a callback's output object.
+fn with_output(
+    out: *mut tl_fetch_output,
+    f: impl FnOnce(&mut tl_fetch_output) -> std::result::Result<(), Failure>,
+) -> tl_result {
+    ffi_boundary(|| {
+        // SAFETY: NULL or the tl_fetch_output passed to the running callback, per the
+        // setters' contract; the callback has exclusive use of it.
+        let Some(out) = (unsafe { out.as_mut() }) else {
+            return tl_result::TL_NULL_ARGUMENT;
+        };
+        match f(out) {
+            Ok(()) => tl_result::TL_OK,
+            Err(failure) => failure.code,
+        }
+    })
+}
+
+/// Reports the fetched token: `value` (`len` bytes of UTF-8, copied) valid for
+/// `expires_in_ms` milliseconds from the moment the request was sent (0: unknown, the
+/// policy's default lifetime applies). Call it before returning `TL_OK`.
+///
+/// Returns `TL_NULL_ARGUMENT`, `TL_INVALID_UTF8`, or `TL_INVALID_ARGUMENT` for an empty
+/// value. Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
+/// from inside the callback that received `out`.
+///
+/// # Safety
+/// `out` must be the output passed to the running callback; `value` NULL or readable for
+/// `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn tl_fetch_output_set_token(
+    out: *mut tl_fetch_output,
+    value: *const c_char,
+    len: usize,
+    expires_in_ms: u64,
+) -> tl_result {
+    with_output(out, |out| {
+        // SAFETY: `value` is NULL or readable for `len` bytes per the contract.
+        let value = unsafe { utf8_arg(value, len, "value") }?;
+        if value.is_empty() {
+            return Err(Failure::new(
+                tl_result::TL_INVALID_ARGUMENT,
+                "the token value is empty",
+            ));
+        }
+        out.value = Some(SecretString::new(value));
+        out.expires_in_ms = expires_in_ms;
+        Ok(())
+    })
+}
+
+/// Reports the token type (NUL-terminated UTF-8, copied). Optional; default `"Bearer"`.
+///
+/// Thread-safety: only from inside the callback that received `out`.
+///
+/// # Safety
+/// `out` must be the output passed to the running callback; `token_type` NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tl_fetch_output_set_token_type(
+    out: *mut tl_fetch_output,
+    token_type: *const c_char,
+) -> tl_result {
+    with_output(out, |out| {
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let token_type = unsafe { str_arg(token_type, "token_type") }?;
+        out.token_type = Some(token_type.to_owned());
+        Ok(())
+    })
+}
+
+/// Reports a refresh token (`len` bytes of UTF-8, copied). Optional; tokenlease passes it
+/// to the `refresh` callback for the next refresh.
+///
+/// Thread-safety: only from inside the callback that received `out`.
+///
+/// # Safety
+/// `out` must be the output passed to the running callback; `value` NULL or readable for
+/// `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn tl_fetch_output_set_refresh_token(
+    out: *mut tl_fetch_output,
+    value: *const c_char,
+    len: usize,
+) -> tl_result {
+    with_output(out, |out| {
+        // SAFETY: NULL or readable for `len` bytes per the contract.
+        let value = unsafe { utf8_arg(value, len, "value") }?;
+        if value.is_empty() {
+            return Err(Failure::new(
+                tl_result::TL_INVALID_ARGUMENT,
+                "the refresh token is empty",
+            ));
+        }
+        out.refresh_token = Some(SecretString::new(value));
+        Ok(())
+    })
+}
+
+/// Sets the error message used when the callback returns an error code (NUL-terminated
+/// UTF-8, copied). Optional. It reaches `tl_manager_last_error` and events: never put a
+/// secret in it.
+///
+/// Thread-safety: only from inside the callback that received `out`.
+///
+/// # Safety
+/// `out` must be the output passed to the running callback; `message` NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tl_fetch_output_set_error_message(
+    out: *mut tl_fetch_output,
+    message: *const c_char,
+) -> tl_result {
+    with_output(out, |out| {
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let message = unsafe { str_arg(message, "message") }?;
+        out.message = Some(message.to_owned());
+        Ok(())
+    })
+}

@@ -1,0 +1,284 @@
+/* Every bad-argument case of the C ABI returns a result code; none crashes. No network. */
+#include "test_support.h"
+
+#define NOT_UTF8 "\xff\xfe"
+
+/* ---- a source whose callback also probes the output setters with bad arguments ---- */
+
+struct probe {
+    tl_result set_token_null, set_token_empty, set_token_not_utf8;
+    tl_result set_type_null, set_type_not_utf8, set_refresh_null, set_refresh_empty;
+    tl_result set_message_null, set_record_null, set_record_not_utf8, set_record_ok;
+    uint32_t return_code;
+};
+
+static uint32_t probe_fetch(void *userdata, tl_fetch_output *out) {
+    struct probe *p = userdata;
+    p->set_token_null = tl_fetch_output_set_token(out, NULL, 5, 1000);
+    p->set_token_empty = tl_fetch_output_set_token(out, "", 0, 1000);
+    p->set_token_not_utf8 = tl_fetch_output_set_token(out, NOT_UTF8, 2, 1000);
+    p->set_type_null = tl_fetch_output_set_token_type(out, NULL);
+    p->set_type_not_utf8 = tl_fetch_output_set_token_type(out, NOT_UTF8);
+    p->set_refresh_null = tl_fetch_output_set_refresh_token(out, NULL, 3);
+    p->set_refresh_empty = tl_fetch_output_set_refresh_token(out, "x", 0);
+    p->set_message_null = tl_fetch_output_set_error_message(out, NULL);
+    if (p->return_code != TL_OK) return p->return_code;
+    tl_fetch_output_set_token(out, "probe-token-value", 17, 600000);
+    return TL_OK;
+}
+
+static uint32_t probe_load(void *userdata, const char *key, tl_load_output *out) {
+    struct probe *p = userdata;
+    (void)key;
+    p->set_record_null = tl_load_output_set_record(out, NULL, 3);
+    p->set_record_not_utf8 = tl_load_output_set_record(out, NOT_UTF8, 2);
+    p->set_record_ok = tl_load_output_set_record(out, "{}", 2); /* corrupt: store error */
+    return TL_OK;
+}
+
+static uint32_t probe_save(void *userdata, const char *key, const char *json, size_t len) {
+    (void)userdata; (void)key; (void)json; (void)len;
+    return 12345; /* unknown code from a store: a store error event, tokens still work */
+}
+
+static tl_manager *probe_manager(struct probe *p, int with_store) {
+    tl_source_callbacks cbs;
+    memset(&cbs, 0, sizeof cbs);
+    cbs.userdata = p;
+    cbs.fetch = probe_fetch;
+    tl_store_callbacks store;
+    memset(&store, 0, sizeof store);
+    store.userdata = p;
+    store.load = probe_load;
+    store.save = probe_save;
+    tl_manager *mgr = NULL;
+    CHECK_RC(tl_manager_new_custom(&cbs, with_store ? &store : NULL, "probe", NULL, &mgr), TL_OK);
+    return mgr;
+}
+
+static void test_result_codes(void) {
+    CHECK(strcmp(tl_result_name(TL_OK), "TL_OK") == 0);
+    CHECK(strcmp(tl_result_name(TL_TRANSIENT), "TL_TRANSIENT") == 0);
+    CHECK(strcmp(tl_result_name(TL_BUFFER_TOO_SMALL), "TL_BUFFER_TOO_SMALL") == 0);
+    CHECK(strcmp(tl_result_name(16), "TL_UNKNOWN") == 0);
+    CHECK(strcmp(tl_result_name(0xFFFFFFFFu), "TL_UNKNOWN") == 0);
+    /* The numbers are the stable error-kind numbers. */
+    CHECK(TL_INVALID_CREDENTIALS == 1 && TL_TRANSIENT == 5 && TL_CANCELLED == 15);
+    CHECK(TL_NULL_ARGUMENT == 100 && TL_INVALID_ARGUMENT == 103);
+
+    char buf[256];
+    size_t written = 0;
+    CHECK_RC(tl_result_message(TL_TRANSIENT, buf, sizeof buf, &written), TL_OK);
+    CHECK(strstr(buf, "TL_TRANSIENT (transient)") == buf && written == strlen(buf));
+    size_t full = written;
+    /* Size query, too small, NULL pointers, unknown code. */
+    CHECK_RC(tl_result_message(TL_TRANSIENT, NULL, 0, &written), TL_BUFFER_TOO_SMALL);
+    CHECK(written == full + 1);
+    memset(buf, 'x', sizeof buf);
+    CHECK_RC(tl_result_message(TL_TRANSIENT, buf, full, &written), TL_BUFFER_TOO_SMALL);
+    CHECK(written == full + 1 && buf[0] == '\0' && buf[1] == 'x');
+    CHECK_RC(tl_result_message(TL_TRANSIENT, buf, full + 1, &written), TL_OK);
+    CHECK_RC(tl_result_message(TL_TRANSIENT, NULL, 10, &written), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_result_message(TL_TRANSIENT, buf, sizeof buf, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_result_message(16, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
+    CHECK_RC(tl_result_message(99, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
+    CHECK_RC(tl_result_message(0xFFFFFFFFu, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
+    CHECK(tl_version() != NULL && strlen(tl_version()) > 0);
+}
+
+static void test_constructor_arguments(void) {
+    tl_manager *mgr = (tl_manager *)1;
+    char detail[512];
+    size_t written = 0;
+
+    CHECK_RC(tl_manager_from_config(NULL, &mgr), TL_NULL_ARGUMENT);
+    CHECK(mgr == NULL);
+    CHECK_RC(tl_manager_last_error(NULL, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "config") != NULL);
+    CHECK_RC(tl_manager_from_config("{}", NULL), TL_NULL_ARGUMENT);
+    mgr = (tl_manager *)1;
+    CHECK_RC(tl_manager_from_config("{\"key\": \"" NOT_UTF8 "\"}", &mgr), TL_INVALID_UTF8);
+    CHECK(mgr == NULL);
+    CHECK_RC(tl_manager_from_config("", &mgr), TL_CONFIGURATION);
+    CHECK_RC(tl_manager_from_config("{not json", &mgr), TL_CONFIGURATION);
+    CHECK_RC(tl_manager_from_config("[source]\ntype = \"nope\"\n", &mgr), TL_CONFIGURATION);
+    CHECK_RC(tl_manager_last_error(NULL, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "unknown variant") != NULL);
+    CHECK_RC(tl_manager_from_config(
+                 "{\"source\": {\"type\": \"oauth2_client_credentials\", \"token_url\": "
+                 "\"http://idp.example/token\", \"client_id\": \"c\", \"client_secret\": "
+                 "\"very-secret-value\"}}",
+                 &mgr),
+             TL_CONFIGURATION);
+    CHECK_RC(tl_manager_last_error(NULL, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "HTTPS") != NULL && strstr(detail, "very-secret-value") == NULL);
+    CHECK(mgr == NULL);
+
+    struct probe p;
+    memset(&p, 0, sizeof p);
+    tl_source_callbacks cbs;
+    memset(&cbs, 0, sizeof cbs);
+    cbs.userdata = &p;
+    mgr = (tl_manager *)1;
+    CHECK_RC(tl_manager_new_custom(NULL, NULL, "k", NULL, &mgr), TL_NULL_ARGUMENT);
+    CHECK(mgr == NULL);
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, "k", NULL, &mgr), TL_NULL_ARGUMENT); /* no fetch */
+    CHECK_RC(tl_manager_last_error(NULL, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "fetch") != NULL);
+    cbs.fetch = probe_fetch;
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, "k", NULL, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, NOT_UTF8, NULL, &mgr), TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, "k", NOT_UTF8, &mgr), TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, "k", "not json", &mgr), TL_CONFIGURATION);
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, "k", "{\"no_such_field\": 1}", &mgr),
+             TL_CONFIGURATION);
+    CHECK_RC(tl_manager_new_custom(&cbs, NULL, "k", "{\"jitter_fraction\": 5}", &mgr),
+             TL_CONFIGURATION);
+    CHECK_RC(tl_manager_last_error(NULL, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "jitter_fraction") != NULL);
+    tl_store_callbacks store;
+    memset(&store, 0, sizeof store);
+    store.load = probe_load; /* save missing */
+    CHECK_RC(tl_manager_new_custom(&cbs, &store, "k", NULL, &mgr), TL_NULL_ARGUMENT);
+    CHECK(mgr == NULL);
+
+    /* NULL-safe frees. */
+    tl_manager_free(NULL);
+    tl_token_free(NULL);
+}
+
+static void test_manager_arguments(void) {
+    struct probe p;
+    memset(&p, 0, sizeof p);
+    tl_manager *mgr = probe_manager(&p, 0);
+    if (!mgr) return;
+    char buf[64];
+    size_t written = 0;
+    uint64_t generation = 0;
+
+    /* The probe's bad setter calls were refused inside the callback. */
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, &generation), TL_OK);
+    CHECK(strcmp(buf, "probe-token-value") == 0 && written == 17);
+    CHECK_RC(p.set_token_null, TL_NULL_ARGUMENT);
+    CHECK_RC(p.set_token_empty, TL_INVALID_ARGUMENT);
+    CHECK_RC(p.set_token_not_utf8, TL_INVALID_UTF8);
+    CHECK_RC(p.set_type_null, TL_NULL_ARGUMENT);
+    CHECK_RC(p.set_type_not_utf8, TL_INVALID_UTF8);
+    CHECK_RC(p.set_refresh_null, TL_NULL_ARGUMENT);
+    CHECK_RC(p.set_refresh_empty, TL_INVALID_ARGUMENT);
+    CHECK_RC(p.set_message_null, TL_NULL_ARGUMENT);
+    /* Setters outside a callback, on NULL. */
+    CHECK_RC(tl_fetch_output_set_token(NULL, "x", 1, 0), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_fetch_output_set_token_type(NULL, "x"), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_fetch_output_set_refresh_token(NULL, "x", 1), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_fetch_output_set_error_message(NULL, "x"), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_load_output_set_record(NULL, "{}", 2), TL_NULL_ARGUMENT);
+
+    /* tl_manager_token. */
+    CHECK_RC(tl_manager_token(NULL, buf, sizeof buf, &written, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, NULL, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token(mgr, NULL, 10, &written, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token(mgr, NULL, 0, &written, NULL), TL_BUFFER_TOO_SMALL);
+    CHECK(written == 18);
+    memset(buf, 'x', sizeof buf);
+    CHECK_RC(tl_manager_token(mgr, buf, 17, &written, NULL), TL_BUFFER_TOO_SMALL);
+    CHECK(written == 18 && buf[0] == '\0' && buf[1] == 'x'); /* no partial secret */
+    CHECK_RC(tl_manager_token(mgr, buf, 18, &written, NULL), TL_OK);
+    CHECK(written == 17 && buf[17] == '\0');
+    char detail[256];
+    CHECK_RC(tl_manager_token(mgr, buf, 4, &written, NULL), TL_BUFFER_TOO_SMALL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "too small") != NULL && strstr(detail, "probe-token") == NULL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, 3, &written), TL_BUFFER_TOO_SMALL);
+    CHECK(written == strlen("buffer of 4 bytes is too small: 18 bytes needed") + 1);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_last_error(mgr, NULL, 5, &written), TL_NULL_ARGUMENT);
+
+    /* Handles. */
+    tl_token *tok = (tl_token *)1;
+    CHECK_RC(tl_manager_token_handle(NULL, &tok), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token_handle(mgr, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token_handle(mgr, &tok), TL_OK);
+    const char *value = NULL;
+    size_t len = 0;
+    CHECK_RC(tl_token_value(NULL, &value, &len), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_token_value(tok, NULL, &len), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_token_value(tok, &value, NULL), TL_OK);
+    CHECK(strcmp(value, "probe-token-value") == 0);
+    CHECK_RC(tl_token_type(NULL, &value, &len), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_token_type(tok, NULL, &len), TL_NULL_ARGUMENT);
+    CHECK(tl_token_generation(NULL) == 0 && tl_token_generation(tok) == generation);
+    CHECK(tl_token_expires_at_unix_ms(NULL) == 0 && tl_token_expires_at_unix_ms(tok) > 0);
+    tl_token_free(tok);
+
+    /* Invalidate, retry, revoke, status, events, key, close. */
+    bool invalidated = true;
+    CHECK_RC(tl_manager_invalidate(NULL, 1, &invalidated), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_invalidate(mgr, 987654, &invalidated), TL_OK);
+    CHECK(!invalidated);
+    CHECK_RC(tl_manager_invalidate(mgr, 0, NULL), TL_OK);
+    CHECK_RC(tl_manager_token_after_rejection(NULL, 1, buf, sizeof buf, &written, NULL),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token_after_rejection(mgr, 1, buf, sizeof buf, NULL, NULL),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_token_after_rejection(mgr, 987654, buf, 2, &written, NULL),
+             TL_BUFFER_TOO_SMALL);
+    CHECK_RC(tl_manager_revoke(NULL), TL_NULL_ARGUMENT);
+    tl_status status;
+    CHECK_RC(tl_manager_status(NULL, &status), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_status(mgr, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_set_event_callback(NULL, NULL, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_set_event_callback(mgr, NULL, NULL), TL_OK);
+    CHECK_RC(tl_manager_key(NULL, buf, sizeof buf, &written), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_key(mgr, buf, 3, &written), TL_BUFFER_TOO_SMALL);
+    CHECK(written == 6);
+    CHECK_RC(tl_manager_key(mgr, buf, sizeof buf, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_close(NULL), TL_NULL_ARGUMENT);
+
+    /* A closed manager: every call reports TL_CLOSED, nothing crashes. */
+    CHECK_RC(tl_manager_close(mgr), TL_OK);
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, NULL), TL_CLOSED);
+    tok = (tl_token *)1;
+    CHECK_RC(tl_manager_token_handle(mgr, &tok), TL_CLOSED);
+    CHECK(tok == NULL);
+    CHECK_RC(tl_manager_token_after_rejection(mgr, 1, buf, sizeof buf, &written, NULL), TL_CLOSED);
+    CHECK_RC(tl_manager_revoke(mgr), TL_CLOSED);
+    CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
+    CHECK(status.state == TL_STATE_EMPTY);
+    tl_manager_free(mgr);
+}
+
+static void test_bad_callback_results(void) {
+    /* A callback returning an ABI-only code (not an error kind) is an internal error. */
+    struct probe p;
+    memset(&p, 0, sizeof p);
+    p.return_code = TL_NULL_ARGUMENT;
+    tl_manager *mgr = probe_manager(&p, 0);
+    if (!mgr) return;
+    char buf[64];
+    size_t written = 0;
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, NULL), TL_INTERNAL);
+    tl_manager_free(mgr);
+
+    /* Bad store results (non-UTF-8 record refused, corrupt record, unknown save code): the
+     * token call still succeeds from the source; the store failures are counted. */
+    memset(&p, 0, sizeof p);
+    mgr = probe_manager(&p, 1);
+    if (!mgr) return;
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, NULL), TL_OK);
+    CHECK_RC(p.set_record_null, TL_NULL_ARGUMENT);
+    CHECK_RC(p.set_record_not_utf8, TL_INVALID_UTF8);
+    CHECK_RC(p.set_record_ok, TL_OK);
+    tl_status status;
+    CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
+    CHECK(status.counters.store_errors == 2); /* corrupt load + failed save */
+    tl_manager_free(mgr);
+}
+
+int main(void) {
+    RUN(test_result_codes);
+    RUN(test_constructor_arguments);
+    RUN(test_manager_arguments);
+    RUN(test_bad_callback_results);
+    return finish();
+}

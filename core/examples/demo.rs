@@ -42,7 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} records  {msg}")?
             .progress_chars("=> "),
     );
-    progress.println(format!("test token server on {} (8-second tokens)", server.url()));
+    progress.println(format!(
+        "test token server on {} (8-second tokens)",
+        server.url()
+    ));
 
     let installed = Arc::new(AtomicU64::new(0));
     let events = (progress.clone(), installed.clone());
@@ -63,7 +66,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }));
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let started = Instant::now();
     let (mut failures, mut retried) = (0u64, 0u64);
     for record in 1..=RECORDS {
@@ -71,13 +76,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             60 => {
                 progress.println("  [fault] token endpoint down for 3 s");
                 server.control(Control {
-                    outage: Some(Outage { mode: OutageMode::Status503, duration_ms: Some(3000) }),
+                    outage: Some(Outage {
+                        mode: OutageMode::Status503,
+                        duration_ms: Some(3000),
+                    }),
                     ..Control::default()
                 });
             }
             180 => {
                 progress.println("  [fault] the server revokes every token early");
-                server.control(Control { revoke_all: Some(true), ..Control::default() });
+                server.control(Control {
+                    revoke_all: Some(true),
+                    ..Control::default()
+                });
             }
             _ => {}
         }
@@ -93,7 +104,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok((response, _)) => {
                 failures += 1;
-                progress.println(format!("record {record}: the API answered {}", response.status()));
+                progress.println(format!(
+                    "record {record}: the API answered {}",
+                    response.status()
+                ));
             }
             Err(err) => {
                 failures += 1;

@@ -36,7 +36,7 @@ use crate::policy::Policy;
 use crate::secret::SecretString;
 use crate::session::SessionLogin;
 use crate::source::Source;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, Store};
 
 /// The whole configuration of one manager.
 #[derive(Debug, Clone, Deserialize)]
@@ -320,12 +320,86 @@ impl PolicyConfig {
 }
 
 /// Token stores that can be configured declaratively.
+///
+/// ```toml
+/// [store]
+/// type = "file"
+/// dir = "/var/lib/reports/tokens"
+/// encryption_key = { env = "REPORTS_TOKEN_KEY" }   # optional: base64 of 32 bytes
+/// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StoreConfig {
     /// In-process memory (nothing survives a restart).
     #[default]
     Memory,
+    /// A directory of records shared by restarts and sibling processes, with a lock-file
+    /// lease ([`crate::FileStore`]). Without `encryption_key`, refresh tokens are not
+    /// written to disk.
+    #[cfg(unix)]
+    File {
+        /// The directory (created `0700` if missing).
+        dir: String,
+        /// Base64 of a 32-byte key (inline, `{"env": ..}` or `{"file": ..}`): records are
+        /// then encrypted, and a wrong key or a plaintext record is an error.
+        #[serde(default)]
+        encryption_key: Option<SecretValue>,
+    },
+    /// Redis, shared by many hosts, with a fenced `SET NX PX` lease ([`crate::RedisStore`]).
+    #[cfg(feature = "redis")]
+    Redis {
+        /// `redis://host:port[/db]`; a secret, since it may carry a password.
+        url: SecretValue,
+        /// Key prefix (default `tokenlease:`).
+        #[serde(default)]
+        prefix: Option<String>,
+        /// As for `file`.
+        #[serde(default)]
+        encryption_key: Option<SecretValue>,
+    },
+}
+
+#[cfg(unix)]
+fn encryption_key(value: Option<&SecretValue>) -> Result<Option<crate::EncryptionKey>> {
+    value
+        .map(|value| {
+            let text = value.resolve("store.encryption_key")?;
+            crate::EncryptionKey::from_base64(text.expose()).map_err(|err| {
+                Error::new(ErrorKind::Configuration, format!("store.{}", err.message()))
+            })
+        })
+        .transpose()
+}
+
+impl StoreConfig {
+    /// Opens the store this configuration describes.
+    pub fn open(&self) -> Result<Arc<dyn Store>> {
+        Ok(match self {
+            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+            #[cfg(unix)]
+            StoreConfig::File {
+                dir,
+                encryption_key: key,
+            } => Arc::new(match encryption_key(key.as_ref())? {
+                Some(key) => crate::FileStore::open_encrypted(dir, key)?,
+                None => crate::FileStore::open(dir)?,
+            }),
+            #[cfg(feature = "redis")]
+            StoreConfig::Redis {
+                url,
+                prefix,
+                encryption_key: key,
+            } => {
+                let url = url.resolve("store.url")?;
+                Arc::new(match encryption_key(key.as_ref())? {
+                    Some(key) => {
+                        crate::RedisStore::open_encrypted(url.expose(), prefix.as_deref(), key)?
+                    }
+                    None => crate::RedisStore::open(url.expose(), prefix.as_deref())?,
+                })
+            }
+        })
+    }
 }
 
 impl ManagerConfig {
@@ -373,9 +447,7 @@ impl ManagerConfig {
             default_key,
             ..
         } = self.source.build()?;
-        let store = match self.store {
-            StoreConfig::Memory => Arc::new(MemoryStore::new()),
-        };
+        let store = self.store.open()?;
         Ok(Manager::builder_from_arc(source)
             .key(self.key.clone().unwrap_or(default_key))
             .policy(policy)
@@ -699,5 +771,111 @@ mod tests {
         let err = Manager::from_config(&JSON.replace("127.0.0.1:1", "idp.example")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Configuration);
         assert!(err.message().contains("HTTPS is required"));
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tokenlease-config-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_store_config_opens_a_private_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("file");
+        let json = JSON.replace(
+            "\"policy\"",
+            &format!(
+                "\"store\": {{\"type\": \"file\", \"dir\": {:?}}}, \"policy\"",
+                dir.join("tokens").display().to_string()
+            ),
+        );
+        let config = ManagerConfig::from_json(&json).unwrap();
+        assert!(matches!(
+            &config.store,
+            StoreConfig::File {
+                encryption_key: None,
+                ..
+            }
+        ));
+        Manager::from_config(&json).unwrap();
+        let mode = std::fs::metadata(dir.join("tokens"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let toml = ManagerConfig::from_toml(&format!(
+            "[source]\ntype = \"oauth2_client_credentials\"\ntoken_url = \"http://127.0.0.1:1/t\"\n\
+             client_id = \"c\"\nclient_secret = \"s\"\n[store]\ntype = \"file\"\ndir = {:?}\n\
+             encryption_key = {{ env = \"TOKENLEASE_TEST_STORE_KEY\" }}\n",
+            dir.join("sealed").display().to_string()
+        ))
+        .unwrap();
+        // A configured key that is missing is an error, never a plaintext fallback.
+        let err = toml.build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().contains("TOKENLEASE_TEST_STORE_KEY"), "{err}");
+        std::env::set_var(
+            "TOKENLEASE_TEST_STORE_KEY",
+            crate::EncryptionKey::generate().to_base64().expose(),
+        );
+        let store = toml.store.open().unwrap();
+        assert!(
+            format!("{store:?}").contains("encrypted: true"),
+            "{store:?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_bad_store_key_or_field_is_named_but_not_echoed() {
+        let dir = temp_dir("badkey");
+        let store = |extra: &str| {
+            JSON.replace(
+                "\"policy\"",
+                &format!(
+                    "\"store\": {{\"type\": \"file\", \"dir\": {:?}{extra}}}, \"policy\"",
+                    dir.display().to_string()
+                ),
+            )
+        };
+        let err =
+            Manager::from_config(&store(", \"encryption_key\": \"short-secret-key\"")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().starts_with("store.encryption key"), "{err}");
+        assert!(!err.to_string().contains("short-secret-key"), "{err}");
+        let err = ManagerConfig::from_json(&store(", \"directory\": \"x\"")).unwrap_err();
+        assert!(err.message().contains("unknown field `directory`"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_store_config_connects_lazily_and_hides_the_url() {
+        let json = JSON.replace(
+            "\"policy\"",
+            "\"store\": {\"type\": \"redis\", \"url\": \"redis://:hunter2@127.0.0.1:1/0\", \"prefix\": \"app:\"}, \"policy\"",
+        );
+        let config = ManagerConfig::from_json(&json).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let StoreConfig::Redis { prefix, .. } = &config.store else {
+            panic!("not a redis store: {config:?}");
+        };
+        assert_eq!(prefix.as_deref(), Some("app:"));
+        // Nothing listens on port 1: building still works (the store connects lazily).
+        let store = config.store.open().unwrap();
+        assert!(!format!("{store:?}").contains("hunter2"), "{store:?}");
+        Manager::from_config(&json).unwrap();
+        let err = Manager::from_config(&json.replace("redis://:hunter2@", "nope://hunter2@"))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

@@ -29,12 +29,16 @@ pub mod clock;
 pub mod config;
 mod error;
 pub mod events;
+#[cfg(unix)]
+pub mod file_store;
 #[cfg(feature = "http")]
 pub mod http;
 mod manager;
 #[cfg(feature = "http")]
 pub mod oauth2;
 pub mod policy;
+#[cfg(feature = "redis")]
+pub mod redis_store;
 pub mod runtime;
 mod secret;
 #[cfg(feature = "http")]
@@ -46,8 +50,12 @@ mod token;
 pub use clock::{Clock, MonoTime, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Counters, Event, EventListener, RefreshReason, Status, TokenState};
+#[cfg(unix)]
+pub use file_store::{EncryptionKey, FileStore, LeaseInfo};
 pub use manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
 pub use policy::Policy;
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 pub use secret::SecretString;
 pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Source};
 pub use store::{

@@ -1,0 +1,252 @@
+// Test-only OAuth2 / OpenID Connect server for tokenlease's interop tests
+// (core/tests/oidc_interop.rs): the npm package `oidc-provider`, pinned in package.json,
+// which we did not write, on loopback http.
+//
+//   node tests/oidc/server.js [--lifetime SECONDS] [--token-delay-ms MS] [--exit-with-stdin]
+//
+// Listens on 127.0.0.1 with a port the OS picks and prints, once listening, one line
+//   OIDC_PROVIDER_URL=http://127.0.0.1:PORT
+// on stdout (the issuer; discovery is at /.well-known/openid-configuration). Exits by
+// itself after --lifetime seconds (default 300), on SIGTERM/SIGINT, and with
+// --exit-with-stdin when its standard input closes (the test process that spawned it is
+// gone).
+//
+// What it serves (all of it oidc-provider's own code, except the one grant marked below):
+// - clients `tokenlease-basic` (client_secret_basic) and `tokenlease-post`
+//   (client_secret_post), secret `tokenlease-secret`, scopes `api:read openid
+//   offline_access` (`api:write` exists but is not allowed for them: invalid_scope);
+// - client_credentials (features.clientCredentials), opaque tokens, or a JWT for the
+//   resource indicator `urn:tokenlease:api`;
+// - refresh_token with rotation (rotateRefreshToken: true): each use consumes the refresh
+//   token and issues a new one; reusing a consumed one fails with invalid_grant and
+//   revokes the whole grant (oidc-provider's reuse detection);
+// - revocation (RFC 7009), introspection (RFC 7662), userinfo (a protected resource that
+//   answers 401 with `error="invalid_token"` for a dead token);
+// - TEST-ONLY custom grant `password` (RFC 6749 §4.3), registered with
+//   provider.registerGrantType: oidc-provider issues refresh tokens only from the
+//   authorization code, device and CIBA flows, which need a user at a browser. This grant
+//   checks the fixed user `alice` / `wonderland` and issues an access token plus a refresh
+//   token (models provider.Grant, provider.AccessToken, provider.RefreshToken) the way
+//   the authorization_code grant does, so tokenlease's Grant::Password gets a refresh
+//   token without a browser. Everything after that first token (refresh, rotation, reuse
+//   detection, revocation, introspection) is oidc-provider's built-in code.
+// - GET /__stats: request counters, JSON (token_requests counts every POST to the token
+//   endpoint, successful or not; grants/errors count by grant type / error code).
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import http from 'node:http';
+
+import Provider, { errors } from 'oidc-provider';
+
+function option(name, fallback) {
+  const at = process.argv.indexOf(name);
+  if (at === -1) return fallback;
+  const value = Number(process.argv[at + 1]);
+  if (!Number.isFinite(value) || value < 0) {
+    console.error(`${name} needs a non-negative number`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const LIFETIME_SECONDS = option('--lifetime', 300);
+const TOKEN_DELAY_MS = option('--token-delay-ms', 0);
+const EXIT_WITH_STDIN = process.argv.includes('--exit-with-stdin');
+
+const CLIENT_SECRET = 'tokenlease-secret';
+const RESOURCE = 'urn:tokenlease:api';
+const USERNAME = 'alice';
+const PASSWORD = 'wonderland';
+const ACCESS_TOKEN_TTL = 60;
+
+const stats = {
+  token_requests: 0,
+  revocation_requests: 0,
+  introspection_requests: 0,
+  grants: {},
+  errors: {},
+  revoked_grants: 0,
+};
+
+function bump(counter, key) {
+  counter[key] = (counter[key] || 0) + 1;
+}
+
+// Fresh signing keys and cookie keys per run (none of oidc-provider's development keys).
+const signingKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+const jwks = { keys: [{ ...signingKey.export({ format: 'jwk' }), kid: 'test-rs256', use: 'sig', alg: 'RS256' }] };
+
+function staticClient(clientId, method) {
+  return {
+    client_id: clientId,
+    client_secret: CLIENT_SECRET,
+    token_endpoint_auth_method: method,
+    grant_types: ['client_credentials', 'refresh_token', 'password'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'api:read openid offline_access',
+  };
+}
+
+function configuration() {
+  return {
+    clients: [
+      staticClient('tokenlease-basic', 'client_secret_basic'),
+      staticClient('tokenlease-post', 'client_secret_post'),
+    ],
+    jwks,
+    cookies: { keys: [randomBytes(32).toString('hex')] },
+    scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+    claims: { openid: ['sub'] },
+    async findAccount(_ctx, accountId) {
+      if (accountId !== USERNAME) return undefined;
+      return { accountId, async claims() { return { sub: accountId }; } };
+    },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      introspection: {
+        enabled: true,
+        // Any authenticated client of this test server may introspect any token.
+        allowedPolicy: async () => true,
+      },
+      revocation: {
+        enabled: true,
+        allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+      },
+      userinfo: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async () => undefined,
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (_ctx, resourceIndicator) => {
+          if (resourceIndicator !== RESOURCE) throw new errors.InvalidTarget();
+          return {
+            scope: 'api:read api:write',
+            audience: RESOURCE,
+            accessTokenTTL: ACCESS_TOKEN_TTL,
+            accessTokenFormat: 'jwt',
+          };
+        },
+      },
+    },
+    rotateRefreshToken: true,
+    ttl: {
+      AccessToken: ACCESS_TOKEN_TTL,
+      ClientCredentials: ACCESS_TOKEN_TTL,
+      IdToken: ACCESS_TOKEN_TTL,
+      RefreshToken: 3600,
+      Grant: 3600,
+    },
+    // Errors go to the client as JSON; nothing renders HTML here.
+    async renderError(ctx, out) {
+      ctx.type = 'json';
+      ctx.body = out;
+    },
+  };
+}
+
+// TEST-ONLY: the resource owner password grant (see the header comment).
+function registerPasswordGrant(provider) {
+  const allowed = new Set(['openid', 'offline_access']);
+  async function passwordGrant(ctx) {
+    const { client, params } = ctx.oidc;
+    if (params.username !== USERNAME || params.password !== PASSWORD) {
+      throw new errors.InvalidGrant('invalid resource owner credentials');
+    }
+    const scopes = params.scope ? params.scope.split(' ') : ['openid', 'offline_access'];
+    for (const scope of scopes) {
+      if (!allowed.has(scope)) {
+        throw new errors.InvalidScope('requested scope is not allowed', scope);
+      }
+    }
+    const scope = scopes.join(' ');
+    const accountId = USERNAME;
+
+    const grant = new provider.Grant({ accountId, clientId: client.clientId });
+    grant.addOIDCScope(scope);
+    const grantId = await grant.save();
+
+    const at = new provider.AccessToken({
+      accountId, client, grantId, gty: 'password', scope,
+    });
+    const accessToken = await at.save();
+
+    let refreshToken;
+    if (scopes.includes('offline_access')) {
+      const rt = new provider.RefreshToken({
+        accountId, client, grantId, gty: 'password', scope, rotations: 0,
+      });
+      refreshToken = await rt.save();
+    }
+
+    ctx.body = {
+      access_token: accessToken,
+      token_type: 'Bearer',
+      expires_in: at.expiration,
+      refresh_token: refreshToken,
+      scope,
+    };
+  }
+  provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope']);
+}
+
+function sendJson(res, status, body) {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(JSON.stringify(body));
+}
+
+let callback = (_req, res) => sendJson(res, 503, { error: 'temporarily_unavailable' });
+const server = http.createServer((req, res) => {
+  const path = new URL(req.url, 'http://127.0.0.1').pathname;
+  if (req.method === 'GET' && path === '/__stats') {
+    sendJson(res, 200, stats);
+    return;
+  }
+  if (req.method === 'POST' && path === '/token') {
+    stats.token_requests += 1;
+    if (TOKEN_DELAY_MS > 0) {
+      setTimeout(() => callback(req, res), TOKEN_DELAY_MS);
+      return;
+    }
+  }
+  if (req.method === 'POST' && path === '/token/revocation') stats.revocation_requests += 1;
+  if (req.method === 'POST' && path === '/token/introspection') stats.introspection_requests += 1;
+  callback(req, res);
+});
+
+function shutdown(code) {
+  server.close();
+  server.closeAllConnections();
+  process.exit(code);
+}
+
+process.on('SIGTERM', () => shutdown(0));
+process.on('SIGINT', () => shutdown(0));
+setTimeout(() => {
+  console.error(`oidc test server: lifetime of ${LIFETIME_SECONDS} s is over, exiting`);
+  shutdown(0);
+}, LIFETIME_SECONDS * 1000);
+if (EXIT_WITH_STDIN) {
+  process.stdin.on('end', () => shutdown(0));
+  process.stdin.on('error', () => shutdown(0));
+  process.stdin.resume();
+}
+
+server.listen(0, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+  const provider = new Provider(issuer, configuration());
+  registerPasswordGrant(provider);
+  provider.on('grant.success', (ctx) => bump(stats.grants, ctx.oidc.params.grant_type));
+  provider.on('grant.error', (_ctx, err) => bump(stats.errors, err.error || 'unknown'));
+  provider.on('server_error', (_ctx, err) => {
+    bump(stats.errors, 'server_error');
+    console.error('oidc test server: server_error', err);
+  });
+  provider.on('grant.revoked', () => {
+    stats.revoked_grants += 1;
+  });
+  callback = provider.callback();
+  process.stdout.write(`OIDC_PROVIDER_URL=${issuer}\n`);
+});

@@ -277,7 +277,8 @@ pub fn token_endpoint_error(
     Error::new(kind, described).with_retry_after(retry_after)
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// The server's Retry-After in seconds (capped at an hour); HTTP dates are ignored.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     value
         .parse::<u64>()

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::client::HeaderAuthorizer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
-    endpoint_name, endpoint_url, http_client, jwt_expiry, server_date, transport_error,
+    endpoint_name, endpoint_url, http_client, jwt_expiry, retry_after, server_date, transport_error,
 };
 use crate::secret::SecretString;
 use crate::source::Source;
@@ -365,11 +365,7 @@ impl SessionLogin {
             }
             _ => ErrorKind::Protocol,
         };
-        let retry_after = headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
+        let retry_after = retry_after(headers);
         Error::new(
             kind,
             format!("session {what} at {endpoint} answered {}", status.as_u16()),

@@ -19,6 +19,16 @@ use tokenlease::Event;
 use tokenlease_test_server::{Control, Outage, OutageMode, ServerConfig, TestServer};
 
 const RECORDS: u64 = 300;
+
+/// Prints above the progress bar, or plainly when output isn't a terminal (CI logs).
+fn say(progress: &ProgressBar, line: impl Into<String>) {
+    let line = line.into();
+    if progress.is_hidden() {
+        println!("{line}");
+    } else {
+        progress.println(line);
+    }
+}
 const PAUSE_BETWEEN_RECORDS: Duration = Duration::from_millis(80);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,10 +52,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} records  {msg}")?
             .progress_chars("=> "),
     );
-    progress.println(format!(
-        "test token server on {} (8-second tokens)",
-        server.url()
-    ));
+    say(
+        &progress,
+        format!("test token server on {} (8-second tokens)", server.url()),
+    );
 
     let installed = Arc::new(AtomicU64::new(0));
     let events = (progress.clone(), installed.clone());
@@ -54,12 +64,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match event {
             Event::RefreshSucceeded { generation, .. } => {
                 installed.fetch_add(1, Ordering::Relaxed);
-                progress.println(format!("  token generation {generation} installed"));
+                say(progress, format!("  token generation {generation} installed"));
             }
-            Event::RefreshFailed { kind, consecutive_failures, .. } => progress.println(format!(
+            Event::RefreshFailed { kind, consecutive_failures, .. } => say(progress, format!(
                 "  refresh failed ({kind}), attempt {consecutive_failures}: still serving the cached token"
             )),
-            Event::Invalidated { generation } => progress.println(format!(
+            Event::Invalidated { generation } => say(progress, format!(
                 "  the API rejected generation {generation}: invalidated, refreshing once"
             )),
             _ => {}
@@ -74,7 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for record in 1..=RECORDS {
         match record {
             60 => {
-                progress.println("  [fault] token endpoint down for 3 s");
+                say(&progress, "  [fault] token endpoint down for 3 s");
                 server.control(Control {
                     outage: Some(Outage {
                         mode: OutageMode::Status503,
@@ -84,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 });
             }
             180 => {
-                progress.println("  [fault] the server revokes every token early");
+                say(&progress, "  [fault] the server revokes every token early");
                 server.control(Control {
                     revoke_all: Some(true),
                     ..Control::default()
@@ -104,14 +114,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok((response, _)) => {
                 failures += 1;
-                progress.println(format!(
-                    "record {record}: the API answered {}",
-                    response.status()
-                ));
+                say(
+                    &progress,
+                    format!("record {record}: the API answered {}", response.status()),
+                );
             }
             Err(err) => {
                 failures += 1;
-                progress.println(format!("record {record}: {err}"));
+                say(&progress, format!("record {record}: {err}"));
             }
         }
         let status = client.manager().status();
@@ -121,6 +131,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             started.elapsed().as_secs_f64()
         ));
         progress.inc(1);
+        if progress.is_hidden() && record % 50 == 0 {
+            say(
+                &progress,
+                format!("progress: {record}/{RECORDS} records, {failures} failures"),
+            );
+        }
         std::thread::sleep(PAUSE_BETWEEN_RECORDS);
     }
     progress.finish();

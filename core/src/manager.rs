@@ -750,7 +750,20 @@ impl Shared {
                             .backoff_ceiling(flight.consecutive_failures)
                             .max(err.retry_after().unwrap_or_default())
                     };
-                    flight.retry_at = self.clock.now() + delay;
+                    let now = self.clock.now();
+                    flight.retry_at = now + delay;
+                    if err.is_transient() && err.retry_after().is_none() {
+                        // Never let a backoff skip past the cached token's last chances: one
+                        // attempt at the mandatory point and one at expiry, so a server that
+                        // recovers before the token dies is noticed before callers fail.
+                        if let Some(edge) = self.current.load().as_deref().and_then(|token| {
+                            [token.mandatory_at(), token.expires_at()]
+                                .into_iter()
+                                .find(|edge| now < *edge)
+                        }) {
+                            flight.retry_at = flight.retry_at.min(edge);
+                        }
+                    }
                     flight.last_error = Some(err.clone());
                     bump(&self.counters.failures);
                     Some(Event::RefreshFailed {

@@ -706,3 +706,53 @@ fn blocking_sources_run_off_the_background_thread() {
         Manager::builder(tokenlease::BlockingSourceAdapter::new(SlowBlockingSource)).build();
     assert_eq!(manager.token_blocking().unwrap().generation(), 1);
 }
+
+#[test]
+fn a_backoff_never_skips_the_last_chances_before_expiry() {
+    // Backoff delays of up to 100 s against a 60-second token: without the clamp the next
+    // attempt after a failure at the refresh point would usually land after expiry, and
+    // callers would fail although the server recovered in time.
+    let clock = ManualClock::new();
+    let source = Arc::new(ScriptedSource::new(MINUTE).timed(&clock));
+    let manager = Manager::builder_from_arc(source.clone())
+        .clock(Arc::new(clock.clone()))
+        .policy(
+            Policy::builder()
+                .jitter_fraction(0.0)
+                .backoff(Duration::from_secs(100), Duration::from_secs(100))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let first = manager.token_blocking().unwrap().into_arc();
+    *source.outage.lock() = Some(transient("down"));
+    let mut errors = 0;
+    // From the refresh point (40 s) to well past expiry (60 s); the server recovers at 50 s.
+    for second in 40..80 {
+        clock.advance(
+            first
+                .refresh_at()
+                .saturating_duration_since(clock.now())
+                .max(Duration::from_secs(1)),
+        );
+        if second == 50 {
+            *source.outage.lock() = None;
+        }
+        if manager.token_blocking().is_err() {
+            errors += 1;
+        }
+        wait_until("attempt finished", || !manager.status().refreshing);
+    }
+    assert_eq!(
+        errors, 0,
+        "the attempt at the mandatory point found the recovered server"
+    );
+    assert!(manager.status().generation >= 2);
+    let attempts = source.call_times.lock().clone();
+    assert!(
+        attempts
+            .iter()
+            .any(|at| *at <= first.mandatory_at() && *at > first.refresh_at()),
+        "an attempt happened by the mandatory point: {attempts:?}"
+    );
+}

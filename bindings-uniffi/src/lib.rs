@@ -1,0 +1,950 @@
+//! Kotlin and Swift bindings of tokenlease through UniFFI (proc-macros, library mode).
+//!
+//! This crate converts types and errors and nothing else: every lifecycle decision (cache,
+//! single-flight, background refresh, retry, persistence) is made by [`tokenlease::Manager`].
+//! The Kotlin and Swift sources are generated from the built library by this crate's
+//! `uniffi-bindgen` binary (see `docs/mobile.md` and `scripts/test-kotlin`, `scripts/test-swift`).
+//!
+//! Exported:
+//! - [`TokenManager`], built from the shared JSON/TOML config ([`TokenManager::from_config`])
+//!   or from foreign implementations of [`TokenSource`] and [`TokenStore`]
+//!   ([`TokenManager::with_source`]); `token()` is async (Kotlin `suspend`, Swift `async`) and
+//!   runs on tokenlease's one background runtime, `token_blocking()` blocks the calling thread.
+//! - [`TokenleaseError`]: one variant per [`tokenlease::ErrorKind`], in the same order (so
+//!   the variant's position is the stable code), each carrying a message without secrets.
+//! - Foreign traits [`TokenSource`], [`TokenStore`] and [`EventListener`]; foreign code picks
+//!   the error kind of a failure by throwing the matching `TokenleaseError` variant.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokenlease::{
+    BlockingSourceAdapter, BlockingStoreAdapter, Error as CoreError, ErrorKind as CoreKind,
+    Event as CoreEvent, Manager, Token, TokenRecord,
+};
+
+uniffi::setup_scaffolding!();
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// A tokenlease failure. One variant per core error kind, in the order of the stable codes
+/// (1 = `InvalidCredentials` ... 15 = `Cancelled`). `reason` never contains a token value.
+///
+/// Foreign sources, stores and listeners throw a variant of this type to choose the kind
+/// of their failure (e.g. `TokenleaseException.Transient` in Kotlin is retried with backoff,
+/// `InvalidCredentials` surfaces at once); any other exception becomes `Internal`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum TokenleaseError {
+    /// The client credentials were rejected. Terminal.
+    #[error("invalid_credentials: {reason}")]
+    InvalidCredentials {
+        /// What happened.
+        reason: String,
+    },
+    /// The grant (refresh token, authorization) is invalid or expired. Terminal.
+    #[error("invalid_grant: {reason}")]
+    InvalidGrant {
+        /// What happened.
+        reason: String,
+    },
+    /// The token or session was revoked. Terminal.
+    #[error("revoked: {reason}")]
+    Revoked {
+        /// What happened.
+        reason: String,
+    },
+    /// The cached token expired and no replacement could be obtained.
+    #[error("expired: {reason}")]
+    Expired {
+        /// What happened.
+        reason: String,
+    },
+    /// A temporary failure; retried with backoff.
+    #[error("transient: {reason}")]
+    Transient {
+        /// What happened.
+        reason: String,
+    },
+    /// The server asked to slow down.
+    #[error("rate_limited: {reason}")]
+    RateLimited {
+        /// What happened.
+        reason: String,
+    },
+    /// A request, or a wait for the in-flight refresh, took too long.
+    #[error("timeout: {reason}")]
+    Timeout {
+        /// What happened.
+        reason: String,
+    },
+    /// The configuration is invalid. Terminal.
+    #[error("configuration: {reason}")]
+    Configuration {
+        /// What happened.
+        reason: String,
+    },
+    /// The token store failed.
+    #[error("store: {reason}")]
+    Store {
+        /// What happened.
+        reason: String,
+    },
+    /// The manager was closed.
+    #[error("closed: {reason}")]
+    Closed {
+        /// What happened.
+        reason: String,
+    },
+    /// The resource server rejected the token.
+    #[error("token_rejected: {reason}")]
+    TokenRejected {
+        /// What happened.
+        reason: String,
+    },
+    /// The server answered something tokenlease could not understand.
+    #[error("protocol: {reason}")]
+    Protocol {
+        /// What happened.
+        reason: String,
+    },
+    /// The API was misused (e.g. a blocking call from inside a callback).
+    #[error("usage: {reason}")]
+    Usage {
+        /// What happened.
+        reason: String,
+    },
+    /// A bug, a panic, or an unexpected exception in a foreign callback.
+    #[error("internal: {reason}")]
+    Internal {
+        /// What happened.
+        reason: String,
+    },
+    /// The operation was cancelled.
+    #[error("cancelled: {reason}")]
+    Cancelled {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl TokenleaseError {
+    /// The core kind of this error.
+    pub fn kind(&self) -> CoreKind {
+        match self {
+            Self::InvalidCredentials { .. } => CoreKind::InvalidCredentials,
+            Self::InvalidGrant { .. } => CoreKind::InvalidGrant,
+            Self::Revoked { .. } => CoreKind::Revoked,
+            Self::Expired { .. } => CoreKind::Expired,
+            Self::Transient { .. } => CoreKind::Transient,
+            Self::RateLimited { .. } => CoreKind::RateLimited,
+            Self::Timeout { .. } => CoreKind::Timeout,
+            Self::Configuration { .. } => CoreKind::Configuration,
+            Self::Store { .. } => CoreKind::Store,
+            Self::Closed { .. } => CoreKind::Closed,
+            Self::TokenRejected { .. } => CoreKind::TokenRejected,
+            Self::Protocol { .. } => CoreKind::Protocol,
+            Self::Usage { .. } => CoreKind::Usage,
+            Self::Internal { .. } => CoreKind::Internal,
+            Self::Cancelled { .. } => CoreKind::Cancelled,
+        }
+    }
+
+    /// The message (without the kind prefix).
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::InvalidCredentials { reason }
+            | Self::InvalidGrant { reason }
+            | Self::Revoked { reason }
+            | Self::Expired { reason }
+            | Self::Transient { reason }
+            | Self::RateLimited { reason }
+            | Self::Timeout { reason }
+            | Self::Configuration { reason }
+            | Self::Store { reason }
+            | Self::Closed { reason }
+            | Self::TokenRejected { reason }
+            | Self::Protocol { reason }
+            | Self::Usage { reason }
+            | Self::Internal { reason }
+            | Self::Cancelled { reason } => reason,
+        }
+    }
+
+    fn from_kind(kind: CoreKind, reason: String) -> Self {
+        match kind {
+            CoreKind::InvalidCredentials => Self::InvalidCredentials { reason },
+            CoreKind::InvalidGrant => Self::InvalidGrant { reason },
+            CoreKind::Revoked => Self::Revoked { reason },
+            CoreKind::Expired => Self::Expired { reason },
+            CoreKind::Transient => Self::Transient { reason },
+            CoreKind::RateLimited => Self::RateLimited { reason },
+            CoreKind::Timeout => Self::Timeout { reason },
+            CoreKind::Configuration => Self::Configuration { reason },
+            CoreKind::Store => Self::Store { reason },
+            CoreKind::Closed => Self::Closed { reason },
+            CoreKind::TokenRejected => Self::TokenRejected { reason },
+            CoreKind::Protocol => Self::Protocol { reason },
+            CoreKind::Usage => Self::Usage { reason },
+            CoreKind::Cancelled => Self::Cancelled { reason },
+            // Internal, and any kind a newer core adds before this binding knows it.
+            _ => Self::Internal { reason },
+        }
+    }
+}
+
+impl From<CoreError> for TokenleaseError {
+    fn from(err: CoreError) -> Self {
+        // The message plus its cause ("token expired (caused by transient: ...)"), without
+        // the "kind: " prefix the variant already says. Core messages hold no secrets.
+        let full = err.to_string();
+        let prefix = format!("{}: ", err.kind());
+        let reason = full.strip_prefix(&prefix).unwrap_or(&full).to_owned();
+        Self::from_kind(err.kind(), reason)
+    }
+}
+
+impl From<TokenleaseError> for CoreError {
+    fn from(err: TokenleaseError) -> Self {
+        CoreError::new(err.kind(), err.reason().to_owned())
+    }
+}
+
+/// A foreign callback threw something other than a `TokenleaseError`.
+impl From<uniffi::UnexpectedUniFFICallbackError> for TokenleaseError {
+    fn from(err: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Internal {
+            reason: format!("a foreign callback failed unexpectedly: {}", err.reason),
+        }
+    }
+}
+
+type BindingResult<T> = std::result::Result<T, TokenleaseError>;
+
+// ---------------------------------------------------------------------------------------
+// Records and enums
+// ---------------------------------------------------------------------------------------
+
+/// The kind of an error, with the same stable numbers as every other binding
+/// ([`error_kind_code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum ErrorKind {
+    /// 1
+    InvalidCredentials,
+    /// 2
+    InvalidGrant,
+    /// 3
+    Revoked,
+    /// 4
+    Expired,
+    /// 5
+    Transient,
+    /// 6
+    RateLimited,
+    /// 7
+    Timeout,
+    /// 8
+    Configuration,
+    /// 9
+    Store,
+    /// 10
+    Closed,
+    /// 11
+    TokenRejected,
+    /// 12
+    Protocol,
+    /// 13
+    Usage,
+    /// 14
+    Internal,
+    /// 15
+    Cancelled,
+}
+
+impl From<CoreKind> for ErrorKind {
+    fn from(kind: CoreKind) -> Self {
+        match kind {
+            CoreKind::InvalidCredentials => Self::InvalidCredentials,
+            CoreKind::InvalidGrant => Self::InvalidGrant,
+            CoreKind::Revoked => Self::Revoked,
+            CoreKind::Expired => Self::Expired,
+            CoreKind::Transient => Self::Transient,
+            CoreKind::RateLimited => Self::RateLimited,
+            CoreKind::Timeout => Self::Timeout,
+            CoreKind::Configuration => Self::Configuration,
+            CoreKind::Store => Self::Store,
+            CoreKind::Closed => Self::Closed,
+            CoreKind::TokenRejected => Self::TokenRejected,
+            CoreKind::Protocol => Self::Protocol,
+            CoreKind::Usage => Self::Usage,
+            CoreKind::Cancelled => Self::Cancelled,
+            _ => Self::Internal,
+        }
+    }
+}
+
+impl From<ErrorKind> for CoreKind {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::InvalidCredentials => CoreKind::InvalidCredentials,
+            ErrorKind::InvalidGrant => CoreKind::InvalidGrant,
+            ErrorKind::Revoked => CoreKind::Revoked,
+            ErrorKind::Expired => CoreKind::Expired,
+            ErrorKind::Transient => CoreKind::Transient,
+            ErrorKind::RateLimited => CoreKind::RateLimited,
+            ErrorKind::Timeout => CoreKind::Timeout,
+            ErrorKind::Configuration => CoreKind::Configuration,
+            ErrorKind::Store => CoreKind::Store,
+            ErrorKind::Closed => CoreKind::Closed,
+            ErrorKind::TokenRejected => CoreKind::TokenRejected,
+            ErrorKind::Protocol => CoreKind::Protocol,
+            ErrorKind::Usage => CoreKind::Usage,
+            ErrorKind::Internal => CoreKind::Internal,
+            ErrorKind::Cancelled => CoreKind::Cancelled,
+        }
+    }
+}
+
+/// The stable number of an error kind (1..=15), the same in C, Python, Kotlin and Swift.
+#[uniffi::export]
+pub fn error_kind_code(kind: ErrorKind) -> u32 {
+    CoreKind::from(kind).code()
+}
+
+/// The kind of an error (for `when`/`switch` over kinds rather than exception classes).
+#[uniffi::export]
+pub fn error_kind_of(error: TokenleaseError) -> ErrorKind {
+    error.kind().into()
+}
+
+/// The short stable name of an error kind (`"invalid_credentials"`).
+#[uniffi::export]
+pub fn error_kind_name(kind: ErrorKind) -> String {
+    CoreKind::from(kind).name().to_owned()
+}
+
+/// A token handed to the application. `value` is the secret to put on the wire: keep it
+/// out of logs.
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TokenInfo {
+    /// The secret token value.
+    pub value: String,
+    /// Token type (`"Bearer"`).
+    pub token_type: String,
+    /// Wall-clock expiry, ms since the Unix epoch.
+    pub expires_at_unix_ms: u64,
+    /// Generation; pass it to `invalidate` when a server rejects this token.
+    pub generation: u64,
+}
+
+impl fmt::Debug for TokenInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenInfo")
+            .field("value", &"[redacted]")
+            .field("token_type", &self.token_type)
+            .field("expires_at_unix_ms", &self.expires_at_unix_ms)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl From<&Token> for TokenInfo {
+    fn from(token: &Token) -> Self {
+        Self {
+            value: token.value().expose().to_owned(),
+            token_type: token.token_type().to_owned(),
+            expires_at_unix_ms: unix_ms(token.expires_at_wall()),
+            generation: token.generation(),
+        }
+    }
+}
+
+/// What a foreign [`TokenSource`] returns.
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FetchedToken {
+    /// The secret token value.
+    pub value: String,
+    /// Lifetime in ms, counted from the moment the source was called.
+    pub expires_in_ms: u64,
+    /// Token type.
+    #[uniffi(default = "Bearer")]
+    pub token_type: String,
+    /// A refresh token, when the server issued one (persisted by the store).
+    #[uniffi(default = None)]
+    pub refresh_token: Option<String>,
+}
+
+impl fmt::Debug for FetchedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchedToken")
+            .field("value", &"[redacted]")
+            .field("expires_in_ms", &self.expires_in_ms)
+            .field("token_type", &self.token_type)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish()
+    }
+}
+
+/// Where the cached token is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TokenState {
+    /// No token.
+    Empty,
+    /// Valid and before its refresh point.
+    Fresh,
+    /// Advisory window: served, refreshed in the background.
+    Stale,
+    /// Mandatory window: callers wait for the refresh.
+    Mandatory,
+    /// Past expiry.
+    Expired,
+}
+
+impl From<tokenlease::TokenState> for TokenState {
+    fn from(state: tokenlease::TokenState) -> Self {
+        match state {
+            tokenlease::TokenState::Empty => Self::Empty,
+            tokenlease::TokenState::Fresh => Self::Fresh,
+            tokenlease::TokenState::Stale => Self::Stale,
+            tokenlease::TokenState::Mandatory => Self::Mandatory,
+            tokenlease::TokenState::Expired => Self::Expired,
+        }
+    }
+}
+
+/// Counters since the manager was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct ManagerCounters {
+    /// Calls to the source's fetch.
+    pub fetches: u64,
+    /// Calls to the source's refresh.
+    pub refreshes: u64,
+    /// Source calls that failed.
+    pub failures: u64,
+    /// Tokens served past their mandatory point because refresh failed.
+    pub served_stale: u64,
+    /// Callers that waited for an in-flight refresh.
+    pub waits: u64,
+    /// Successful invalidations.
+    pub invalidations: u64,
+    /// Tokens adopted from the store.
+    pub store_loads: u64,
+    /// Store failures.
+    pub store_errors: u64,
+}
+
+/// A snapshot of a manager.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ManagerStatus {
+    /// Token state now.
+    pub state: TokenState,
+    /// Wall-clock expiry of the cached token, ms since the Unix epoch.
+    pub expires_at_unix_ms: Option<u64>,
+    /// Generation of the cached token (0 when none).
+    pub generation: u64,
+    /// When the last token was installed, ms since the Unix epoch.
+    pub last_refresh_unix_ms: Option<u64>,
+    /// Kind of the last failure, cleared by a success.
+    pub last_error_kind: Option<ErrorKind>,
+    /// Message of the last failure, cleared by a success.
+    pub last_error_message: Option<String>,
+    /// Whether a refresh is in flight.
+    pub refreshing: bool,
+    /// Counters.
+    pub counters: ManagerCounters,
+}
+
+impl From<tokenlease::Status> for ManagerStatus {
+    fn from(status: tokenlease::Status) -> Self {
+        let c = status.counters;
+        Self {
+            state: status.state.into(),
+            expires_at_unix_ms: status.expires_at.map(unix_ms),
+            generation: status.generation,
+            last_refresh_unix_ms: status.last_refresh.map(unix_ms),
+            last_error_kind: status.last_error_kind.map(Into::into),
+            last_error_message: status.last_error_message,
+            refreshing: status.refreshing,
+            counters: ManagerCounters {
+                fetches: c.fetches,
+                refreshes: c.refreshes,
+                failures: c.failures,
+                served_stale: c.served_stale,
+                waits: c.waits,
+                invalidations: c.invalidations,
+                store_loads: c.store_loads,
+                store_errors: c.store_errors,
+            },
+        }
+    }
+}
+
+/// Why a refresh started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum RefreshReason {
+    /// No token yet.
+    Initial,
+    /// The background timer (or a backoff retry).
+    Scheduled,
+    /// A read found the token in its advisory window.
+    Stale,
+    /// A caller needed a token past its mandatory point.
+    Mandatory,
+    /// The token was invalidated.
+    Invalidated,
+    /// A reason this binding does not know yet.
+    Other,
+}
+
+impl From<tokenlease::RefreshReason> for RefreshReason {
+    fn from(reason: tokenlease::RefreshReason) -> Self {
+        match reason {
+            tokenlease::RefreshReason::Initial => Self::Initial,
+            tokenlease::RefreshReason::Scheduled => Self::Scheduled,
+            tokenlease::RefreshReason::Stale => Self::Stale,
+            tokenlease::RefreshReason::Mandatory => Self::Mandatory,
+            tokenlease::RefreshReason::Invalidated => Self::Invalidated,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// One thing a manager did. Never carries a token value.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum TokenEvent {
+    /// A call to the source started.
+    RefreshStarted {
+        /// Why.
+        reason: RefreshReason,
+    },
+    /// A new token is installed.
+    RefreshSucceeded {
+        /// Its generation.
+        generation: u64,
+        /// Its wall-clock expiry, ms since the Unix epoch.
+        expires_at_unix_ms: u64,
+        /// Whether it came from the store.
+        from_store: bool,
+    },
+    /// The source failed.
+    RefreshFailed {
+        /// The error kind.
+        kind: ErrorKind,
+        /// The error message (no secrets).
+        message: String,
+        /// Failures in a row, this one included.
+        consecutive_failures: u32,
+        /// When the next attempt may happen, ms since the Unix epoch.
+        next_retry_at_unix_ms: Option<u64>,
+    },
+    /// A token past its mandatory point was served because no refresh succeeded.
+    ServedStale {
+        /// Generation served.
+        generation: u64,
+        /// Its wall-clock expiry, ms since the Unix epoch.
+        expires_at_unix_ms: u64,
+    },
+    /// A token was invalidated.
+    Invalidated {
+        /// Generation discarded.
+        generation: u64,
+    },
+    /// The token was revoked and removed from memory and store.
+    Revoked {
+        /// Generation revoked, if a token was held.
+        generation: Option<u64>,
+    },
+    /// The cached token expired without a replacement.
+    Expired {
+        /// Generation that expired.
+        generation: u64,
+    },
+    /// The store failed; the manager carried on.
+    StoreError {
+        /// "load", "save" or "delete".
+        operation: String,
+        /// The error message.
+        message: String,
+    },
+    /// An event this binding does not know yet (its debug form; never a token).
+    Other {
+        /// Debug rendering of the core event.
+        description: String,
+    },
+}
+
+impl From<&CoreEvent> for TokenEvent {
+    fn from(event: &CoreEvent) -> Self {
+        match event {
+            CoreEvent::RefreshStarted { reason } => Self::RefreshStarted {
+                reason: (*reason).into(),
+            },
+            CoreEvent::RefreshSucceeded {
+                generation,
+                expires_at,
+                from_store,
+            } => Self::RefreshSucceeded {
+                generation: *generation,
+                expires_at_unix_ms: unix_ms(*expires_at),
+                from_store: *from_store,
+            },
+            CoreEvent::RefreshFailed {
+                kind,
+                message,
+                consecutive_failures,
+                next_retry_at,
+            } => Self::RefreshFailed {
+                kind: (*kind).into(),
+                message: message.clone(),
+                consecutive_failures: *consecutive_failures,
+                next_retry_at_unix_ms: next_retry_at.map(unix_ms),
+            },
+            CoreEvent::ServedStale {
+                generation,
+                expires_at,
+            } => Self::ServedStale {
+                generation: *generation,
+                expires_at_unix_ms: unix_ms(*expires_at),
+            },
+            CoreEvent::Invalidated { generation } => Self::Invalidated {
+                generation: *generation,
+            },
+            CoreEvent::Revoked { generation } => Self::Revoked {
+                generation: *generation,
+            },
+            CoreEvent::Expired { generation } => Self::Expired {
+                generation: *generation,
+            },
+            CoreEvent::StoreError { operation, message } => Self::StoreError {
+                operation: (*operation).to_owned(),
+                message: message.clone(),
+            },
+            other => Self::Other {
+                description: format!("{other:?}"),
+            },
+        }
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Foreign traits
+// ---------------------------------------------------------------------------------------
+
+/// A token source implemented in Kotlin or Swift. Called on tokenlease's blocking pool
+/// (never on the caller's thread, never concurrently for one manager); it may block.
+/// Throw a `TokenleaseError` variant to choose the failure's kind.
+#[uniffi::export(with_foreign)]
+pub trait TokenSource: Send + Sync {
+    /// Obtains a new token.
+    fn fetch(&self) -> BindingResult<FetchedToken>;
+}
+
+/// A token store implemented in Kotlin or Swift, holding opaque JSON records by key
+/// (the records contain token values: keep them private). Called on the blocking pool.
+#[uniffi::export(with_foreign)]
+pub trait TokenStore: Send + Sync {
+    /// The record stored under `key`, or null/nil.
+    fn load(&self, key: String) -> BindingResult<Option<String>>;
+    /// Stores `record_json` under `key`, replacing what was there.
+    fn save(&self, key: String, record_json: String) -> BindingResult<()>;
+    /// Removes the record under `key` (no error when absent).
+    fn delete(&self, key: String) -> BindingResult<()>;
+}
+
+/// Receives a manager's events. Called synchronously on tokenlease's background thread:
+/// keep it quick and never block or call back into the manager's blocking API.
+#[uniffi::export(with_foreign)]
+pub trait EventListener: Send + Sync {
+    /// One event of the manager stored under `key`.
+    fn on_event(&self, key: String, event: TokenEvent);
+}
+
+struct ForeignSource(Arc<dyn TokenSource>);
+
+impl fmt::Debug for ForeignSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ForeignSource")
+    }
+}
+
+impl tokenlease::BlockingSource for ForeignSource {
+    fn fetch(&self) -> tokenlease::Result<tokenlease::FetchedToken> {
+        let fetched = self.0.fetch()?;
+        let mut token = tokenlease::FetchedToken::bearer(
+            fetched.value,
+            std::time::Duration::from_millis(fetched.expires_in_ms),
+        );
+        if !fetched.token_type.is_empty() {
+            token.token_type = fetched.token_type;
+        }
+        if let Some(refresh_token) = fetched.refresh_token {
+            token = token.with_refresh_token(refresh_token);
+        }
+        Ok(token)
+    }
+}
+
+struct ForeignStore(Arc<dyn TokenStore>);
+
+impl fmt::Debug for ForeignStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ForeignStore")
+    }
+}
+
+impl tokenlease::BlockingStore for ForeignStore {
+    fn load(&self, key: &str) -> tokenlease::Result<Option<TokenRecord>> {
+        match self.0.load(key.to_owned())? {
+            Some(json) => TokenRecord::from_json(&json).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn save(&self, key: &str, record: &TokenRecord) -> tokenlease::Result<()> {
+        Ok(self.0.save(key.to_owned(), record.to_json()?)?)
+    }
+
+    fn delete(&self, key: &str) -> tokenlease::Result<()> {
+        Ok(self.0.delete(key.to_owned())?)
+    }
+}
+
+struct ForeignListener(Arc<dyn EventListener>);
+
+impl tokenlease::EventListener for ForeignListener {
+    fn on_event(&self, key: &str, event: &CoreEvent) {
+        self.0.on_event(key.to_owned(), event.into());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The manager
+// ---------------------------------------------------------------------------------------
+
+/// Gets, caches and refreshes the token of one credential (a [`tokenlease::Manager`]).
+///
+/// Thread-safe; share one per credential. Dropping it (Kotlin `close()`/`use {}`, Swift
+/// deinit) closes the core manager; [`TokenManager::shutdown`] closes it explicitly while
+/// the object is still referenced (later calls then fail with `Closed`).
+#[derive(uniffi::Object)]
+pub struct TokenManager {
+    manager: Manager,
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenManager")
+            .field("manager", &self.manager)
+            .finish()
+    }
+}
+
+impl Drop for TokenManager {
+    fn drop(&mut self) {
+        self.manager.close();
+    }
+}
+
+#[uniffi::export]
+impl TokenManager {
+    /// A manager described by the shared JSON or TOML configuration (the same text every
+    /// binding accepts). Fails with `Configuration` naming the offending field.
+    #[uniffi::constructor]
+    pub fn from_config(config: String) -> BindingResult<Arc<Self>> {
+        Ok(Arc::new(Self {
+            manager: Manager::from_config(&config)?,
+        }))
+    }
+
+    /// A manager around a foreign source, optionally persisting to a foreign store under
+    /// `key` (default `"default"`). Source and store run on tokenlease's blocking pool.
+    #[uniffi::constructor(default(store = None, key = None))]
+    pub fn with_source(
+        source: Arc<dyn TokenSource>,
+        store: Option<Arc<dyn TokenStore>>,
+        key: Option<String>,
+    ) -> Arc<Self> {
+        let mut builder = Manager::builder(BlockingSourceAdapter::new(ForeignSource(source)));
+        if let Some(store) = store {
+            builder = builder.store(Arc::new(BlockingStoreAdapter::new(ForeignStore(store))));
+        }
+        if let Some(key) = key {
+            builder = builder.key(key);
+        }
+        Arc::new(Self {
+            manager: builder.build(),
+        })
+    }
+
+    /// A valid token: from the cache when fresh (no thread hop), otherwise after the one
+    /// in-flight refresh, which runs on tokenlease's background runtime. Cancelling the
+    /// Kotlin coroutine / dropping the future stops this caller's wait.
+    pub async fn token(&self) -> BindingResult<TokenInfo> {
+        // `Manager::token` serves a fresh token inline and otherwise spawns the wait on
+        // core's background runtime (aborted when this future is dropped), so no foreign
+        // or UniFFI executor ever runs lifecycle work.
+        let token = self.manager.token().await?;
+        Ok(TokenInfo::from(&*token))
+    }
+
+    /// Blocking form of `token()`. Fails with `Usage` when called from a source, store or
+    /// listener callback (it would deadlock).
+    pub fn token_blocking(&self) -> BindingResult<TokenInfo> {
+        let token = self.manager.token_blocking()?;
+        Ok(TokenInfo::from(&*token))
+    }
+
+    /// The cached token if it is fresh or stale, without waiting; null/nil otherwise.
+    pub fn cached(&self) -> Option<TokenInfo> {
+        self.manager.cached().map(|token| TokenInfo::from(&*token))
+    }
+
+    /// Discards the cached token if it is still `generation` (a late rejection of an
+    /// older token never discards a newer one). Returns whether it did.
+    pub fn invalidate(&self, generation: u64) -> bool {
+        self.manager.invalidate_generation(generation)
+    }
+
+    /// Logs out: revokes at the source, clears memory and store. The next `token()`
+    /// fetches a new token.
+    pub async fn revoke(&self) -> BindingResult<()> {
+        Ok(self.manager.revoke().await?)
+    }
+
+    /// Blocking form of `revoke()`.
+    pub fn revoke_blocking(&self) -> BindingResult<()> {
+        Ok(self.manager.revoke_blocking()?)
+    }
+
+    /// A snapshot of state, deadlines, last error and counters.
+    pub fn status(&self) -> ManagerStatus {
+        self.manager.status().into()
+    }
+
+    /// The store key.
+    pub fn key(&self) -> String {
+        self.manager.key().to_owned()
+    }
+
+    /// Adds an event listener.
+    pub fn add_listener(&self, listener: Arc<dyn EventListener>) {
+        self.manager
+            .add_listener(Arc::new(ForeignListener(listener)));
+    }
+
+    /// Closes the manager now: cancels its timer, drops the cached token; later calls fail
+    /// with `Closed`. (Named `shutdown` because Kotlin's generated `close()` frees the
+    /// object; both close the manager.)
+    pub fn shutdown(&self) {
+        self.manager.close();
+    }
+
+    /// Whether the manager is closed.
+    pub fn is_closed(&self) -> bool {
+        self.manager.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_kind_maps_one_to_one() {
+        for kind in CoreKind::ALL {
+            let err = TokenleaseError::from(CoreError::new(kind, "boom"));
+            assert_eq!(err.kind(), kind);
+            assert_eq!(err.reason(), "boom");
+            assert_eq!(err.to_string(), format!("{kind}: boom"));
+            assert_eq!(CoreError::from(err).kind(), kind);
+            assert_eq!(error_kind_code(ErrorKind::from(kind)), kind.code());
+            assert_eq!(CoreKind::from(ErrorKind::from(kind)), kind);
+        }
+    }
+
+    #[test]
+    fn bad_config_is_a_configuration_error() {
+        let err = TokenManager::from_config("{\"nope\": 1}".into()).unwrap_err();
+        assert!(
+            matches!(err, TokenleaseError::Configuration { .. }),
+            "{err}"
+        );
+    }
+
+    #[derive(Debug)]
+    struct CountingSource {
+        calls: std::sync::atomic::AtomicU64,
+        fail: bool,
+    }
+
+    impl CountingSource {
+        fn new(fail: bool) -> Arc<Self> {
+            Arc::new(Self {
+                calls: 0.into(),
+                fail,
+            })
+        }
+    }
+
+    impl TokenSource for CountingSource {
+        fn fetch(&self) -> BindingResult<FetchedToken> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail {
+                return Err(TokenleaseError::InvalidGrant {
+                    reason: "the grant is gone".into(),
+                });
+            }
+            Ok(FetchedToken {
+                value: format!("value-{n}"),
+                expires_in_ms: 60_000,
+                token_type: "Bearer".into(),
+                refresh_token: None,
+            })
+        }
+    }
+
+    #[test]
+    fn foreign_source_errors_keep_their_kind() {
+        let manager = TokenManager::with_source(CountingSource::new(true), None, None);
+        let err = manager.token_blocking().unwrap_err();
+        assert!(matches!(err, TokenleaseError::InvalidGrant { .. }), "{err}");
+        assert_eq!(err.reason(), "the grant is gone");
+        let status = manager.status();
+        assert_eq!(status.last_error_kind, Some(ErrorKind::InvalidGrant));
+    }
+
+    #[test]
+    fn tokens_flow_invalidate_and_close() {
+        let manager = TokenManager::with_source(CountingSource::new(false), None, None);
+        let token = manager.token_blocking().unwrap();
+        assert_eq!(token.value, "value-0");
+        assert!(!format!("{token:?}").contains("value-0"));
+        assert_eq!(manager.cached(), Some(token.clone()));
+        assert!(manager.invalidate(token.generation));
+        assert!(!manager.invalidate(token.generation));
+        let again = block_on(manager.token()).unwrap();
+        assert_eq!(again.generation, token.generation + 1);
+        assert_eq!(again.value, "value-1");
+        manager.shutdown();
+        assert!(manager.is_closed());
+        assert!(matches!(
+            manager.token_blocking(),
+            Err(TokenleaseError::Closed { .. })
+        ));
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+}

@@ -1,0 +1,193 @@
+import Foundation
+import XCTest
+import Tokenlease
+
+final class TokenManagerTests: XCTestCase {
+    override func setUp() {
+        super.setUp()
+        TestServer.reset()
+    }
+
+    func testFetchesOnceAndServesFromTheCache() async throws {
+        let manager = try TokenManager.fromConfig(config: TestServer.config())
+        XCTAssertNil(manager.cached())
+        let first = try await manager.token()
+        let second = try await manager.token()
+        XCTAssertEqual(first, second)
+        XCTAssertEqual(first, try manager.tokenBlocking())
+        XCTAssertEqual(first.tokenType, "Bearer")
+        XCTAssertEqual(first.generation, 1)
+        XCTAssertEqual(TestServer.resource(first), 200)
+        XCTAssertEqual(TestServer.stat("token_requests"), 1)
+        let status = manager.status()
+        XCTAssertEqual(status.state, .fresh)
+        XCTAssertEqual(status.counters.fetches, 1)
+        XCTAssertNil(status.lastErrorKind)
+    }
+
+    func testThousandTasksOnAColdCacheMakeOneTokenRequest() async throws {
+        let manager = try TokenManager.fromConfig(config: TestServer.config())
+        let values = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<1000 { group.addTask { try await manager.token().value } }
+            var values = Set<String>()
+            for try await value in group { values.insert(value) }
+            return values
+        }
+        XCTAssertEqual(values.count, 1)
+        XCTAssertEqual(TestServer.stat("token_requests"), 1)
+    }
+
+    func testRetryOnExpiryInvalidatesExactlyTheRejectedGeneration() async throws {
+        let manager = try TokenManager.fromConfig(config: TestServer.config())
+        let old = try await manager.token()
+        TestServer.control(#"{"revoke_all":true}"#)
+        XCTAssertEqual(TestServer.resource(old), 401)
+        XCTAssertTrue(manager.invalidate(generation: old.generation))
+        let fresh = try await manager.token()
+        XCTAssertEqual(fresh.generation, old.generation + 1)
+        XCTAssertNotEqual(fresh.value, old.value)
+        XCTAssertEqual(TestServer.resource(fresh), 200)
+        XCTAssertFalse(manager.invalidate(generation: old.generation), "a late 401 keeps the newer token")
+        XCTAssertEqual(TestServer.stat("token_requests"), 2)
+    }
+
+    func testRefreshesInTheBackground() async throws {
+        let source = CountingSource(lifetimeMs: 2_000)
+        let listener = RecordingListener()
+        let manager = TokenManager.withSource(source: source)
+        manager.addListener(listener: listener)
+        let first = try await manager.token()
+        let deadline = Date().addingTimeInterval(5)
+        while source.calls.get() < 2 && Date() < deadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        XCTAssertGreaterThanOrEqual(source.calls.get(), 2, "background refresh happened")
+        XCTAssertGreaterThan(manager.cached()?.generation ?? 0, first.generation)
+        let events = listener.events.get()
+        XCTAssertTrue(events.contains { if case .refreshStarted(reason: .scheduled) = $0 { return true }; return false })
+        XCTAssertFalse(events.contains { "\($0)".contains("synthetic-") }, "events carry no token values")
+    }
+
+    func testASwiftSourceAndASwiftStore() async throws {
+        let store = DictionaryStore()
+        let source = SwiftHttpSource()
+        let first = try await TokenManager.withSource(source: source, store: store, key: "swift-store").token()
+        XCTAssertEqual(source.calls.get(), 1)
+        XCTAssertNotNil(store.records.get()["swift-store"])
+
+        // A restart adopts the stored token instead of fetching.
+        let second = CountingSource()
+        let manager = TokenManager.withSource(source: second, store: store, key: "swift-store")
+        let adopted = try await manager.token()
+        XCTAssertEqual(adopted.value, first.value)
+        XCTAssertEqual(second.calls.get(), 0)
+        XCTAssertEqual(manager.status().counters.storeLoads, 1)
+        XCTAssertEqual(TestServer.resource(adopted), 200)
+        try await manager.revoke()
+        XCTAssertNil(store.records.get()["swift-store"], "revoke deletes the record")
+        XCTAssertEqual(TestServer.stat("token_requests"), 1)
+    }
+
+    func testInvalidCredentialsFromABadSecret() async throws {
+        let manager = try TokenManager.fromConfig(config: TestServer.config(secret: "wrong-secret"))
+        do {
+            _ = try await manager.token()
+            XCTFail("expected invalid credentials")
+        } catch TokenleaseError.InvalidCredentials(let reason) {
+            XCTAssertFalse(reason.contains("wrong-secret"))
+        }
+        XCTAssertEqual(manager.status().lastErrorKind, .invalidCredentials)
+        let fromSwift = TokenManager.withSource(source: SwiftHttpSource(secret: "wrong-secret"))
+        XCTAssertThrowsError(try fromSwift.tokenBlocking()) { error in
+            guard case TokenleaseError.InvalidCredentials = error else { return XCTFail("got \(error)") }
+            XCTAssertEqual(errorKindCode(kind: errorKindOf(error: error as! TokenleaseError)), 1)
+        }
+    }
+
+    func testInvalidGrantTransientAndTimeoutFromTheServer() async throws {
+        TestServer.control(#"{"fail_next_token_requests":{"count":1,"error":"invalid_grant"}}"#)
+        await assertThrowsKind(.invalidGrant) { try await TokenManager.fromConfig(config: TestServer.config()).token() }
+        TestServer.control(#"{"fail_next_token_requests":{"count":1,"error":"temporarily_unavailable"}}"#)
+        await assertThrowsKind(.transient) { try await TokenManager.fromConfig(config: TestServer.config()).token() }
+        TestServer.control(#"{"latency_ms":2000}"#)
+        let slow = try TokenManager.fromConfig(config: TestServer.config(policy: #"{"waiter_timeout_ms":200}"#))
+        await assertThrowsKind(.timeout) { try await slow.token() }
+    }
+
+    func testConfigurationErrorsNameTheField() {
+        XCTAssertThrowsError(try TokenManager.fromConfig(config: #"{"source":{"type":"oauth2_client_credentials"},"nope":1}"#)) { error in
+            guard case TokenleaseError.Configuration(let reason) = error else { return XCTFail("got \(error)") }
+            XCTAssertTrue(reason.hasPrefix("config"), reason)
+        }
+    }
+
+    func testClosedAfterShutdown() async throws {
+        let manager = try TokenManager.fromConfig(config: TestServer.config())
+        _ = try await manager.token()
+        manager.shutdown()
+        XCTAssertTrue(manager.isClosed())
+        await assertThrowsKind(.closed) { try await manager.token() }
+    }
+
+    func testKindsChosenByASwiftSource() async throws {
+        let limited = TokenManager.withSource(source: FailingSource(TokenleaseError.RateLimited(reason: "slow down")))
+        await assertThrowsKind(.rateLimited) { try await limited.token() }
+        let buggy = TokenManager.withSource(source: FailingSource(FailingSource.AppBug()))
+        await assertThrowsKind(.internal) { try await buggy.token() }
+    }
+
+    func testDeinitClosesTheManager() async throws {
+        let source = CountingSource(lifetimeMs: 1_000)
+        do {
+            let manager = TokenManager.withSource(source: source)
+            _ = try await manager.token()
+        }
+        // The manager is gone: its background timer no longer refreshes the 1 s token.
+        try await Task.sleep(nanoseconds: 1_500_000_000)
+        XCTAssertEqual(source.calls.get(), 1)
+    }
+
+    private func assertThrowsKind(_ kind: ErrorKind, file: StaticString = #filePath, line: UInt = #line,
+                                  _ body: () async throws -> TokenInfo) async {
+        do {
+            _ = try await body()
+            XCTFail("expected \(kind)", file: file, line: line)
+        } catch let error as TokenleaseError {
+            XCTAssertEqual(errorKindOf(error: error), kind, "\(error)", file: file, line: line)
+        } catch {
+            XCTFail("unexpected \(error)", file: file, line: line)
+        }
+    }
+}
+
+final class CachedTokenBenchmark: XCTestCase {
+    /// Median ns per cached `token()` call; runs only with TOKENLEASE_BENCH=1 (scripts/test-swift --bench).
+    func testBenchCachedToken() async throws {
+        guard ProcessInfo.processInfo.environment["TOKENLEASE_BENCH"] == "1" else { return }
+        let manager = TokenManager.withSource(source: CountingSource(lifetimeMs: 3_600_000))
+        _ = try await manager.token()
+        var sink: UInt64 = 0
+        for _ in 0..<50_000 { sink &+= try await manager.token().generation }
+        func median(_ op: () async throws -> Void) async rethrows -> Double {
+            var samples = [Double]()
+            for _ in 0..<200 {
+                let start = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<1_000 { try await op() }
+                samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1_000)
+            }
+            samples.sort()
+            return samples[100]
+        }
+        let asyncNs = try await median { sink &+= try await manager.token().generation }
+        let blockingNs = try await median { sink &+= try manager.tokenBlocking().generation }
+        let cachedNs = await median { sink &+= manager.cached()!.generation }
+        let floorNs = await median { if manager.isClosed() { sink &+= 1 } }
+        print(String(format: "BENCH swift isClosed() (UniFFI primitive call floor): median %.0f ns/call", floorNs))
+        let enumNs = await median { sink &+= UInt64(errorKindCode(kind: .timeout)) }
+        print(String(format: "BENCH swift errorKindCode() (enum via RustBuffer): median %.0f ns/call", enumNs))
+        print(String(format: "BENCH swift token() async: median %.0f ns/call", asyncNs))
+        print(String(format: "BENCH swift tokenBlocking(): median %.0f ns/call", blockingNs))
+        print(String(format: "BENCH swift cached(): median %.0f ns/call", cachedNs))
+        XCTAssertNotEqual(sink, 42)
+    }
+}

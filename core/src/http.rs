@@ -124,6 +124,13 @@ struct TokenResponse {
 /// Parses a successful RFC 6749 §5.1 token response.
 pub fn parse_token_response(url: &url::Url, body: &[u8]) -> Result<FetchedToken> {
     let endpoint = endpoint_name(url);
+    // serde would also accept a JSON array for a struct; a token response is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::new(
+            ErrorKind::Protocol,
+            format!("{endpoint}: token response is not a JSON object"),
+        ));
+    }
     let response: TokenResponse = serde_json::from_slice(body).map_err(|err| {
         Error::new(
             ErrorKind::Protocol,
@@ -255,7 +262,9 @@ pub fn token_endpoint_error(
     let code = serde_json::from_slice::<ErrorResponse>(body)
         .ok()
         .map(|response| response.error)
-        .filter(|code| code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic()));
+        .filter(|code| {
+            !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic())
+        });
     let retry_after = retry_after(headers);
     let described = match &code {
         Some(code) => format!("{endpoint} answered {} ({code})", status.as_u16()),
@@ -390,6 +399,7 @@ mod tests {
             Lifetime::ExpiresIn(Duration::from_secs(60))
         );
         for bad in [
+            &br#"["abc", "Bearer", 60]"#[..],
             &br#"{"token":"x"}"#[..],
             b"not json",
             br#"{"access_token":"a","expires_in":-5}"#,

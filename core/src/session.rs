@@ -558,12 +558,19 @@ fn placeholders_of(request: &RequestSpec) -> Vec<String> {
 
 /// Parses an RFC 3339 timestamp (`2026-11-23T10:00:00Z`, with optional fraction and offset).
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    /// A fixed-width field of ASCII digits (no sign, no spaces), so nothing can overflow.
+    fn digits(text: &str, width: usize) -> Option<i64> {
+        if text.len() != width || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok()
+    }
     let text = text.trim();
     let (date, time) = text.split_once(['T', 't', ' '])?;
     let mut date_parts = date.splitn(3, '-');
-    let year: i64 = date_parts.next()?.parse().ok()?;
-    let month: u32 = date_parts.next()?.parse().ok()?;
-    let day: u32 = date_parts.next()?.parse().ok()?;
+    let year = digits(date_parts.next()?, 4)?;
+    let month = digits(date_parts.next()?, 2)?;
+    let day = digits(date_parts.next()?, 2)?;
     let (clock, offset_seconds) = if let Some(clock) = time.strip_suffix(['Z', 'z']) {
         (clock, 0i64)
     } else {
@@ -571,15 +578,18 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
         let (clock, offset) = time.split_at(split);
         let sign = if offset.starts_with('-') { -1 } else { 1 };
         let (hours, minutes) = offset[1..].split_once(':')?;
-        let offset = sign * (hours.parse::<i64>().ok()? * 3600 + minutes.parse::<i64>().ok()? * 60);
-        (clock, offset)
+        let (hours, minutes) = (digits(hours, 2)?, digits(minutes, 2)?);
+        if hours > 23 || minutes > 59 {
+            return None;
+        }
+        (clock, sign * (hours * 3600 + minutes * 60))
     };
     let mut clock_parts = clock.splitn(3, ':');
-    let hour: i64 = clock_parts.next()?.parse().ok()?;
-    let minute: i64 = clock_parts.next()?.parse().ok()?;
+    let hour = digits(clock_parts.next()?, 2)?;
+    let minute = digits(clock_parts.next()?, 2)?;
     let second_text = clock_parts.next()?;
     let (whole, fraction) = second_text.split_once('.').unwrap_or((second_text, ""));
-    let second: i64 = whole.parse().ok()?;
+    let second = digits(whole, 2)?;
     if !(1..=12).contains(&month)
         || !(1..=31).contains(&day)
         || hour > 23
@@ -591,13 +601,13 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let nanos: u32 = if fraction.is_empty() {
         0
     } else {
-        let digits: String = fraction.chars().take(9).collect();
-        if !digits.chars().all(|c| c.is_ascii_digit()) {
+        if !fraction.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        let digits: String = fraction.chars().take(9).collect();
         format!("{digits:0<9}").parse().ok()?
     };
-    // Days from civil (Howard Hinnant's algorithm).
+    // Days from civil (Howard Hinnant's algorithm); a 4-digit year keeps every term small.
     let (y, m) = if month <= 2 {
         (year - 1, month + 9)
     } else {
@@ -605,7 +615,7 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
-    let doy = (153 * i64::from(m) + 2) / 5 + i64::from(day) - 1;
+    let doy = (153 * m + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
@@ -794,6 +804,13 @@ mod tests {
             Duration::from_millis(500)
         );
         for bad in [
+            "2026-11-23T10:00:00+9999999999999999:00",
+            "2026-11-23T10:00:00+00:999999999999999999",
+            "2026-11-23T-999999999999999999:00:00Z",
+            "2026-11-23T00:-999999999999999999:00Z",
+            "9223372036854775807-11-23T10:00:00Z",
+            "100000000000000-01-01T00:00:00Z",
+            "2026-11-64t13:-011111111111111111::::1111111111:::::::::::::::1111101",
             "",
             "2026-13-01T00:00:00Z",
             "2026-11-23",

@@ -38,7 +38,11 @@ fn check_error(err: &tokenlease::Error, text: &str) {
     // Serde's "invalid type: string \"...\"" / "invalid value" details are never kept (the
     // path may still echo a key of the input that happens to contain those words).
     for detail in ["invalid type:", "invalid value:", "invalid length"] {
-        assert!(!message.contains(detail) || text.contains(detail), "{message:?}");
+        let word = detail.trim_end_matches(':');
+        assert!(
+            !message.contains(detail) || text.contains(word),
+            "{message:?}"
+        );
     }
 }
 
@@ -117,9 +121,12 @@ fuzz_target!(|data: &[u8]| {
                         for failures in [0, 1, 2, 31, 32, u32::MAX] {
                             for retry_after in [None, Some(Duration::from_secs(3600))] {
                                 let delay = policy.backoff_with(failures, retry_after, 1.0);
-                                assert!(delay <= policy.backoff_ceiling(failures).max(
-                                    retry_after.unwrap_or_default()
-                                ));
+                                assert!(
+                                    delay
+                                        <= policy
+                                            .backoff_ceiling(failures)
+                                            .max(retry_after.unwrap_or_default())
+                                );
                             }
                         }
                     }

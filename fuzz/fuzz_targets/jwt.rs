@@ -81,8 +81,9 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 exp
             };
-            let expected = (exp.is_finite() && exp > 0.0 && exp < 1e11 && payload.len() <= 64 * 1024)
-                .then(|| UNIX_EPOCH + Duration::from_secs_f64(exp));
+            let expected =
+                (exp.is_finite() && exp > 0.0 && exp < 1e11 && payload.len() <= 64 * 1024)
+                    .then(|| UNIX_EPOCH + Duration::from_secs_f64(exp));
             assert_eq!(check(&format!("{HEADER}.{payload}.c2ln")), expected);
             // Padded payloads are accepted too.
             let padded = base64::engine::general_purpose::URL_SAFE

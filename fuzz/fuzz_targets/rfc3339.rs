@@ -30,7 +30,10 @@ fn civil(seconds: u64) -> (String, String) {
     .position(|m| *m == parts[2])
     .unwrap()
         + 1;
-    (format!("{}-{month:02}-{}", parts[3], parts[1]), parts[4].to_owned())
+    (
+        format!("{}-{month:02}-{}", parts[3], parts[1]),
+        parts[4].to_owned(),
+    )
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -128,7 +128,10 @@ fn expected_token(location: &ValueLocation, headers: &HeaderMap, body: &[u8]) ->
             .ok()
             .map(|v| v.trim().to_owned()),
         ValueLocation::JsonPointer(pointer) => {
-            match serde_json::from_slice::<Value>(body).ok()?.pointer(pointer)? {
+            match serde_json::from_slice::<Value>(body)
+                .ok()?
+                .pointer(pointer)?
+            {
                 Value::String(text) => Some(text.clone()),
                 Value::Number(number) => Some(number.to_string()),
                 _ => None,
@@ -153,7 +156,8 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let (name, value) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
         {
             headers.append(name, value);
         }
@@ -178,7 +182,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(fetched.token_type, fixture.spec.send.prefix.trim());
             assert!(fetched.refresh_token.is_none() && fetched.scopes.is_empty());
             if fixture.sliding {
-                let idle = fetched.idle_timeout.expect("sliding session without idle timeout");
+                let idle = fetched
+                    .idle_timeout
+                    .expect("sliding session without idle timeout");
                 assert!(!idle.is_zero() || fixture.spec.expires_in.is_none());
                 assert!(idle <= fixture.bound, "idle timeout {idle:?}");
             } else {
@@ -192,7 +198,11 @@ fuzz_target!(|data: &[u8]| {
             }
             let mut other = fetched.clone();
             other.value = SecretString::new("other-value");
-            assert_eq!(format!("{fetched:?}"), format!("{other:?}"), "Debug shows the token");
+            assert_eq!(
+                format!("{fetched:?}"),
+                format!("{other:?}"),
+                "Debug shows the token"
+            );
         }
     }
 });

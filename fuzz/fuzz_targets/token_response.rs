@@ -77,7 +77,10 @@ fuzz_target!(|body: &[u8]| {
             );
             let shown = err.to_string();
             for secret in ["fuzz-user", "fuzz-pass", "fuzz-q", "frag"] {
-                assert!(!shown.contains(secret), "{shown:?} shows the URL's {secret}");
+                assert!(
+                    !shown.contains(secret),
+                    "{shown:?} shows the URL's {secret}"
+                );
             }
             if let Some(token) = token.filter(|t| t.len() >= 12) {
                 assert!(!shown.contains(token), "error {shown:?} contains the token");
@@ -117,8 +120,14 @@ fuzz_target!(|body: &[u8]| {
             // Debug never depends on the secret values.
             let mut other = fetched.clone();
             other.value = SecretString::new("other-value");
-            other.refresh_token = other.refresh_token.map(|_| SecretString::new("other-refresh"));
-            assert_eq!(format!("{fetched:?}"), format!("{other:?}"), "Debug shows a secret");
+            other.refresh_token = other
+                .refresh_token
+                .map(|_| SecretString::new("other-refresh"));
+            assert_eq!(
+                format!("{fetched:?}"),
+                format!("{other:?}"),
+                "Debug shows a secret"
+            );
 
             // JWT cross-check against a fixed server clock.
             let before = fetched.lifetime;
@@ -129,7 +138,10 @@ fuzz_target!(|body: &[u8]| {
                     panic!("zero lifetime after the JWT cross-check")
                 }
                 (Lifetime::ExpiresIn(before), Lifetime::ExpiresIn(after)) => {
-                    assert!(after <= before, "cross-check lengthened {before:?} to {after:?}")
+                    assert!(
+                        after <= before,
+                        "cross-check lengthened {before:?} to {after:?}"
+                    )
                 }
                 (Lifetime::Unknown, Lifetime::Unknown | Lifetime::ExpiresIn(_)) => {}
                 (before, after) => panic!("cross-check turned {before:?} into {after:?}"),

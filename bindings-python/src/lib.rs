@@ -694,13 +694,7 @@ impl NativeManager {
 
     /// Discards the cached token if its value is `value`.
     fn invalidate_value(&self, value: &str) -> bool {
-        let Some(token) = self.inner.cached() else {
-            return false;
-        };
-        let generation = token.generation();
-        let same = constant_time_eq(token.value().expose().as_bytes(), value.as_bytes());
-        drop(token);
-        same && self.inner.invalidate_generation(generation)
+        self.inner.invalidate_value(value)
     }
 
     fn revoke(&self, py: Python<'_>) -> PyResult<()> {
@@ -756,10 +750,6 @@ impl NativeManager {
             self.inner.status().state.name()
         )
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Registers the exception classes (`{code: class}`) and their base.

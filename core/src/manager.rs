@@ -390,6 +390,16 @@ impl Manager {
         }
     }
 
+    /// [`Manager::invalidate`] by token value (for callers that only kept the string):
+    /// discards the cached token if its value is `value`, whatever its state.
+    pub fn invalidate_value(&self, value: &str) -> bool {
+        let generation = match self.shared.current.load().as_deref() {
+            Some(token) if token.value.matches(value) => token.generation,
+            _ => return false,
+        };
+        self.invalidate_generation(generation)
+    }
+
     /// [`Manager::invalidate`] by generation number (for bindings).
     pub fn invalidate_generation(&self, generation: u64) -> bool {
         self.shared.invalidate(generation)

@@ -33,6 +33,13 @@ impl SecretString {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether the secret equals `candidate`, comparing in time independent of where
+    /// they differ (a value received from a caller must not leak the secret by timing).
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
 }
 
 impl Drop for SecretString {
@@ -88,5 +95,14 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "[redacted]");
         assert_eq!(format!("{secret}"), "[redacted]");
         assert_eq!(secret.expose(), "hunter2-abcdef");
+    }
+
+    #[test]
+    fn matches_compares_the_whole_value() {
+        let secret = SecretString::new("token-123");
+        assert!(secret.matches("token-123"));
+        assert!(!secret.matches("token-124"));
+        assert!(!secret.matches("token-12"));
+        assert!(!secret.matches(""));
     }
 }

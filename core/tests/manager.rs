@@ -756,3 +756,22 @@ fn a_backoff_never_skips_the_last_chances_before_expiry() {
         "an attempt happened by the mandatory point: {attempts:?}"
     );
 }
+
+#[test]
+fn invalidate_by_value_works_in_any_state_and_only_for_that_value() {
+    let clock = ManualClock::new();
+    let (manager, source, _) = manager_with(ScriptedSource::new(15 * MINUTE), &clock);
+    let token = manager.token_blocking().unwrap().into_arc();
+    assert!(!manager.invalidate_value("some-other-value"));
+    // Past the mandatory point `cached()` returns nothing, but a rejection of the token by
+    // value must still discard it.
+    *source.outage.lock() = Some(transient("down"));
+    clock.advance(14 * MINUTE + Duration::from_secs(30));
+    assert!(manager.cached().is_none());
+    assert!(manager.invalidate_value(token.value().expose()));
+    assert_eq!(manager.status().state, TokenState::Empty);
+    assert!(
+        !manager.invalidate_value(token.value().expose()),
+        "already gone"
+    );
+}

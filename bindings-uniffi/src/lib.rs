@@ -6,10 +6,13 @@
 //! `uniffi-bindgen` binary (see `docs/mobile.md` and `scripts/test-kotlin`, `scripts/test-swift`).
 //!
 //! Exported:
-//! - [`TokenManager`], built from the shared JSON/TOML config ([`TokenManager::from_config`])
-//!   or from foreign implementations of [`TokenSource`] and [`TokenStore`]
-//!   ([`TokenManager::with_source`]); `token()` is async (Kotlin `suspend`, Swift `async`) and
-//!   runs on tokenlease's one background runtime, `token_blocking()` blocks the calling thread.
+//! - [`NativeTokenManager`], built from the shared JSON/TOML config
+//!   ([`NativeTokenManager::from_config`]) or from foreign implementations of [`TokenSource`]
+//!   and [`TokenStore`] ([`NativeTokenManager::with_source`]); `token()` is async (Kotlin
+//!   `suspend`, Swift `async`) and runs on tokenlease's one background runtime,
+//!   `token_blocking()` blocks the calling thread. Apps use the small hand-written
+//!   `TokenManager` class of each language, which wraps it and adds the cached-read fast path
+//!   (see [`NativeTokenManager::cached_generation`] and [`tokenlease_uniffi_fast_generation`]).
 //! - [`TokenleaseError`]: one variant per [`tokenlease::ErrorKind`], in the same order (so
 //!   the variant's position is the stable code), each carrying a message without secrets.
 //! - Foreign traits [`TokenSource`], [`TokenStore`] and [`EventListener`]; foreign code picks
@@ -325,12 +328,27 @@ pub fn error_kind_name(kind: ErrorKind) -> String {
     CoreKind::from(kind).name().to_owned()
 }
 
+/// A secret string (a token value or refresh token). Its `Debug` never shows the value,
+/// and it crosses to Kotlin and Swift as their own `Secret` type, whose `toString()` /
+/// `description` do not either, so logging a `TokenInfo` or `FetchedToken` is safe in every
+/// language. Kotlin and Swift read the value with `expose()`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+uniffi::custom_newtype!(Secret, String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
 /// A token handed to the application. `value` is the secret to put on the wire: keep it
 /// out of logs.
-#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TokenInfo {
     /// The secret token value.
-    pub value: String,
+    pub value: Secret,
     /// Token type (`"Bearer"`).
     pub token_type: String,
     /// Wall-clock expiry, ms since the Unix epoch.
@@ -339,21 +357,10 @@ pub struct TokenInfo {
     pub generation: u64,
 }
 
-impl fmt::Debug for TokenInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenInfo")
-            .field("value", &"[redacted]")
-            .field("token_type", &self.token_type)
-            .field("expires_at_unix_ms", &self.expires_at_unix_ms)
-            .field("generation", &self.generation)
-            .finish()
-    }
-}
-
 impl From<&Token> for TokenInfo {
     fn from(token: &Token) -> Self {
         Self {
-            value: token.value().expose().to_owned(),
+            value: Secret(token.value().expose().to_owned()),
             token_type: token.token_type().to_owned(),
             expires_at_unix_ms: unix_ms(token.expires_at_wall()),
             generation: token.generation(),
@@ -362,10 +369,10 @@ impl From<&Token> for TokenInfo {
 }
 
 /// What a foreign [`TokenSource`] returns.
-#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct FetchedToken {
     /// The secret token value.
-    pub value: String,
+    pub value: Secret,
     /// Lifetime in ms, counted from the moment the source was called.
     pub expires_in_ms: u64,
     /// Token type.
@@ -373,18 +380,7 @@ pub struct FetchedToken {
     pub token_type: String,
     /// A refresh token, when the server issued one (persisted by the store).
     #[uniffi(default = None)]
-    pub refresh_token: Option<String>,
-}
-
-impl fmt::Debug for FetchedToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FetchedToken")
-            .field("value", &"[redacted]")
-            .field("expires_in_ms", &self.expires_in_ms)
-            .field("token_type", &self.token_type)
-            .field("has_refresh_token", &self.refresh_token.is_some())
-            .finish()
-    }
+    pub refresh_token: Option<Secret>,
 }
 
 /// Where the cached token is in its life.
@@ -679,14 +675,14 @@ impl tokenlease::BlockingSource for ForeignSource {
     fn fetch(&self) -> tokenlease::Result<tokenlease::FetchedToken> {
         let fetched = self.0.fetch()?;
         let mut token = tokenlease::FetchedToken::bearer(
-            fetched.value,
+            fetched.value.0,
             std::time::Duration::from_millis(fetched.expires_in_ms),
         );
         if !fetched.token_type.is_empty() {
             token.token_type = fetched.token_type;
         }
         if let Some(refresh_token) = fetched.refresh_token {
-            token = token.with_refresh_token(refresh_token);
+            token = token.with_refresh_token(refresh_token.0);
         }
         Ok(token)
     }
@@ -731,30 +727,32 @@ impl tokenlease::EventListener for ForeignListener {
 
 /// Gets, caches and refreshes the token of one credential (a [`tokenlease::Manager`]).
 ///
-/// Thread-safe; share one per credential. Dropping it (Kotlin `close()`/`use {}`, Swift
-/// deinit) closes the core manager; [`TokenManager::shutdown`] closes it explicitly while
+/// Named `Native…` because Kotlin and Swift code uses the hand-written `TokenManager` around
+/// it (same methods, plus a cached read that does not pay for a generic UniFFI call and
+/// record lifting on every call). Thread-safe; share one per credential. Dropping it (Kotlin `close()`/`use {}`, Swift
+/// deinit) closes the core manager; [`NativeTokenManager::shutdown`] closes it explicitly while
 /// the object is still referenced (later calls then fail with `Closed`).
 #[derive(uniffi::Object)]
-pub struct TokenManager {
+pub struct NativeTokenManager {
     manager: Manager,
 }
 
-impl fmt::Debug for TokenManager {
+impl fmt::Debug for NativeTokenManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenManager")
+        f.debug_struct("NativeTokenManager")
             .field("manager", &self.manager)
             .finish()
     }
 }
 
-impl Drop for TokenManager {
+impl Drop for NativeTokenManager {
     fn drop(&mut self) {
         self.manager.close();
     }
 }
 
 #[uniffi::export]
-impl TokenManager {
+impl NativeTokenManager {
     /// A manager described by the shared JSON or TOML configuration (the same text every
     /// binding accepts). Fails with `Configuration` naming the offending field.
     #[uniffi::constructor]
@@ -851,6 +849,72 @@ impl TokenManager {
     pub fn is_closed(&self) -> bool {
         self.manager.is_closed()
     }
+
+    /// The generation of the token `cached()` would return, or 0 when it would return
+    /// null/nil (generations start at 1). A stale token makes sure a background refresh is
+    /// under way, exactly as `token()` does.
+    ///
+    /// This lets a foreign wrapper keep the last `TokenInfo` it lifted and hand it out again
+    /// while the generation is unchanged (a generation's value, type and expiry never
+    /// change), so the strings cross the boundary once per token instead of once per call.
+    pub fn cached_generation(&self) -> u64 {
+        self.manager.cached().map_or(0, |token| token.generation())
+    }
+
+    /// A strong reference to this manager for [`tokenlease_uniffi_fast_generation`], as an
+    /// opaque non-zero handle. The caller owns it and gives it back exactly once with
+    /// [`tokenlease_uniffi_fast_release`]; the manager lives at least that long.
+    pub fn fast_handle(self: Arc<Self>) -> u64 {
+        Arc::into_raw(self) as usize as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The cached-read fast path for JNA
+// ---------------------------------------------------------------------------------------
+//
+// Every UniFFI call from Kotlin allocates a JNA `Structure` for its call status, whose
+// native memory JNA registers in a global map and frees on its cleaner thread: ~10 µs per
+// call on this project's machines, whatever the arguments (docs/benchmarks.md). These two
+// plain C functions take and return only integers, so Kotlin binds them with JNA direct
+// mapping and a cached read costs one native call.
+
+/// [`NativeTokenManager::cached_generation`] through a handle from
+/// [`NativeTokenManager::fast_handle`]: 0 when no token can be served without waiting,
+/// when `handle` is 0, or if anything inside panics (never unwinds into the caller).
+///
+/// # Safety
+///
+/// `handle` is 0 or a handle from `fast_handle` that has not been released yet.
+#[no_mangle]
+pub unsafe extern "C" fn tokenlease_uniffi_fast_generation(handle: u64) -> u64 {
+    let pointer = handle as usize as *const NativeTokenManager;
+    // SAFETY: the caller guarantees a live handle (a strong reference we handed out) or 0,
+    // which `as_ref` turns into `None`.
+    let Some(manager) = (unsafe { pointer.as_ref() }) else {
+        return 0;
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| manager.cached_generation()))
+        .unwrap_or(0)
+}
+
+/// Gives back a handle from [`NativeTokenManager::fast_handle`]; 0 is ignored. Dropping the
+/// last reference closes the manager.
+///
+/// # Safety
+///
+/// `handle` is 0 or a handle from `fast_handle`, released at most once and not used after.
+#[no_mangle]
+pub unsafe extern "C" fn tokenlease_uniffi_fast_release(handle: u64) {
+    if handle == 0 {
+        return;
+    }
+    let pointer = handle as usize as *const NativeTokenManager;
+    // SAFETY: the caller gives back the strong reference `fast_handle` leaked, once.
+    let manager = unsafe { Arc::from_raw(pointer) };
+    // Closing runs listeners and drops foreign objects; a panic there must not unwind
+    // across the C boundary.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(manager)));
 }
 
 #[cfg(test)]
@@ -872,7 +936,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_a_configuration_error() {
-        let err = TokenManager::from_config("{\"nope\": 1}".into()).unwrap_err();
+        let err = NativeTokenManager::from_config("{\"nope\": 1}".into()).unwrap_err();
         assert!(
             matches!(err, TokenleaseError::Configuration { .. }),
             "{err}"
@@ -903,7 +967,7 @@ mod tests {
                 });
             }
             Ok(FetchedToken {
-                value: format!("value-{n}"),
+                value: Secret(format!("value-{n}")),
                 expires_in_ms: 60_000,
                 token_type: "Bearer".into(),
                 refresh_token: None,
@@ -913,7 +977,7 @@ mod tests {
 
     #[test]
     fn foreign_source_errors_keep_their_kind() {
-        let manager = TokenManager::with_source(CountingSource::new(true), None, None);
+        let manager = NativeTokenManager::with_source(CountingSource::new(true), None, None);
         let err = manager.token_blocking().unwrap_err();
         assert!(matches!(err, TokenleaseError::InvalidGrant { .. }), "{err}");
         assert_eq!(err.reason(), "the grant is gone");
@@ -923,22 +987,52 @@ mod tests {
 
     #[test]
     fn tokens_flow_invalidate_and_close() {
-        let manager = TokenManager::with_source(CountingSource::new(false), None, None);
+        let manager = NativeTokenManager::with_source(CountingSource::new(false), None, None);
         let token = manager.token_blocking().unwrap();
-        assert_eq!(token.value, "value-0");
+        assert_eq!(token.value.0, "value-0");
         assert!(!format!("{token:?}").contains("value-0"));
         assert_eq!(manager.cached(), Some(token.clone()));
         assert!(manager.invalidate(token.generation));
         assert!(!manager.invalidate(token.generation));
         let again = block_on(manager.token()).unwrap();
         assert_eq!(again.generation, token.generation + 1);
-        assert_eq!(again.value, "value-1");
+        assert_eq!(again.value.0, "value-1");
         manager.shutdown();
         assert!(manager.is_closed());
         assert!(matches!(
             manager.token_blocking(),
             Err(TokenleaseError::Closed { .. })
         ));
+    }
+
+    #[test]
+    fn fast_handle_reads_the_cached_generation_and_keeps_the_manager_alive() {
+        let manager = NativeTokenManager::with_source(CountingSource::new(false), None, None);
+        assert_eq!(manager.cached_generation(), 0);
+        let handle = manager.clone().fast_handle();
+        assert_ne!(handle, 0);
+        // SAFETY: a live handle from fast_handle.
+        assert_eq!(unsafe { tokenlease_uniffi_fast_generation(handle) }, 0);
+        let token = manager.token_blocking().unwrap();
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { tokenlease_uniffi_fast_generation(handle) },
+            token.generation
+        );
+        assert!(manager.invalidate(token.generation));
+        // SAFETY: as above.
+        assert_eq!(unsafe { tokenlease_uniffi_fast_generation(handle) }, 0);
+        let weak = Arc::downgrade(&manager);
+        drop(manager);
+        // The handle is a strong reference: the manager is still usable through it.
+        assert!(weak.upgrade().is_some_and(|manager| !manager.is_closed()));
+        // SAFETY: released once, not used after.
+        unsafe { tokenlease_uniffi_fast_release(handle) };
+        assert!(weak.upgrade().is_none());
+        // SAFETY: 0 is always accepted.
+        assert_eq!(unsafe { tokenlease_uniffi_fast_generation(0) }, 0);
+        // SAFETY: as above.
+        unsafe { tokenlease_uniffi_fast_release(0) };
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {

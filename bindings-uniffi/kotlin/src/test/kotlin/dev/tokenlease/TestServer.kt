@@ -68,7 +68,7 @@ object TestServer {
     /** GET /api/resource with the token; returns the HTTP status. */
     fun resource(token: TokenInfo): Int = http.send(
         HttpRequest.newBuilder(URI.create("$url/api/resource"))
-            .header("Authorization", "${token.tokenType} ${token.value}")
+            .header("Authorization", "${token.tokenType} ${token.value.expose()}")
             .GET().build(),
         HttpResponse.BodyHandlers.discarding(),
     ).statusCode()
@@ -108,7 +108,7 @@ class KotlinHttpSource(private val secret: String = "demo-secret") : TokenSource
             Regex("\"$name\"\\s*:\\s*\"?([^\",}]+)\"?").find(body)?.groupValues?.get(1)
         val value = field("access_token") ?: throw TokenleaseException.Protocol("no access_token in the answer")
         val expiresIn = field("expires_in")?.toLong() ?: 3600
-        return FetchedToken(value = value, expiresInMs = (expiresIn * 1000).toULong(), tokenType = field("token_type") ?: "Bearer")
+        return FetchedToken(value = Secret(value), expiresInMs = (expiresIn * 1000).toULong(), tokenType = field("token_type") ?: "Bearer")
     }
 }
 
@@ -132,6 +132,6 @@ class CountingSource(private val lifetimeMs: Long = 60_000, private val block: (
     override fun fetch(): FetchedToken {
         block()
         val n = calls.incrementAndGet()
-        return FetchedToken(value = "synthetic-$n", expiresInMs = lifetimeMs.toULong())
+        return FetchedToken(value = Secret("synthetic-$n"), expiresInMs = lifetimeMs.toULong())
     }
 }

@@ -221,12 +221,12 @@ class TokenManagerTest {
         val source = object : TokenSource {
             override fun fetch(): FetchedToken {
                 inner = runCatching { manager.tokenBlocking() }.exceptionOrNull()
-                return FetchedToken(value = "outer", expiresInMs = 60_000uL)
+                return FetchedToken(value = Secret("outer"), expiresInMs = 60_000uL)
             }
         }
         manager = TokenManager.withSource(source)
         manager.use {
-            assertEquals("outer", it.tokenBlocking().value)
+            assertEquals("outer", it.tokenBlocking().value.expose())
             assertTrue(inner is TokenleaseException.Usage, "got $inner")
         }
     }
@@ -254,7 +254,7 @@ class TokenManagerTest {
             assertTrue(outcome is CancellationException, "got $outcome")
             // The manager is still fine: the source finishes and the next call gets a token.
             release.countDown()
-            assertEquals("synthetic-1", manager.token().value)
+            assertEquals("synthetic-1", manager.token().value.expose())
         }
     }
 
@@ -267,5 +267,91 @@ class TokenManagerTest {
         // Closed: the background timer no longer refreshes the 1 s token.
         delay(1_500)
         assertEquals(1, source.calls.get())
+    }
+
+    @Test
+    fun `the cached read follows each new generation and hands out copies`() = runBlocking<Unit> {
+        val source = CountingSource()
+        TokenManager.withSource(source).use { manager ->
+            val first = manager.token()
+            // Records are mutable in generated Kotlin; a caller's change must not leak into
+            // what the next caller is handed.
+            first.value = Secret("changed by the caller")
+            val again = manager.tokenBlocking()
+            assertEquals("synthetic-1", again.value.expose())
+            assertEquals(again, manager.cached())
+            repeat(10_000) { assertEquals(1uL, manager.token().generation) }
+            assertEquals(1, source.calls.get())
+            // A new generation is picked up at once, never the remembered old one.
+            assertTrue(manager.invalidate(1uL))
+            assertNull(manager.cached())
+            assertEquals("synthetic-2", manager.token().value.expose())
+            assertEquals("synthetic-2", manager.tokenBlocking().value.expose())
+            assertEquals(2uL, manager.cached()!!.generation)
+            manager.revokeBlocking()
+            assertNull(manager.cached())
+            assertEquals(3uL, manager.token().generation)
+            assertEquals(3, source.calls.get())
+        }
+    }
+
+    @Test
+    fun `printing tokens never shows their values`() = runBlocking<Unit> {
+        TokenManager.withSource(CountingSource()).use { manager ->
+            val token = manager.token()
+            val fetched = FetchedToken(value = Secret("fetched-secret"), expiresInMs = 1uL, refreshToken = Secret("refresh-secret"))
+            for (text in listOf(token.toString(), fetched.toString(), manager.toString(), manager.status().toString())) {
+                assertFalse(text.contains("synthetic-") || text.contains("-secret"), text)
+            }
+            assertTrue(token.toString().contains("generation=1"), token.toString())
+            assertEquals(Secret("synthetic-1"), token.value)
+            assertNotEquals(Secret("synthetic-2"), token.value)
+        }
+    }
+
+    @Test
+    fun `closing while other threads read never crashes`() {
+        repeat(20) {
+            val manager = TokenManager.withSource(CountingSource())
+            manager.tokenBlocking()
+            val started = CountDownLatch(4)
+            val unexpected = java.util.concurrent.ConcurrentLinkedQueue<Throwable>()
+            val readers = (1..4).map {
+                Thread {
+                    started.countDown()
+                    try {
+                        while (true) manager.tokenBlocking()
+                    } catch (closed: IllegalStateException) {
+                        // The object was freed: the documented outcome after close().
+                    } catch (other: Throwable) {
+                        unexpected.add(other)
+                    }
+                }.apply { start() }
+            }
+            started.await()
+            Thread.sleep(5)
+            manager.close()
+            readers.forEach { it.join(10_000) }
+            assertTrue(readers.none { it.isAlive }, "every reader stopped")
+            assertTrue(unexpected.isEmpty(), unexpected.toString())
+        }
+    }
+
+    @Test
+    fun `an unreachable manager is freed by the cleaner`() {
+        fun abandon(): java.lang.ref.WeakReference<CountingSource> {
+            val source = CountingSource()
+            TokenManager.withSource(source).tokenBlocking()
+            return java.lang.ref.WeakReference(source)
+        }
+        val source = abandon()
+        // The native manager holds the Kotlin source until it is dropped, which needs both
+        // the generated object and the fast-path handle released.
+        val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(20)
+        while (source.get() != null && System.nanoTime() < deadline) {
+            System.gc()
+            Thread.sleep(50)
+        }
+        assertNull(source.get(), "the source was released")
     }
 }

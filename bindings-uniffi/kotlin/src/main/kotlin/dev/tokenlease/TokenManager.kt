@@ -1,0 +1,167 @@
+package dev.tokenlease
+
+import com.sun.jna.Native
+import com.sun.jna.NativeLibrary
+import java.util.concurrent.atomic.AtomicBoolean
+import java.util.concurrent.atomic.AtomicLong
+
+/**
+ * Gets, caches and refreshes the token of one credential.
+ *
+ * Thread-safe; share one per credential. Every lifecycle decision is made by the Rust core
+ * (through the generated [NativeTokenManager]); this class only adds a cheap cached read:
+ * a generic UniFFI call from Kotlin costs ~10 µs (JNA allocates and registers a call-status
+ * structure per call), so a fresh token is checked with one direct-mapped native call that
+ * returns its generation, and the [TokenInfo] lifted the first time that generation was
+ * seen is handed out again (a generation's value, type and expiry never change).
+ *
+ * Close it with [close] or `use {}`; an unreachable manager is closed by the cleaner.
+ */
+class TokenManager private constructor(private val native: NativeTokenManager) : AutoCloseable {
+    private val fastHandle = FastHandle(native.fastHandle().toLong())
+    private val cleanable = UniffiLib.CLEANER.register(this, fastHandle)
+
+    /** The [TokenInfo] last lifted from the native side; never mutated once published. */
+    @Volatile
+    private var lastLifted: TokenInfo? = null
+
+    companion object {
+        /**
+         * A manager described by the shared JSON or TOML configuration (the same text every
+         * binding accepts). Throws [TokenleaseException.Configuration] naming the field.
+         */
+        @JvmStatic
+        @Throws(TokenleaseException::class)
+        fun fromConfig(config: String): TokenManager = TokenManager(NativeTokenManager.fromConfig(config))
+
+        /**
+         * A manager around a Kotlin [source], optionally persisting to [store] under [key]
+         * (default `"default"`). Source and store run on tokenlease's blocking pool.
+         */
+        @JvmStatic
+        @JvmOverloads
+        fun withSource(source: TokenSource, store: TokenStore? = null, key: String? = null): TokenManager =
+            TokenManager(NativeTokenManager.withSource(source, store, key))
+    }
+
+    /**
+     * A valid token: from the cache when fresh or stale (no thread hop, no suspension),
+     * otherwise after the one in-flight refresh, which runs on tokenlease's background
+     * runtime. Cancelling the coroutine stops this caller's wait only.
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun token(): TokenInfo = fromCache() ?: lifted(native.token())
+
+    /** Blocking form of [token]. Throws [TokenleaseException.Usage] inside a callback. */
+    @Throws(TokenleaseException::class)
+    fun tokenBlocking(): TokenInfo = fromCache() ?: lifted(native.tokenBlocking())
+
+    /** The cached token if it is fresh or stale, without waiting; null otherwise. */
+    fun cached(): TokenInfo? = fromCache() ?: native.cached()?.let(::lifted)
+
+    /**
+     * Discards the cached token if it is still [generation] (a late rejection of an older
+     * token never discards a newer one). Returns whether it did.
+     */
+    fun invalidate(generation: ULong): Boolean = native.invalidate(generation)
+
+    /** Logs out: revokes at the source, clears memory and store. */
+    @Throws(TokenleaseException::class)
+    suspend fun revoke() = native.revoke()
+
+    /** Blocking form of [revoke]. */
+    @Throws(TokenleaseException::class)
+    fun revokeBlocking() = native.revokeBlocking()
+
+    /** A snapshot of state, deadlines, last error and counters. */
+    fun status(): ManagerStatus = native.status()
+
+    /** The store key. */
+    fun key(): String = native.key()
+
+    /** Adds an event listener. */
+    fun addListener(listener: EventListener) = native.addListener(listener)
+
+    /**
+     * Closes the manager now but keeps this object usable: later calls throw
+     * [TokenleaseException.Closed]. [close] also frees the native object.
+     */
+    fun shutdown() {
+        native.shutdown()
+        lastLifted = null
+    }
+
+    /** Whether the manager is closed. */
+    fun isClosed(): Boolean = native.isClosed()
+
+    /** Closes the manager and frees the native object; later calls throw [IllegalStateException]. */
+    override fun close() {
+        lastLifted = null
+        cleanable.clean()
+        native.close()
+    }
+
+    private fun fromCache(): TokenInfo? {
+        val generation = fastHandle.cachedGeneration()
+        if (generation == 0L) return null
+        val last = lastLifted ?: return null
+        // A copy, because generated records have `var` fields and the caller may change them.
+        return if (last.generation.toLong() == generation) last.copy() else null
+    }
+
+    private fun lifted(token: TokenInfo): TokenInfo {
+        lastLifted = token.copy()
+        return token
+    }
+}
+
+/**
+ * A strong native reference to the manager for the direct-mapped calls. Its owner's
+ * reference is dropped once, by [TokenManager.close] or by the cleaner; calls in flight
+ * hold their own, so the native object is released only after the last one returns.
+ * (The cleaner cannot run while a call is in flight only if `this` stays reachable, which
+ * a JIT does not promise; the counter makes it not matter.)
+ */
+private class FastHandle(private val handle: Long) : Runnable {
+    private val references = AtomicLong(1)
+    private val ownerReleased = AtomicBoolean(false)
+
+    /** The generation `cached()` would return, or 0 (also once released). */
+    fun cachedGeneration(): Long {
+        while (true) {
+            val count = references.get()
+            if (count == 0L) return 0L
+            if (references.compareAndSet(count, count + 1)) break
+        }
+        try {
+            return FastCalls.tokenlease_uniffi_fast_generation(handle)
+        } finally {
+            unreference()
+        }
+    }
+
+    /** Drops the owner's reference (close or cleaner), at most once. */
+    override fun run() {
+        if (ownerReleased.compareAndSet(false, true)) unreference()
+    }
+
+    private fun unreference() {
+        if (references.decrementAndGet() == 0L) FastCalls.tokenlease_uniffi_fast_release(handle)
+    }
+}
+
+/** The two plain C functions of the fast path, bound with JNA direct mapping. */
+@Suppress("FunctionName")
+private object FastCalls {
+    init {
+        // The same library (and override property) the generated bindings load.
+        val name = System.getProperty("uniffi.component.tokenlease_uniffi.libraryOverride") ?: "tokenlease_uniffi"
+        Native.register(FastCalls::class.java, NativeLibrary.getInstance(name))
+    }
+
+    @JvmStatic
+    external fun tokenlease_uniffi_fast_generation(handle: Long): Long
+
+    @JvmStatic
+    external fun tokenlease_uniffi_fast_release(handle: Long)
+}

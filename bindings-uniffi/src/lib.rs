@@ -1015,10 +1015,8 @@ mod tests {
         assert_eq!(unsafe { tokenlease_uniffi_fast_generation(handle) }, 0);
         let token = manager.token_blocking().unwrap();
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { tokenlease_uniffi_fast_generation(handle) },
-            token.generation
-        );
+        let generation = unsafe { tokenlease_uniffi_fast_generation(handle) };
+        assert_eq!(generation, token.generation);
         assert!(manager.invalidate(token.generation));
         // SAFETY: as above.
         assert_eq!(unsafe { tokenlease_uniffi_fast_generation(handle) }, 0);

@@ -66,7 +66,7 @@ enum TestServer {
     }
 
     static func resource(_ token: TokenInfo) -> Int {
-        request("/api/resource", authorization: "\(token.tokenType) \(token.value)").0
+        request("/api/resource", authorization: "\(token.tokenType) \(token.value.expose())").0
     }
 }
 
@@ -107,7 +107,7 @@ final class SwiftHttpSource: TokenSource, @unchecked Sendable {
             throw error
         }
         let expiresIn = (object["expires_in"] as? NSNumber)?.uint64Value ?? 3600
-        return FetchedToken(value: value, expiresInMs: expiresIn * 1000,
+        return FetchedToken(value: Secret(value), expiresInMs: expiresIn * 1000,
                             tokenType: object["token_type"] as? String ?? "Bearer")
     }
 }
@@ -134,7 +134,7 @@ final class CountingSource: TokenSource, @unchecked Sendable {
     func fetch() throws -> FetchedToken {
         var n = 0
         calls.update { $0 += 1; n = $0 }
-        return FetchedToken(value: "synthetic-\(n)", expiresInMs: lifetimeMs)
+        return FetchedToken(value: Secret("synthetic-\(n)"), expiresInMs: lifetimeMs)
     }
 }
 

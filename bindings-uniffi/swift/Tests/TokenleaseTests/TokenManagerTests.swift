@@ -28,7 +28,7 @@ final class TokenManagerTests: XCTestCase {
     func testThousandTasksOnAColdCacheMakeOneTokenRequest() async throws {
         let manager = try TokenManager.fromConfig(config: TestServer.config())
         let values = try await withThrowingTaskGroup(of: String.self) { group in
-            for _ in 0..<1000 { group.addTask { try await manager.token().value } }
+            for _ in 0..<1000 { group.addTask { try await manager.token().value.expose() } }
             var values = Set<String>()
             for try await value in group { values.insert(value) }
             return values
@@ -147,6 +147,75 @@ final class TokenManagerTests: XCTestCase {
         XCTAssertEqual(source.calls.get(), 1)
     }
 
+    func testTheCachedReadFollowsEachNewGeneration() async throws {
+        let source = CountingSource()
+        let manager = TokenManager.withSource(source: source)
+        let first = try await manager.token()
+        XCTAssertEqual(first.value.expose(), "synthetic-1")
+        for _ in 0..<10_000 {
+            let again = try await manager.token()
+            XCTAssertEqual(again.generation, 1)
+        }
+        XCTAssertEqual(try manager.tokenBlocking(), first)
+        XCTAssertEqual(manager.cached(), first)
+        XCTAssertEqual(source.calls.get(), 1)
+        // A new generation is picked up at once, never the remembered old one.
+        XCTAssertTrue(manager.invalidate(generation: 1))
+        XCTAssertNil(manager.cached())
+        let second = try await manager.token()
+        XCTAssertEqual(second.value.expose(), "synthetic-2")
+        XCTAssertEqual(try manager.tokenBlocking().value.expose(), "synthetic-2")
+        try manager.revokeBlocking()
+        XCTAssertNil(manager.cached())
+        let third = try await manager.token()
+        XCTAssertEqual(third.generation, 3)
+        XCTAssertEqual(source.calls.get(), 3)
+        manager.shutdown()
+        XCTAssertNil(manager.cached(), "nothing remembered is served after shutdown")
+    }
+
+    func testPrintingTokensNeverShowsTheirValues() async throws {
+        let manager = TokenManager.withSource(source: CountingSource())
+        let token = try await manager.token()
+        let fetched = FetchedToken(value: Secret("fetched-secret"), expiresInMs: 1,
+                                   refreshToken: Secret("refresh-secret"))
+        var dumped = ""
+        dump(token, to: &dumped)
+        dump(fetched, to: &dumped)
+        for text in ["\(token)", String(reflecting: token), "\(fetched)", String(reflecting: fetched), dumped,
+                     "\(manager.status())"] {
+            XCTAssertFalse(text.contains("synthetic-") || text.contains("-secret"), text)
+        }
+        XCTAssertTrue("\(token)".contains("generation: 1"), "\(token)")
+        XCTAssertEqual(token.value, Secret("synthetic-1"))
+        XCTAssertNotEqual(token.value, Secret("synthetic-2"))
+    }
+
+    func testConcurrentReadersSeeOneTokenPerGeneration() async throws {
+        let source = CountingSource()
+        let manager = TokenManager.withSource(source: source)
+        let generations = try await withThrowingTaskGroup(of: Set<UInt64>.self) { group in
+            for task in 0..<8 {
+                group.addTask {
+                    var seen = Set<UInt64>()
+                    for call in 0..<2_000 {
+                        let token = try await manager.token()
+                        XCTAssertEqual(token.value.expose(), "synthetic-\(token.generation)")
+                        seen.insert(token.generation)
+                        // One reader invalidates now and then: the others must follow.
+                        if task == 0 && call % 500 == 499 { _ = manager.invalidate(generation: token.generation) }
+                    }
+                    return seen
+                }
+            }
+            var all = Set<UInt64>()
+            for try await seen in group { all.formUnion(seen) }
+            return all
+        }
+        XCTAssertEqual(UInt64(source.calls.get()), generations.max())
+        XCTAssertGreaterThanOrEqual(generations.count, 4)
+    }
+
     private func assertThrowsKind(_ kind: ErrorKind, file: StaticString = #filePath, line: UInt = #line,
                                   _ body: () async throws -> TokenInfo) async {
         do {
@@ -161,33 +230,38 @@ final class TokenManagerTests: XCTestCase {
 }
 
 final class CachedTokenBenchmark: XCTestCase {
-    /// Median ns per cached `token()` call; runs only with TOKENLEASE_BENCH=1 (scripts/test-swift --bench).
+    /// Median ns per cached read, for `TokenManager` (the API apps use) and, side by side,
+    /// the generated `NativeTokenManager` alone; runs only with TOKENLEASE_BENCH=1
+    /// (scripts/test-swift --bench).
     func testBenchCachedToken() async throws {
         guard ProcessInfo.processInfo.environment["TOKENLEASE_BENCH"] == "1" else { return }
-        let manager = TokenManager.withSource(source: CountingSource(lifetimeMs: 3_600_000))
-        _ = try await manager.token()
         var sink: UInt64 = 0
-        for _ in 0..<50_000 { sink &+= try await manager.token().generation }
-        func median(_ op: () async throws -> Void) async rethrows -> Double {
+        func median(_ perBatch: Int, _ op: () async throws -> Void) async rethrows -> Double {
             var samples = [Double]()
             for _ in 0..<200 {
                 let start = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<1_000 { try await op() }
-                samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1_000)
+                for _ in 0..<perBatch { try await op() }
+                samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) / Double(perBatch))
             }
             samples.sort()
             return samples[100]
         }
-        let asyncNs = try await median { sink &+= try await manager.token().generation }
-        let blockingNs = try await median { sink &+= try manager.tokenBlocking().generation }
-        let cachedNs = await median { sink &+= manager.cached()!.generation }
-        let floorNs = await median { if manager.isClosed() { sink &+= 1 } }
-        print(String(format: "BENCH swift isClosed() (UniFFI primitive call floor): median %.0f ns/call", floorNs))
-        let enumNs = await median { sink &+= UInt64(errorKindCode(kind: .timeout)) }
-        print(String(format: "BENCH swift errorKindCode() (enum via RustBuffer): median %.0f ns/call", enumNs))
-        print(String(format: "BENCH swift token() async: median %.0f ns/call", asyncNs))
-        print(String(format: "BENCH swift tokenBlocking(): median %.0f ns/call", blockingNs))
-        print(String(format: "BENCH swift cached(): median %.0f ns/call", cachedNs))
+        func report(_ what: String, _ ns: Double) {
+            print("BENCH swift \(what): median \(Int(ns.rounded())) ns/call")
+        }
+        let manager = TokenManager.withSource(source: CountingSource(lifetimeMs: 3_600_000))
+        _ = try await manager.token()
+        for _ in 0..<200_000 { sink &+= try await manager.token().generation }
+        report("TokenManager.token() async", try await median(10_000) { sink &+= try await manager.token().generation })
+        report("TokenManager.tokenBlocking()", try await median(10_000) { sink &+= try manager.tokenBlocking().generation })
+        report("TokenManager.cached()", await median(10_000) { sink &+= manager.cached()!.generation })
+
+        let native = NativeTokenManager.withSource(source: CountingSource(lifetimeMs: 3_600_000))
+        _ = try await native.token()
+        for _ in 0..<50_000 { sink &+= try await native.token().generation }
+        report("NativeTokenManager.token() async (generated only)", try await median(1_000) { sink &+= try await native.token().generation })
+        report("NativeTokenManager.tokenBlocking() (generated only)", try await median(1_000) { sink &+= try native.tokenBlocking().generation })
+        report("NativeTokenManager.isClosed() (UniFFI primitive call floor)", await median(1_000) { if native.isClosed() { sink &+= 1 } })
         XCTAssertNotEqual(sink, 42)
     }
 }

@@ -1,0 +1,98 @@
+import Foundation
+
+/// Gets, caches and refreshes the token of one credential.
+///
+/// Thread-safe; share one per credential. Every lifecycle decision is made by the Rust core
+/// (through the generated `NativeTokenManager`); this class only adds a cheap cached read.
+/// Lifting a `TokenInfo` from Rust decodes its strings through Foundation on every call
+/// (~2 µs on Linux), so a cached read asks Rust only for the generation of the token it
+/// would serve and hands out the `TokenInfo` lifted the first time that generation was seen
+/// (a generation's value, type and expiry never change). Releasing the last reference
+/// closes the manager.
+public final class TokenManager: @unchecked Sendable {
+    private let native: NativeTokenManager
+    private let lock = NSLock()
+    /// Guarded by `lock`.
+    private var lastLifted: TokenInfo?
+
+    private init(_ native: NativeTokenManager) { self.native = native }
+
+    /// A manager described by the shared JSON or TOML configuration (the same text every
+    /// binding accepts). Throws `TokenleaseError.Configuration` naming the field.
+    public static func fromConfig(config: String) throws -> TokenManager {
+        TokenManager(try NativeTokenManager.fromConfig(config: config))
+    }
+
+    /// A manager around a Swift `source`, optionally persisting to `store` under `key`
+    /// (default `"default"`). Source and store run on tokenlease's blocking pool.
+    public static func withSource(source: TokenSource, store: TokenStore? = nil, key: String? = nil)
+        -> TokenManager
+    {
+        TokenManager(NativeTokenManager.withSource(source: source, store: store, key: key))
+    }
+
+    /// A valid token: from the cache when fresh or stale (no suspension), otherwise after
+    /// the one in-flight refresh, which runs on tokenlease's background runtime.
+    public func token() async throws -> TokenInfo {
+        if let token = fromCache() { return token }
+        return lifted(try await native.token())
+    }
+
+    /// Blocking form of `token()`. Throws `TokenleaseError.Usage` inside a callback.
+    public func tokenBlocking() throws -> TokenInfo {
+        if let token = fromCache() { return token }
+        return lifted(try native.tokenBlocking())
+    }
+
+    /// The cached token if it is fresh or stale, without waiting; nil otherwise.
+    public func cached() -> TokenInfo? {
+        if let token = fromCache() { return token }
+        return native.cached().map(lifted)
+    }
+
+    /// Discards the cached token if it is still `generation` (a late rejection of an older
+    /// token never discards a newer one). Returns whether it did.
+    public func invalidate(generation: UInt64) -> Bool { native.invalidate(generation: generation) }
+
+    /// Logs out: revokes at the source, clears memory and store.
+    public func revoke() async throws { try await native.revoke() }
+
+    /// Blocking form of `revoke()`.
+    public func revokeBlocking() throws { try native.revokeBlocking() }
+
+    /// A snapshot of state, deadlines, last error and counters.
+    public func status() -> ManagerStatus { native.status() }
+
+    /// The store key.
+    public func key() -> String { native.key() }
+
+    /// Adds an event listener.
+    public func addListener(listener: EventListener) { native.addListener(listener: listener) }
+
+    /// Closes the manager now; later calls throw `TokenleaseError.Closed`.
+    public func shutdown() {
+        native.shutdown()
+        lock.lock()
+        lastLifted = nil
+        lock.unlock()
+    }
+
+    /// Whether the manager is closed.
+    public func isClosed() -> Bool { native.isClosed() }
+
+    private func fromCache() -> TokenInfo? {
+        let generation = native.cachedGeneration()
+        guard generation != 0 else { return nil }
+        lock.lock()
+        defer { lock.unlock() }
+        guard let last = lastLifted, last.generation == generation else { return nil }
+        return last
+    }
+
+    private func lifted(_ token: TokenInfo) -> TokenInfo {
+        lock.lock()
+        lastLifted = token
+        lock.unlock()
+        return token
+    }
+}

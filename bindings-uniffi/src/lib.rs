@@ -643,6 +643,21 @@ pub trait TokenSource: Send + Sync {
     fn fetch(&self) -> BindingResult<FetchedToken>;
 }
 
+/// A [`TokenSource`] that also uses refresh tokens and can log out (implemented in Kotlin or
+/// Swift). The manager calls `refresh` with the refresh token of the current token (the one
+/// the last `fetch`/`refresh` returned, or the one a store or sibling process saved) instead
+/// of `fetch` when it has one, and falls back to `fetch` when `refresh` fails with
+/// `InvalidGrant`; a rotated refresh token is saved before the new token is handed out.
+#[uniffi::export(with_foreign)]
+pub trait RefreshingTokenSource: Send + Sync {
+    /// Obtains a new token with the primary grant (login, client credentials, ...).
+    fn fetch(&self) -> BindingResult<FetchedToken>;
+    /// Obtains a new token with `refresh_token`.
+    fn refresh(&self, refresh_token: Secret) -> BindingResult<FetchedToken>;
+    /// Revokes `token` at the server (logout); called by the manager's `revoke()`.
+    fn revoke(&self, token: TokenInfo) -> BindingResult<()>;
+}
+
 /// A token store implemented in Kotlin or Swift, holding opaque JSON records by key
 /// (the records contain token values: keep them private). Called on the blocking pool.
 #[uniffi::export(with_foreign)]
@@ -663,18 +678,23 @@ pub trait EventListener: Send + Sync {
     fn on_event(&self, key: String, event: TokenEvent);
 }
 
-struct ForeignSource(Arc<dyn TokenSource>);
+enum ForeignSource {
+    FetchOnly(Arc<dyn TokenSource>),
+    Refreshing(Arc<dyn RefreshingTokenSource>),
+}
 
 impl fmt::Debug for ForeignSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ForeignSource")
+        f.write_str(match self {
+            Self::FetchOnly(_) => "ForeignSource(fetch only)",
+            Self::Refreshing(_) => "ForeignSource(refreshing)",
+        })
     }
 }
 
-impl tokenlease::BlockingSource for ForeignSource {
-    fn fetch(&self) -> tokenlease::Result<tokenlease::FetchedToken> {
-        let fetched = self.0.fetch()?;
-        let mut token = tokenlease::FetchedToken::bearer(
+impl From<FetchedToken> for tokenlease::FetchedToken {
+    fn from(fetched: FetchedToken) -> Self {
+        let mut token = Self::bearer(
             fetched.value.0,
             std::time::Duration::from_millis(fetched.expires_in_ms),
         );
@@ -684,7 +704,36 @@ impl tokenlease::BlockingSource for ForeignSource {
         if let Some(refresh_token) = fetched.refresh_token {
             token = token.with_refresh_token(refresh_token.0);
         }
-        Ok(token)
+        token
+    }
+}
+
+impl tokenlease::BlockingSource for ForeignSource {
+    fn fetch(&self) -> tokenlease::Result<tokenlease::FetchedToken> {
+        let fetched = match self {
+            Self::FetchOnly(source) => source.fetch()?,
+            Self::Refreshing(source) => source.fetch()?,
+        };
+        Ok(fetched.into())
+    }
+
+    fn refresh(
+        &self,
+        refresh_token: &tokenlease::SecretString,
+    ) -> tokenlease::Result<tokenlease::FetchedToken> {
+        match self {
+            Self::FetchOnly(_) => self.fetch(),
+            Self::Refreshing(source) => Ok(source
+                .refresh(Secret(refresh_token.expose().to_owned()))?
+                .into()),
+        }
+    }
+
+    fn revoke(&self, token: &Token) -> tokenlease::Result<()> {
+        match self {
+            Self::FetchOnly(_) => Ok(()),
+            Self::Refreshing(source) => Ok(source.revoke(TokenInfo::from(token))?),
+        }
     }
 }
 
@@ -770,16 +819,31 @@ impl NativeTokenManager {
         store: Option<Arc<dyn TokenStore>>,
         key: Option<String>,
     ) -> Arc<Self> {
-        let mut builder = Manager::builder(BlockingSourceAdapter::new(ForeignSource(source)));
-        if let Some(store) = store {
-            builder = builder.store(Arc::new(BlockingStoreAdapter::new(ForeignStore(store))));
+        Self::with_foreign_source(ForeignSource::FetchOnly(source), store, key)
+    }
+
+    /// A manager around a foreign source that also refreshes with refresh tokens and
+    /// revokes on logout; otherwise as [`NativeTokenManager::with_source`].
+    #[uniffi::constructor(default(store = None, key = None))]
+    pub fn with_refreshing_source(
+        source: Arc<dyn RefreshingTokenSource>,
+        store: Option<Arc<dyn TokenStore>>,
+        key: Option<String>,
+    ) -> Arc<Self> {
+        Self::with_foreign_source(ForeignSource::Refreshing(source), store, key)
+    }
+
+    /// A valid token like `token()`, except that cancelling `signal` ends this caller's wait
+    /// at once with `Cancelled` (the shared refresh goes on for the others). For callers
+    /// whose generated async code does not forward cancellation (Swift tasks).
+    pub async fn token_cancellable(&self, signal: Arc<CancelSignal>) -> BindingResult<TokenInfo> {
+        tokio::select! {
+            biased;
+            () = signal.cancelled() => Err(TokenleaseError::Cancelled {
+                reason: "the caller stopped waiting for the token".to_owned(),
+            }),
+            token = self.manager.token() => Ok(TokenInfo::from(&*token?)),
         }
-        if let Some(key) = key {
-            builder = builder.key(key);
-        }
-        Arc::new(Self {
-            manager: builder.build(),
-        })
     }
 
     /// A valid token: from the cache when fresh (no thread hop), otherwise after the one
@@ -866,6 +930,67 @@ impl NativeTokenManager {
     /// [`tokenlease_uniffi_fast_release`]; the manager lives at least that long.
     pub fn fast_handle(self: Arc<Self>) -> u64 {
         Arc::into_raw(self) as usize as u64
+    }
+}
+
+impl NativeTokenManager {
+    fn with_foreign_source(
+        source: ForeignSource,
+        store: Option<Arc<dyn TokenStore>>,
+        key: Option<String>,
+    ) -> Arc<Self> {
+        let mut builder = Manager::builder(BlockingSourceAdapter::new(source));
+        if let Some(store) = store {
+            builder = builder.store(Arc::new(BlockingStoreAdapter::new(ForeignStore(store))));
+        }
+        if let Some(key) = key {
+            builder = builder.key(key);
+        }
+        Arc::new(Self {
+            manager: builder.build(),
+        })
+    }
+}
+
+/// Cancels the waits of the [`NativeTokenManager::token_cancellable`] calls it is given to.
+/// Cancelling is permanent: use one signal per call.
+#[derive(Debug, Default, uniffi::Object)]
+pub struct CancelSignal {
+    cancelled: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+#[uniffi::export]
+impl CancelSignal {
+    /// A signal that is not cancelled yet.
+    #[uniffi::constructor]
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Ends the waits that use this signal (idempotent, callable from any thread).
+    pub fn cancel(&self) {
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether `cancel` was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl CancelSignal {
+    async fn cancelled(&self) {
+        loop {
+            // Registered before the check, so a `cancel` between the two still wakes it.
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -1031,6 +1156,116 @@ mod tests {
         assert_eq!(unsafe { tokenlease_uniffi_fast_generation(0) }, 0);
         // SAFETY: as above.
         unsafe { tokenlease_uniffi_fast_release(0) };
+    }
+
+    /// Records what the manager asks of a refreshing source.
+    #[derive(Debug, Default)]
+    struct RotatingSource {
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl RotatingSource {
+        fn token(&self, value: String, refresh: String) -> FetchedToken {
+            FetchedToken {
+                value: Secret(value),
+                expires_in_ms: 600,
+                token_type: "Bearer".into(),
+                refresh_token: Some(Secret(refresh)),
+            }
+        }
+    }
+
+    impl RefreshingTokenSource for RotatingSource {
+        fn fetch(&self) -> BindingResult<FetchedToken> {
+            self.calls.lock().unwrap().push("fetch".into());
+            Ok(self.token("access-0".into(), "refresh-0".into()))
+        }
+
+        fn refresh(&self, refresh_token: Secret) -> BindingResult<FetchedToken> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(format!("refresh {}", refresh_token.0));
+            let n = calls.len();
+            Ok(self.token(format!("access-{n}"), format!("refresh-{n}")))
+        }
+
+        fn revoke(&self, token: TokenInfo) -> BindingResult<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("revoke {}", token.value.0));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_refreshing_source_gets_the_rotated_refresh_token_and_the_revoked_token() {
+        let source = Arc::new(RotatingSource::default());
+        let manager = NativeTokenManager::with_refreshing_source(source.clone(), None, None);
+        assert_eq!(manager.token_blocking().unwrap().value.0, "access-0");
+        // Past the mandatory point of the 600 ms token: the next read refreshes.
+        std::thread::sleep(std::time::Duration::from_millis(650));
+        let second = manager.token_blocking().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(650));
+        let third = manager.token_blocking().unwrap();
+        manager.revoke_blocking().unwrap();
+        let calls = source.calls.lock().unwrap().clone();
+        // Background refreshes may add more; the chain must be unbroken and rotated.
+        assert_eq!(calls[0], "fetch");
+        assert_eq!(calls[1], "refresh refresh-0");
+        assert_eq!(calls[2], "refresh refresh-2");
+        assert!(
+            calls.iter().filter(|call| *call == "fetch").count() == 1,
+            "{calls:?}"
+        );
+        assert_eq!(calls.last().unwrap(), &format!("revoke {}", third.value.0));
+        assert_ne!(second.value, third.value);
+    }
+
+    #[derive(Debug)]
+    struct GatedSource(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+    impl TokenSource for GatedSource {
+        fn fetch(&self) -> BindingResult<FetchedToken> {
+            let _ = self.0.lock().unwrap().recv();
+            Ok(FetchedToken {
+                value: Secret("gated".into()),
+                expires_in_ms: 60_000,
+                token_type: "Bearer".into(),
+                refresh_token: None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_cancelled_signal_ends_only_that_wait() {
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let source = Arc::new(GatedSource(std::sync::Mutex::new(gate)));
+        let manager = NativeTokenManager::with_source(source, None, None);
+        let signal = CancelSignal::new();
+        let waiter = {
+            let (manager, signal) = (manager.clone(), signal.clone());
+            std::thread::spawn(move || block_on(manager.token_cancellable(signal)))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "waits while the source is blocked");
+        signal.cancel();
+        assert!(signal.is_cancelled());
+        let result = waiter.join().unwrap();
+        assert!(
+            matches!(result, Err(TokenleaseError::Cancelled { .. })),
+            "{result:?}"
+        );
+        // The shared refresh went on: once the source answers, callers get its token.
+        open_gate.send(()).unwrap();
+        assert_eq!(manager.token_blocking().unwrap().value.0, "gated");
+        // A signal cancelled before the call ends it at once.
+        let cancelled = CancelSignal::new();
+        cancelled.cancel();
+        let result = block_on(manager.token_cancellable(cancelled));
+        assert!(
+            matches!(result, Err(TokenleaseError::Cancelled { .. })),
+            "{result:?}"
+        );
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {

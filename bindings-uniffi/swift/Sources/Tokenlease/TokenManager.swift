@@ -31,11 +31,31 @@ public final class TokenManager: @unchecked Sendable {
         TokenManager(NativeTokenManager.withSource(source: source, store: store, key: key))
     }
 
+    /// A manager around a Swift `source` that also refreshes with refresh tokens and
+    /// revokes on logout; otherwise as the `withSource` above.
+    public static func withSource(source: RefreshingTokenSource, store: TokenStore? = nil, key: String? = nil)
+        -> TokenManager
+    {
+        TokenManager(NativeTokenManager.withRefreshingSource(source: source, store: store, key: key))
+    }
+
     /// A valid token: from the cache when fresh or stale (no suspension), otherwise after
     /// the one in-flight refresh, which runs on tokenlease's background runtime.
+    /// Cancelling the task ends this caller's wait at once with `CancellationError`; the
+    /// shared refresh goes on for the others.
     public func token() async throws -> TokenInfo {
         if let token = fromCache() { return token }
-        return lifted(try await native.token())
+        try Task.checkCancellation()
+        let signal = CancelSignal()
+        do {
+            return lifted(try await withTaskCancellationHandler {
+                try await native.tokenCancellable(signal: signal)
+            } onCancel: {
+                signal.cancel()
+            })
+        } catch TokenleaseError.Cancelled where signal.isCancelled() {
+            throw CancellationError()
+        }
     }
 
     /// Blocking form of `token()`. Throws `TokenleaseError.Usage` inside a callback.

@@ -88,27 +88,71 @@ final class SwiftHttpSource: TokenSource, @unchecked Sendable {
 
     func fetch() throws -> FetchedToken {
         calls.update { $0 += 1 }
-        let (status, body) = TestServer.request(
-            "/oauth/token", method: "POST",
-            body: "grant_type=client_credentials&client_id=demo-client&client_secret=\(secret)",
-            contentType: "application/x-www-form-urlencoded")
-        switch status {
-        case 200: break
-        case 401: throw TokenleaseError.InvalidCredentials(reason: "token endpoint answered 401")
-        case 500...: throw TokenleaseError.Transient(reason: "token endpoint answered \(status)")
-        default:
-            // `TokenleaseError.Protocol` would name the metatype; the implicit member works.
-            let error: TokenleaseError = .Protocol(reason: "token endpoint answered \(status)")
+        return try tokenRequest("grant_type=client_credentials&client_id=demo-client&client_secret=\(secret)")
+    }
+}
+
+/// A Swift `RefreshingTokenSource`: the password grant, refresh-token grants (the server
+/// rotates refresh tokens and revokes the family on reuse) and RFC 7009 revocation.
+final class SwiftPasswordSource: RefreshingTokenSource, @unchecked Sendable {
+    static let client = "client_id=demo-client&client_secret=demo-secret"
+    let scope: String
+    let calls = Locked([String]())
+    init(scope: String) { self.scope = scope }
+
+    func fetch() throws -> FetchedToken {
+        calls.update { $0.append("fetch") }
+        return try tokenRequest("grant_type=password&username=alice&password=wonderland&scope=\(scope)&\(Self.client)")
+    }
+
+    func refresh(refreshToken: Secret) throws -> FetchedToken {
+        calls.update { $0.append("refresh") }
+        return try tokenRequest("grant_type=refresh_token&refresh_token=\(refreshToken.expose())&\(Self.client)")
+    }
+
+    func revoke(token: TokenInfo) throws {
+        calls.update { $0.append("revoke") }
+        let (status, _) = TestServer.request("/oauth/revoke", method: "POST",
+                                             body: "token=\(token.value.expose())&\(Self.client)",
+                                             contentType: "application/x-www-form-urlencoded")
+        guard status == 200 else {
+            let error: TokenleaseError = .Protocol(reason: "revocation answered \(status)")
             throw error
         }
-        guard let object = try? JSONSerialization.jsonObject(with: body.data(using: .utf8)!) as? [String: Any],
-              let value = object["access_token"] as? String else {
-            let error: TokenleaseError = .Protocol(reason: "no access_token in the answer")
-            throw error
-        }
-        let expiresIn = (object["expires_in"] as? NSNumber)?.uint64Value ?? 3600
-        return FetchedToken(value: Secret(value), expiresInMs: expiresIn * 1000,
-                            tokenType: object["token_type"] as? String ?? "Bearer")
+    }
+}
+
+/// POSTs a token request to the test server; the failure's kind follows the answer.
+func tokenRequest(_ form: String) throws -> FetchedToken {
+    let (status, body) = TestServer.request("/oauth/token", method: "POST", body: form,
+                                            contentType: "application/x-www-form-urlencoded")
+    switch status {
+    case 200: break
+    case 401: throw TokenleaseError.InvalidCredentials(reason: "token endpoint answered 401")
+    case 500...: throw TokenleaseError.Transient(reason: "token endpoint answered \(status)")
+    default:
+        if body.contains("invalid_grant") { throw TokenleaseError.InvalidGrant(reason: "invalid_grant") }
+        // `TokenleaseError.Protocol` would name the metatype; the implicit member works.
+        let error: TokenleaseError = .Protocol(reason: "token endpoint answered \(status)")
+        throw error
+    }
+    guard let object = try? JSONSerialization.jsonObject(with: body.data(using: .utf8)!) as? [String: Any],
+          let value = object["access_token"] as? String else {
+        let error: TokenleaseError = .Protocol(reason: "no access_token in the answer")
+        throw error
+    }
+    let expiresIn = (object["expires_in"] as? NSNumber)?.uint64Value ?? 3600
+    return FetchedToken(value: Secret(value), expiresInMs: expiresIn * 1000,
+                        tokenType: object["token_type"] as? String ?? "Bearer",
+                        refreshToken: (object["refresh_token"] as? String).map(Secret.init))
+}
+
+/// A source whose `fetch` waits until the test opens the gate.
+final class GatedSource: TokenSource, @unchecked Sendable {
+    let gate = DispatchSemaphore(value: 0)
+    func fetch() throws -> FetchedToken {
+        gate.wait()
+        return FetchedToken(value: Secret("gated"), expiresInMs: 60_000)
     }
 }
 

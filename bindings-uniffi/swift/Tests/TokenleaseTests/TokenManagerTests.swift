@@ -216,6 +216,48 @@ final class TokenManagerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(generations.count, 4)
     }
 
+    func testASwiftSourceWithRefreshTokensAndRevocation() async throws {
+        TestServer.control(#"{"scope_ttls_s":{"swift-short":2}}"#)
+        let source = SwiftPasswordSource(scope: "swift-short")
+        let manager = TokenManager.withSource(source: source)
+        let first = try await manager.token()
+        XCTAssertEqual(TestServer.resource(first), 200)
+        // 2 s tokens: the manager refreshes in the background with the rotated refresh token.
+        let deadline = Date().addingTimeInterval(8)
+        while source.calls.get().filter({ $0 == "refresh" }).count < 2 && Date() < deadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        XCTAssertEqual(Array(source.calls.get().prefix(3)), ["fetch", "refresh", "refresh"])
+        let current = try await manager.token()
+        XCTAssertGreaterThanOrEqual(current.generation, 3)
+        // Reusing a rotated refresh token would have revoked the family: the token works.
+        XCTAssertEqual(TestServer.resource(current), 200)
+        try await manager.revoke()
+        XCTAssertEqual(source.calls.get().last, "revoke")
+        XCTAssertEqual(TestServer.resource(current), 401)
+        XCTAssertEqual(source.calls.get().filter { $0 == "fetch" }.count, 1)
+    }
+
+    func testCancellingATaskEndsItsWaitOnly() async throws {
+        let source = GatedSource()
+        let manager = TokenManager.withSource(source: source)
+        let waiter = Task { try await manager.token() }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        let cancelledAt = Date()
+        waiter.cancel()
+        do {
+            _ = try await waiter.value
+            XCTFail("expected CancellationError")
+        } catch is CancellationError {
+            XCTAssertLessThan(Date().timeIntervalSince(cancelledAt), 2, "the wait ended at once")
+        }
+        // The shared refresh went on: once the source answers, callers get its token.
+        source.gate.signal()
+        let token = try await manager.token()
+        XCTAssertEqual(token.value.expose(), "gated")
+        XCTAssertEqual(token.generation, 1)
+    }
+
     private func assertThrowsKind(_ kind: ErrorKind, file: StaticString = #filePath, line: UInt = #line,
                                   _ body: () async throws -> TokenInfo) async {
         do {

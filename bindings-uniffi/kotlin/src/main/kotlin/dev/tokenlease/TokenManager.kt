@@ -42,6 +42,15 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
         @JvmOverloads
         fun withSource(source: TokenSource, store: TokenStore? = null, key: String? = null): TokenManager =
             TokenManager(NativeTokenManager.withSource(source, store, key))
+
+        /**
+         * A manager around a Kotlin [source] that also refreshes with refresh tokens and
+         * revokes on logout; otherwise as the `withSource` above.
+         */
+        @JvmStatic
+        @JvmOverloads
+        fun withSource(source: RefreshingTokenSource, store: TokenStore? = null, key: String? = null): TokenManager =
+            TokenManager(NativeTokenManager.withRefreshingSource(source, store, key))
     }
 
     /**

@@ -93,23 +93,60 @@ class KotlinHttpSource(private val secret: String = "demo-secret") : TokenSource
 
     override fun fetch(): FetchedToken {
         calls++
-        val response = TestServer.post(
-            "/oauth/token",
-            "grant_type=client_credentials&client_id=demo-client&client_secret=$secret",
-            "application/x-www-form-urlencoded",
-        )
-        val body = response.body()
-        when {
-            response.statusCode() == 401 -> throw TokenleaseException.InvalidCredentials("token endpoint answered 401")
-            response.statusCode() >= 500 -> throw TokenleaseException.Transient("token endpoint answered ${response.statusCode()}")
-            response.statusCode() != 200 -> throw TokenleaseException.Protocol("token endpoint answered ${response.statusCode()}")
-        }
-        fun field(name: String): String? =
-            Regex("\"$name\"\\s*:\\s*\"?([^\",}]+)\"?").find(body)?.groupValues?.get(1)
-        val value = field("access_token") ?: throw TokenleaseException.Protocol("no access_token in the answer")
-        val expiresIn = field("expires_in")?.toLong() ?: 3600
-        return FetchedToken(value = Secret(value), expiresInMs = (expiresIn * 1000).toULong(), tokenType = field("token_type") ?: "Bearer")
+        return tokenRequest("grant_type=client_credentials&client_id=demo-client&client_secret=$secret")
     }
+}
+
+/**
+ * A Kotlin [RefreshingTokenSource]: the password grant, refresh-token grants (the server
+ * rotates refresh tokens and revokes the family on reuse) and RFC 7009 revocation.
+ */
+class KotlinPasswordSource(private val scope: String) : RefreshingTokenSource {
+    val calls = java.util.concurrent.CopyOnWriteArrayList<String>()
+
+    override fun fetch(): FetchedToken {
+        calls.add("fetch")
+        return tokenRequest("grant_type=password&username=alice&password=wonderland&scope=$scope&$CLIENT")
+    }
+
+    override fun refresh(refreshToken: Secret): FetchedToken {
+        calls.add("refresh")
+        return tokenRequest("grant_type=refresh_token&refresh_token=${refreshToken.expose()}&$CLIENT")
+    }
+
+    override fun revoke(token: TokenInfo) {
+        calls.add("revoke")
+        val response = TestServer.post("/oauth/revoke", "token=${token.value.expose()}&$CLIENT", FORM)
+        if (response.statusCode() != 200) throw TokenleaseException.Protocol("revocation answered ${response.statusCode()}")
+    }
+
+    private companion object {
+        const val CLIENT = "client_id=demo-client&client_secret=demo-secret"
+    }
+}
+
+private const val FORM = "application/x-www-form-urlencoded"
+
+/** POSTs a token request to the test server; the failure's kind follows the status. */
+private fun tokenRequest(form: String): FetchedToken {
+    val response = TestServer.post("/oauth/token", form, FORM)
+    val body = response.body()
+    when {
+        response.statusCode() == 401 -> throw TokenleaseException.InvalidCredentials("token endpoint answered 401")
+        response.statusCode() >= 500 -> throw TokenleaseException.Transient("token endpoint answered ${response.statusCode()}")
+        body.contains("invalid_grant") -> throw TokenleaseException.InvalidGrant("token endpoint answered invalid_grant")
+        response.statusCode() != 200 -> throw TokenleaseException.Protocol("token endpoint answered ${response.statusCode()}")
+    }
+    fun field(name: String): String? =
+        Regex("\"$name\"\\s*:\\s*\"?([^\",}]+)\"?").find(body)?.groupValues?.get(1)
+    val value = field("access_token") ?: throw TokenleaseException.Protocol("no access_token in the answer")
+    val expiresIn = field("expires_in")?.toLong() ?: 3600
+    return FetchedToken(
+        value = Secret(value),
+        expiresInMs = (expiresIn * 1000).toULong(),
+        tokenType = field("token_type") ?: "Bearer",
+        refreshToken = field("refresh_token")?.let(::Secret),
+    )
 }
 
 /** A Kotlin [TokenStore] keeping the JSON records in a map (a real app: a file, Keystore, DB). */

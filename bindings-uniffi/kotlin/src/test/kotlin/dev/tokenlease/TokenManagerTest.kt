@@ -129,6 +129,28 @@ class TokenManagerTest {
     }
 
     @Test
+    fun `a Kotlin source with refresh tokens and revocation`() = runBlocking<Unit> {
+        TestServer.control("""{"scope_ttls_s":{"kotlin-short":2}}""")
+        val source = KotlinPasswordSource(scope = "kotlin-short")
+        TokenManager.withSource(source).use { manager ->
+            val first = manager.token()
+            assertEquals(200, TestServer.resource(first))
+            // 2 s tokens: the manager refreshes in the background with the rotated refresh token.
+            val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(8)
+            while (source.calls.count { it == "refresh" } < 2 && System.nanoTime() < deadline) delay(50)
+            assertEquals(listOf("fetch", "refresh", "refresh"), source.calls.take(3))
+            val current = manager.token()
+            assertTrue(current.generation >= 3uL, "generation ${current.generation}")
+            // Reusing a rotated refresh token would have revoked the family: the token works.
+            assertEquals(200, TestServer.resource(current))
+            manager.revoke()
+            assertEquals("revoke", source.calls.last())
+            assertEquals(401, TestServer.resource(current))
+            assertEquals(1, source.calls.count { it == "fetch" })
+        }
+    }
+
+    @Test
     fun `revoke logs out and the next token is new`() = runBlocking<Unit> {
         TokenManager.fromConfig(TestServer.config()).use { manager ->
             val old = manager.token()

@@ -111,7 +111,8 @@ public final class TokenManager: @unchecked Sendable {
 
     private func lifted(_ token: TokenInfo) -> TokenInfo {
         lock.lock()
-        lastLifted = token
+        // Two callers can lift different generations at once; keep the newer one.
+        if token.generation >= lastLifted?.generation ?? 0 { lastLifted = token }
         lock.unlock()
         return token
     }

@@ -119,7 +119,9 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
     }
 
     private fun lifted(token: TokenInfo): TokenInfo {
-        lastLifted = token.copy()
+        // Two callers can lift different generations at once; keep the newer one.
+        val last = lastLifted
+        if (last == null || token.generation >= last.generation) lastLifted = token.copy()
         return token
     }
 }

@@ -66,11 +66,23 @@ impl Sim {
         let clock = &self.clock;
         // Settled: no refresh running, and the manager's timer is armed for a future
         // deadline again (a due timer is removed by `advance` and re-armed by the task).
+        // While a refresh runs the timer task parks at FAR_FUTURE; that parked timer is still
+        // registered for a moment after the refresh ends, until the task re-arms, so it only
+        // counts as settled when nothing is left to schedule (a terminal failure).
         wait_until("background work settled", || {
             let status = manager.status();
-            !status.refreshing
-                && (status.state == tokenlease::TokenState::Empty
-                    || clock.next_timer().is_some_and(|next| next > clock.now()))
+            if status.refreshing {
+                return false;
+            }
+            if status.state == tokenlease::TokenState::Empty {
+                return true;
+            }
+            let terminal = status
+                .last_error_kind
+                .is_some_and(|kind| !kind.is_transient());
+            clock.next_timer().is_some_and(|next| {
+                next > clock.now() && (next != tokenlease::MonoTime::FAR_FUTURE || terminal)
+            })
         });
     }
 

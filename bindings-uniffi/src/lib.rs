@@ -15,8 +15,11 @@
 //!   (see [`NativeTokenManager::cached_generation`] and [`tokenlease_uniffi_fast_generation`]).
 //! - [`TokenleaseError`]: one variant per [`tokenlease::ErrorKind`], in the same order (so
 //!   the variant's position is the stable code), each carrying a message without secrets.
-//! - Foreign traits [`TokenSource`], [`TokenStore`] and [`EventListener`]; foreign code picks
-//!   the error kind of a failure by throwing the matching `TokenleaseError` variant.
+//! - Foreign traits [`TokenSource`] (or [`RefreshingTokenSource`], which also refreshes and
+//!   revokes), [`TokenStore`] and [`EventListener`]; foreign code picks the error kind of a
+//!   failure by throwing the matching `TokenleaseError` variant.
+//! - [`Secret`]: token values, mapped to each language's own never-printing `Secret` type.
+//! - [`CancelSignal`] for [`NativeTokenManager::token_cancellable`] (Swift task cancellation).
 
 use std::fmt;
 use std::sync::Arc;

@@ -18,7 +18,8 @@
 //! - Foreign traits [`TokenSource`] (or [`RefreshingTokenSource`], which also refreshes and
 //!   revokes), [`TokenStore`] and [`EventListener`]; foreign code picks the error kind of a
 //!   failure by throwing the matching `TokenleaseError` variant.
-//! - [`Secret`]: token values, mapped to each language's own never-printing `Secret` type.
+//! - Token values are core's [`SecretString`], mapped to a hand-written never-printing
+//!   `SecretString` class/struct in Kotlin and Swift.
 //! - [`CancelSignal`] for [`NativeTokenManager::token_cancellable`] (Swift task cancellation).
 
 use std::fmt;
@@ -27,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokenlease::{
     BlockingSourceAdapter, BlockingStoreAdapter, Error as CoreError, ErrorKind as CoreKind,
-    Event as CoreEvent, Manager, Token, TokenRecord,
+    Event as CoreEvent, Manager, SecretString, Token, TokenRecord,
 };
 
 uniffi::setup_scaffolding!();
@@ -331,27 +332,22 @@ pub fn error_kind_name(kind: ErrorKind) -> String {
     CoreKind::from(kind).name().to_owned()
 }
 
-/// A secret string (a token value or refresh token). Its `Debug` never shows the value,
-/// and it crosses to Kotlin and Swift as their own `Secret` type, whose `toString()` /
-/// `description` do not either, so logging a `TokenInfo` or `FetchedToken` is safe in every
-/// language. Kotlin and Swift read the value with `expose()`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-uniffi::custom_newtype!(Secret, String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+// Token values cross as core's own secret type (redacted `Debug`, zeroized on drop), which
+// Kotlin and Swift map to their hand-written `SecretString` (uniffi.toml): generated Kotlin
+// data classes and Swift structs print every field, so a plain `String` would leak the value
+// whenever a `TokenInfo` or `FetchedToken` is logged.
+uniffi::custom_type!(SecretString, String, {
+    remote,
+    lower: |secret| secret.expose().to_owned(),
+    try_lift: |value| Ok(SecretString::new(value)),
+});
 
 /// A token handed to the application. `value` is the secret to put on the wire: keep it
 /// out of logs.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TokenInfo {
     /// The secret token value.
-    pub value: Secret,
+    pub value: SecretString,
     /// Token type (`"Bearer"`).
     pub token_type: String,
     /// Wall-clock expiry, ms since the Unix epoch.
@@ -363,7 +359,7 @@ pub struct TokenInfo {
 impl From<&Token> for TokenInfo {
     fn from(token: &Token) -> Self {
         Self {
-            value: Secret(token.value().expose().to_owned()),
+            value: token.value().clone(),
             token_type: token.token_type().to_owned(),
             expires_at_unix_ms: unix_ms(token.expires_at_wall()),
             generation: token.generation(),
@@ -375,7 +371,7 @@ impl From<&Token> for TokenInfo {
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct FetchedToken {
     /// The secret token value.
-    pub value: Secret,
+    pub value: SecretString,
     /// Lifetime in ms, counted from the moment the source was called.
     pub expires_in_ms: u64,
     /// Token type.
@@ -383,7 +379,7 @@ pub struct FetchedToken {
     pub token_type: String,
     /// A refresh token, when the server issued one (persisted by the store).
     #[uniffi(default = None)]
-    pub refresh_token: Option<Secret>,
+    pub refresh_token: Option<SecretString>,
 }
 
 /// Where the cached token is in its life.
@@ -656,7 +652,7 @@ pub trait RefreshingTokenSource: Send + Sync {
     /// Obtains a new token with the primary grant (login, client credentials, ...).
     fn fetch(&self) -> BindingResult<FetchedToken>;
     /// Obtains a new token with `refresh_token`.
-    fn refresh(&self, refresh_token: Secret) -> BindingResult<FetchedToken>;
+    fn refresh(&self, refresh_token: SecretString) -> BindingResult<FetchedToken>;
     /// Revokes `token` at the server (logout); called by the manager's `revoke()`.
     fn revoke(&self, token: TokenInfo) -> BindingResult<()>;
 }
@@ -698,14 +694,14 @@ impl fmt::Debug for ForeignSource {
 impl From<FetchedToken> for tokenlease::FetchedToken {
     fn from(fetched: FetchedToken) -> Self {
         let mut token = Self::bearer(
-            fetched.value.0,
+            fetched.value,
             std::time::Duration::from_millis(fetched.expires_in_ms),
         );
         if !fetched.token_type.is_empty() {
             token.token_type = fetched.token_type;
         }
         if let Some(refresh_token) = fetched.refresh_token {
-            token = token.with_refresh_token(refresh_token.0);
+            token = token.with_refresh_token(refresh_token);
         }
         token
     }
@@ -722,13 +718,11 @@ impl tokenlease::BlockingSource for ForeignSource {
 
     fn refresh(
         &self,
-        refresh_token: &tokenlease::SecretString,
+        refresh_token: &SecretString,
     ) -> tokenlease::Result<tokenlease::FetchedToken> {
         match self {
             Self::FetchOnly(_) => self.fetch(),
-            Self::Refreshing(source) => Ok(source
-                .refresh(Secret(refresh_token.expose().to_owned()))?
-                .into()),
+            Self::Refreshing(source) => Ok(source.refresh(refresh_token.clone())?.into()),
         }
     }
 
@@ -1095,7 +1089,7 @@ mod tests {
                 });
             }
             Ok(FetchedToken {
-                value: Secret(format!("value-{n}")),
+                value: SecretString::new(format!("value-{n}")),
                 expires_in_ms: 60_000,
                 token_type: "Bearer".into(),
                 refresh_token: None,
@@ -1117,14 +1111,14 @@ mod tests {
     fn tokens_flow_invalidate_and_close() {
         let manager = NativeTokenManager::with_source(CountingSource::new(false), None, None);
         let token = manager.token_blocking().unwrap();
-        assert_eq!(token.value.0, "value-0");
+        assert_eq!(token.value.expose(), "value-0");
         assert!(!format!("{token:?}").contains("value-0"));
         assert_eq!(manager.cached(), Some(token.clone()));
         assert!(manager.invalidate(token.generation));
         assert!(!manager.invalidate(token.generation));
         let again = block_on(manager.token()).unwrap();
         assert_eq!(again.generation, token.generation + 1);
-        assert_eq!(again.value.0, "value-1");
+        assert_eq!(again.value.expose(), "value-1");
         manager.shutdown();
         assert!(manager.is_closed());
         assert!(matches!(
@@ -1170,10 +1164,10 @@ mod tests {
     impl RotatingSource {
         fn token(&self, value: String, refresh: String) -> FetchedToken {
             FetchedToken {
-                value: Secret(value),
+                value: SecretString::new(value),
                 expires_in_ms: 600,
                 token_type: "Bearer".into(),
-                refresh_token: Some(Secret(refresh)),
+                refresh_token: Some(SecretString::new(refresh)),
             }
         }
     }
@@ -1184,9 +1178,9 @@ mod tests {
             Ok(self.token("access-0".into(), "refresh-0".into()))
         }
 
-        fn refresh(&self, refresh_token: Secret) -> BindingResult<FetchedToken> {
+        fn refresh(&self, refresh_token: SecretString) -> BindingResult<FetchedToken> {
             let mut calls = self.calls.lock().unwrap();
-            calls.push(format!("refresh {}", refresh_token.0));
+            calls.push(format!("refresh {}", refresh_token.expose()));
             let n = calls.len();
             Ok(self.token(format!("access-{n}"), format!("refresh-{n}")))
         }
@@ -1195,7 +1189,7 @@ mod tests {
             self.calls
                 .lock()
                 .unwrap()
-                .push(format!("revoke {}", token.value.0));
+                .push(format!("revoke {}", token.value.expose()));
             Ok(())
         }
     }
@@ -1204,7 +1198,7 @@ mod tests {
     fn a_refreshing_source_gets_the_rotated_refresh_token_and_the_revoked_token() {
         let source = Arc::new(RotatingSource::default());
         let manager = NativeTokenManager::with_refreshing_source(source.clone(), None, None);
-        assert_eq!(manager.token_blocking().unwrap().value.0, "access-0");
+        assert_eq!(manager.token_blocking().unwrap().value.expose(), "access-0");
         // Past the mandatory point of the 600 ms token: the next read refreshes.
         std::thread::sleep(std::time::Duration::from_millis(650));
         let second = manager.token_blocking().unwrap();
@@ -1220,7 +1214,10 @@ mod tests {
             calls.iter().filter(|call| *call == "fetch").count() == 1,
             "{calls:?}"
         );
-        assert_eq!(calls.last().unwrap(), &format!("revoke {}", third.value.0));
+        assert_eq!(
+            calls.last().unwrap(),
+            &format!("revoke {}", third.value.expose())
+        );
         assert_ne!(second.value, third.value);
     }
 
@@ -1231,7 +1228,7 @@ mod tests {
         fn fetch(&self) -> BindingResult<FetchedToken> {
             let _ = self.0.lock().unwrap().recv();
             Ok(FetchedToken {
-                value: Secret("gated".into()),
+                value: SecretString::new("gated"),
                 expires_in_ms: 60_000,
                 token_type: "Bearer".into(),
                 refresh_token: None,
@@ -1260,7 +1257,7 @@ mod tests {
         );
         // The shared refresh went on: once the source answers, callers get its token.
         open_gate.send(()).unwrap();
-        assert_eq!(manager.token_blocking().unwrap().value.0, "gated");
+        assert_eq!(manager.token_blocking().unwrap().value.expose(), "gated");
         // A signal cancelled before the call ends it at once.
         let cancelled = CancelSignal::new();
         cancelled.cancel();

@@ -3,7 +3,7 @@
 // Sources/TokenleaseFFI/{TokenleaseFFI.h,module.modulemap} are generated from the built
 // library by the workspace's uniffi-bindgen (scripts/test-swift, docs/mobile.md) and are
 // never committed; next to them, Sources/Tokenlease holds the hand-written TokenManager and
-// Secret. On Apple platforms the library comes as an XCFramework (docs/mobile.md).
+// SecretString. On Apple platforms the library comes as an XCFramework (docs/mobile.md).
 import PackageDescription
 
 let package = Package(

@@ -105,7 +105,7 @@ final class SwiftPasswordSource: RefreshingTokenSource, @unchecked Sendable {
         return try tokenRequest("grant_type=password&username=alice&password=wonderland&scope=\(scope)&\(Self.client)")
     }
 
-    func refresh(refreshToken: Secret) throws -> FetchedToken {
+    func refresh(refreshToken: SecretString) throws -> FetchedToken {
         calls.update { $0.append("refresh") }
         return try tokenRequest("grant_type=refresh_token&refresh_token=\(refreshToken.expose())&\(Self.client)")
     }
@@ -142,9 +142,9 @@ func tokenRequest(_ form: String) throws -> FetchedToken {
         throw error
     }
     let expiresIn = (object["expires_in"] as? NSNumber)?.uint64Value ?? 3600
-    return FetchedToken(value: Secret(value), expiresInMs: expiresIn * 1000,
+    return FetchedToken(value: SecretString(value), expiresInMs: expiresIn * 1000,
                         tokenType: object["token_type"] as? String ?? "Bearer",
-                        refreshToken: (object["refresh_token"] as? String).map(Secret.init))
+                        refreshToken: (object["refresh_token"] as? String).map(SecretString.init))
 }
 
 /// A source whose `fetch` waits until the test opens the gate.
@@ -152,7 +152,7 @@ final class GatedSource: TokenSource, @unchecked Sendable {
     let gate = DispatchSemaphore(value: 0)
     func fetch() throws -> FetchedToken {
         gate.wait()
-        return FetchedToken(value: Secret("gated"), expiresInMs: 60_000)
+        return FetchedToken(value: SecretString("gated"), expiresInMs: 60_000)
     }
 }
 
@@ -178,7 +178,7 @@ final class CountingSource: TokenSource, @unchecked Sendable {
     func fetch() throws -> FetchedToken {
         var n = 0
         calls.update { $0 += 1; n = $0 }
-        return FetchedToken(value: Secret("synthetic-\(n)"), expiresInMs: lifetimeMs)
+        return FetchedToken(value: SecretString("synthetic-\(n)"), expiresInMs: lifetimeMs)
     }
 }
 

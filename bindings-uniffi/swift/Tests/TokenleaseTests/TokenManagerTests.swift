@@ -177,8 +177,8 @@ final class TokenManagerTests: XCTestCase {
     func testPrintingTokensNeverShowsTheirValues() async throws {
         let manager = TokenManager.withSource(source: CountingSource())
         let token = try await manager.token()
-        let fetched = FetchedToken(value: Secret("fetched-secret"), expiresInMs: 1,
-                                   refreshToken: Secret("refresh-secret"))
+        let fetched = FetchedToken(value: SecretString("fetched-secret"), expiresInMs: 1,
+                                   refreshToken: SecretString("refresh-secret"))
         var dumped = ""
         dump(token, to: &dumped)
         dump(fetched, to: &dumped)
@@ -187,8 +187,8 @@ final class TokenManagerTests: XCTestCase {
             XCTAssertFalse(text.contains("synthetic-") || text.contains("-secret"), text)
         }
         XCTAssertTrue("\(token)".contains("generation: 1"), "\(token)")
-        XCTAssertEqual(token.value, Secret("synthetic-1"))
-        XCTAssertNotEqual(token.value, Secret("synthetic-2"))
+        XCTAssertEqual(token.value, SecretString("synthetic-1"))
+        XCTAssertNotEqual(token.value, SecretString("synthetic-2"))
     }
 
     func testConcurrentReadersSeeOneTokenPerGeneration() async throws {

@@ -109,7 +109,7 @@ class KotlinPasswordSource(private val scope: String) : RefreshingTokenSource {
         return tokenRequest("grant_type=password&username=alice&password=wonderland&scope=$scope&$CLIENT")
     }
 
-    override fun refresh(refreshToken: Secret): FetchedToken {
+    override fun refresh(refreshToken: SecretString): FetchedToken {
         calls.add("refresh")
         return tokenRequest("grant_type=refresh_token&refresh_token=${refreshToken.expose()}&$CLIENT")
     }
@@ -142,10 +142,10 @@ private fun tokenRequest(form: String): FetchedToken {
     val value = field("access_token") ?: throw TokenleaseException.Protocol("no access_token in the answer")
     val expiresIn = field("expires_in")?.toLong() ?: 3600
     return FetchedToken(
-        value = Secret(value),
+        value = SecretString(value),
         expiresInMs = (expiresIn * 1000).toULong(),
         tokenType = field("token_type") ?: "Bearer",
-        refreshToken = field("refresh_token")?.let(::Secret),
+        refreshToken = field("refresh_token")?.let(::SecretString),
     )
 }
 
@@ -169,6 +169,6 @@ class CountingSource(private val lifetimeMs: Long = 60_000, private val block: (
     override fun fetch(): FetchedToken {
         block()
         val n = calls.incrementAndGet()
-        return FetchedToken(value = Secret("synthetic-$n"), expiresInMs = lifetimeMs.toULong())
+        return FetchedToken(value = SecretString("synthetic-$n"), expiresInMs = lifetimeMs.toULong())
     }
 }

@@ -243,7 +243,7 @@ class TokenManagerTest {
         val source = object : TokenSource {
             override fun fetch(): FetchedToken {
                 inner = runCatching { manager.tokenBlocking() }.exceptionOrNull()
-                return FetchedToken(value = Secret("outer"), expiresInMs = 60_000uL)
+                return FetchedToken(value = SecretString("outer"), expiresInMs = 60_000uL)
             }
         }
         manager = TokenManager.withSource(source)
@@ -298,7 +298,7 @@ class TokenManagerTest {
             val first = manager.token()
             // Records are mutable in generated Kotlin; a caller's change must not leak into
             // what the next caller is handed.
-            first.value = Secret("changed by the caller")
+            first.value = SecretString("changed by the caller")
             val again = manager.tokenBlocking()
             assertEquals("synthetic-1", again.value.expose())
             assertEquals(again, manager.cached())
@@ -321,13 +321,13 @@ class TokenManagerTest {
     fun `printing tokens never shows their values`() = runBlocking<Unit> {
         TokenManager.withSource(CountingSource()).use { manager ->
             val token = manager.token()
-            val fetched = FetchedToken(value = Secret("fetched-secret"), expiresInMs = 1uL, refreshToken = Secret("refresh-secret"))
+            val fetched = FetchedToken(value = SecretString("fetched-secret"), expiresInMs = 1uL, refreshToken = SecretString("refresh-secret"))
             for (text in listOf(token.toString(), fetched.toString(), manager.toString(), manager.status().toString())) {
                 assertFalse(text.contains("synthetic-") || text.contains("-secret"), text)
             }
             assertTrue(token.toString().contains("generation=1"), token.toString())
-            assertEquals(Secret("synthetic-1"), token.value)
-            assertNotEquals(Secret("synthetic-2"), token.value)
+            assertEquals(SecretString("synthetic-1"), token.value)
+            assertNotEquals(SecretString("synthetic-2"), token.value)
         }
     }
 

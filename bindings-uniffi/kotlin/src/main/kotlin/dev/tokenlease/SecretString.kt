@@ -7,15 +7,15 @@ import java.security.MessageDigest
  * [TokenInfo] or [FetchedToken] can be logged; read the value with [expose] where it is
  * sent (an `Authorization` header).
  */
-class Secret(private val value: String) {
+class SecretString(private val value: String) {
     /** The secret value itself. */
     fun expose(): String = value
 
-    override fun toString(): String = "Secret([redacted])"
+    override fun toString(): String = "SecretString([redacted])"
 
     /** Constant-time comparison, so equality checks do not leak the value by timing. */
     override fun equals(other: Any?): Boolean =
-        other is Secret && MessageDigest.isEqual(value.toByteArray(), other.value.toByteArray())
+        other is SecretString && MessageDigest.isEqual(value.toByteArray(), other.value.toByteArray())
 
     override fun hashCode(): Int = value.hashCode()
 }

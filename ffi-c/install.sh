@@ -10,7 +10,7 @@
 #
 # Usage: ffi-c/install.sh PREFIX [debug|release]   (default: release)
 # Builds with `cargo build -p tokenlease-ffi` first, reusing CARGO_TARGET_DIR (default
-# /work/target when writable, else ~/.cache/tokenlease/target, as the other scripts do).
+# ~/.cache/tokenlease/target, or TOKENLEASE_CACHE_DIR/target, as the other scripts do).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

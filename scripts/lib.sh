@@ -2,14 +2,18 @@
 
 repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
+# Caches live outside the checkout: TOKENLEASE_CACHE_DIR, else $XDG_CACHE_HOME/tokenlease,
+# else ~/.cache/tokenlease.
+cache_dir() {
+  echo "${TOKENLEASE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenlease}"
+}
+
 # Reuse one cargo target dir outside the checkout, so CI and later runs don't rebuild.
 default_target_dir() {
   if [ -n "${CARGO_TARGET_DIR:-}" ]; then
     echo "$CARGO_TARGET_DIR"
-  elif [ -d /work ] && [ -w /work ]; then
-    echo /work/target
   else
-    echo "${XDG_CACHE_HOME:-$HOME/.cache}/tokenlease/target"
+    echo "$(cache_dir)/target"
   fi
 }
 

@@ -94,8 +94,12 @@ def server_binary() -> Path:
     explicit = os.environ.get("TOKENLEASE_TEST_SERVER_BIN")
     if explicit:
         return Path(explicit)
-    target = os.environ.get("CARGO_TARGET_DIR") or (
-        "/work/target" if Path("/work/target").is_dir() else str(REPO / "target")
+    target = os.environ.get("CARGO_TARGET_DIR") or str(
+        Path(
+            os.environ.get("TOKENLEASE_CACHE_DIR")
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenlease"
+        )
+        / "target"
     )
     binary = Path(target) / "debug" / "tokenlease-test-server"
     if not binary.exists():

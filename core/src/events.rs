@@ -1,7 +1,11 @@
 //! What happened, for applications: events to listeners and counters in the status.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use crate::error::ErrorKind;
 
@@ -84,15 +88,20 @@ pub enum Event {
     },
     /// The store failed; the manager carried on from memory and the source.
     StoreError {
-        /// What the store was doing: "load", "save", "delete", "lease" or "release".
+        /// What the store was doing: "load", "save", "delete", "lease", "renew" or "release".
         operation: &'static str,
         /// The error message.
         message: String,
     },
 }
 
-/// Receives events. Called synchronously on the thread that caused the event (often the
-/// background thread): keep it quick and never block. A panic is caught and ignored.
+/// Receives events.
+///
+/// Events are delivered in order, one at a time, on one dispatcher thread the process
+/// shares (`tokenlease-events`), never on the thread that refreshes tokens: a slow listener
+/// delays other listeners' events but never a refresh, a timer or a caller. The queue is
+/// bounded ([`EVENT_QUEUE_CAPACITY`]); when a listener falls that far behind, further events
+/// are dropped and counted in [`Counters::events_dropped`]. A panic is caught and ignored.
 pub trait EventListener: Send + Sync + 'static {
     /// Called with the manager's key and the event.
     fn on_event(&self, key: &str, event: &Event);
@@ -128,6 +137,13 @@ pub struct Counters {
     pub store_errors: u64,
     /// Keep-alive requests for sliding sessions.
     pub keep_alives: u64,
+    /// Events not delivered because the listener queue was full (a slow listener).
+    pub events_dropped: u64,
+    /// Store calls abandoned after the policy's store timeout.
+    pub store_timeouts: u64,
+    /// Source calls abandoned after the policy's source timeout (they may still finish late;
+    /// a late token is installed, or discarded after a revoke or close).
+    pub source_timeouts: u64,
 }
 
 /// Where the cached token is in its life.
@@ -183,4 +199,113 @@ pub struct Status {
     pub refreshing: bool,
     /// Counters.
     pub counters: Counters,
+}
+
+/// How many events may wait for slow listeners, across the process, before new ones are
+/// dropped (and counted).
+pub const EVENT_QUEUE_CAPACITY: usize = 4096;
+
+/// Name of the thread that calls every listener.
+pub const EVENT_THREAD_NAME: &str = "tokenlease-events";
+
+pub(crate) type Listeners = Arc<Vec<Arc<dyn EventListener>>>;
+
+enum Delivery {
+    Event {
+        listeners: Listeners,
+        key: Arc<str>,
+        event: Event,
+    },
+    Flush(mpsc::Sender<()>),
+}
+
+thread_local! {
+    static ON_EVENT_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn queue() -> &'static SyncSender<Delivery> {
+    static QUEUE: OnceLock<SyncSender<Delivery>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (sender, receiver) = mpsc::sync_channel::<Delivery>(EVENT_QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name(EVENT_THREAD_NAME.to_owned())
+            .spawn(move || {
+                ON_EVENT_THREAD.with(|flag| flag.set(true));
+                while let Ok(delivery) = receiver.recv() {
+                    match delivery {
+                        Delivery::Event {
+                            listeners,
+                            key,
+                            event,
+                        } => {
+                            for listener in listeners.iter() {
+                                // A listener's panic must not stop delivery to the others.
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    listener.on_event(&key, &event)
+                                }));
+                            }
+                        }
+                        Delivery::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .expect("tokenlease: cannot start the event thread");
+        sender
+    })
+}
+
+/// Queues `event` for `listeners`; counts it in `dropped` when the queue is full.
+pub(crate) fn deliver(listeners: &Listeners, key: &Arc<str>, event: Event, dropped: &AtomicU64) {
+    if listeners.is_empty() {
+        return;
+    }
+    let delivery = Delivery::Event {
+        listeners: listeners.clone(),
+        key: key.clone(),
+        event,
+    };
+    match queue().try_send(delivery) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key = %key, "tokenlease event dropped: listeners are too slow");
+        }
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+/// Waits until every event queued before this call was delivered, at most `timeout`.
+/// Returns whether it was. From a listener (the event thread itself) it returns `false`
+/// at once instead of waiting for itself.
+pub fn flush(timeout: Duration) -> bool {
+    if ON_EVENT_THREAD.with(std::cell::Cell::get) {
+        return false;
+    }
+    let (done, finished) = mpsc::channel();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut delivery = Delivery::Flush(done);
+    // The flush marker waits for room like an event would, but never past the deadline.
+    loop {
+        match queue().try_send(delivery) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) => {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                delivery = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+    finished
+        .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        .is_ok()
+}
+
+/// Whether the calling thread is the event thread (a listener is running on it).
+pub fn on_event_thread() -> bool {
+    ON_EVENT_THREAD.with(std::cell::Cell::get)
 }

@@ -10,14 +10,15 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::Mutex;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tracing::Instrument;
 
 use crate::clock::{system_clock, Clock, MonoTime};
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Counters, Event, EventListener, RefreshReason, Status, TokenState};
+use crate::events::{self, Counters, Event, EventListener, RefreshReason, Status, TokenState};
 use crate::policy::Policy;
 use crate::runtime;
 use crate::secret::SecretString;
@@ -142,6 +143,7 @@ impl ManagerBuilder {
         let clock = self.clock.unwrap_or_else(system_clock);
         Manager {
             shared: Arc::new(Shared {
+                event_key: Arc::from(self.key.as_str()),
                 key: self.key,
                 coarse_lag: clock.coarse_lag(),
                 current: ArcSwapOption::empty(),
@@ -158,6 +160,9 @@ impl ManagerBuilder {
                 timer_wakeup: Arc::new(Notify::new()),
                 timer: OnceLock::new(),
                 counters: AtomicCounters::default(),
+                source_gate: Arc::new(tokio::sync::Mutex::new(())),
+                install_lock: tokio::sync::Mutex::new(()),
+                revocations: AtomicU64::new(0),
             }),
         }
     }
@@ -167,6 +172,8 @@ type Outcome = Result<Arc<Token>>;
 
 struct Shared {
     key: String,
+    /// The key as events carry it (shared, not copied per event).
+    event_key: Arc<str>,
     coarse_lag: Duration,
     /// The cached token: the lock-free read path loads this and nothing else.
     current: ArcSwapOption<Token>,
@@ -185,6 +192,13 @@ struct Shared {
     timer_wakeup: Arc<Notify>,
     timer: OnceLock<tokio::task::AbortHandle>,
     counters: AtomicCounters,
+    /// One fetch/refresh/keep-alive/revoke call at a time, held until the call really
+    /// ends (also when its caller gave up waiting).
+    source_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises "save and publish a new token" against revoke.
+    install_lock: tokio::sync::Mutex<()>,
+    /// Bumped by every revoke; a refresh that started before one discards its token.
+    revocations: AtomicU64,
 }
 
 /// Refresh coordination; guarded by `Shared::flight`, never held across an await.
@@ -201,6 +215,8 @@ struct Flight {
     last_refresh: Option<SystemTime>,
     served_stale_generation: u64,
     expired_generation: u64,
+    /// When the last attempt failed (cleared on success).
+    last_failure_at: Option<MonoTime>,
 }
 
 #[derive(Default)]
@@ -214,6 +230,9 @@ struct AtomicCounters {
     store_loads: AtomicU64,
     store_errors: AtomicU64,
     keep_alives: AtomicU64,
+    events_dropped: AtomicU64,
+    store_timeouts: AtomicU64,
+    source_timeouts: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -233,6 +252,9 @@ impl AtomicCounters {
             store_loads: get(&self.store_loads),
             store_errors: get(&self.store_errors),
             keep_alives: get(&self.keep_alives),
+            events_dropped: get(&self.events_dropped),
+            store_timeouts: get(&self.store_timeouts),
+            source_timeouts: get(&self.source_timeouts),
         }
     }
 }
@@ -492,6 +514,13 @@ impl Manager {
         }
     }
 
+    /// Waits until the events this manager (and every other) queued so far were delivered
+    /// to their listeners, at most `timeout`; returns whether they were. Listeners run on the
+    /// event thread, so tests and shutdown code call this before reading what they saw.
+    pub fn flush_events(&self, timeout: Duration) -> bool {
+        events::flush(timeout)
+    }
+
     /// Adds an event listener to a running manager.
     pub fn add_listener(&self, listener: Arc<dyn EventListener>) {
         self.shared.listeners.rcu(|listeners| {
@@ -542,13 +571,15 @@ impl Shared {
         }
     }
 
+    /// Queues an event for the listeners; never runs a listener on this thread.
     fn emit(&self, event: Event) {
         tracing::debug!(key = %self.key, event = ?event, "tokenlease event");
-        for listener in self.listeners.load().iter() {
-            // A listener's panic must not take the refresh (or the caller) down with it.
-            let _ =
-                std::panic::catch_unwind(AssertUnwindSafe(|| listener.on_event(&self.key, &event)));
-        }
+        events::deliver(
+            &self.listeners.load_full(),
+            &self.event_key,
+            event,
+            &self.counters.events_dropped,
+        );
     }
 
     /// Starts a background refresh from the read path unless one is running or a backoff
@@ -589,6 +620,19 @@ impl Shared {
 
     /// The slow path of `token()`: runs on the background runtime.
     async fn acquire(self: Arc<Self>) -> Outcome {
+        // A refresh that a revoke overtook ends `Cancelled`; a caller that was waiting for
+        // it gets the token of the next refresh instead (once: a second revoke wins).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.acquire_once().await {
+                Err(err) if is_overtaken_by_revoke(&err) && attempts < 2 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn acquire_once(self: &Arc<Self>) -> Outcome {
         let next = self.decide();
         let receiver = match next {
             Next::Serve(token) => return Ok(token),
@@ -611,6 +655,7 @@ impl Shared {
         };
         match outcome {
             Ok(token) => Ok(token),
+            Err(err) if is_overtaken_by_revoke(&err) => Err(err),
             Err(err) => {
                 // A failed or slow refresh still leaves a usable token if the old one is valid.
                 let now = self.clock.now();
@@ -645,7 +690,11 @@ impl Shared {
         if let Some(receiver) = &flight.inflight {
             return Next::Wait(receiver.clone());
         }
-        if now >= flight.retry_at {
+        let valid = current
+            .as_ref()
+            .filter(|token| now < token.expires_at())
+            .cloned();
+        if now >= flight.retry_at || (valid.is_none() && self.may_retry_early(&flight, now)) {
             let reason = match &current {
                 None if flight.last_refresh.is_none() => RefreshReason::Initial,
                 None => RefreshReason::Invalidated,
@@ -654,13 +703,13 @@ impl Shared {
             return Next::Wait(self.start_refresh(&mut flight, reason));
         }
         // Backing off after a failure: serve a still-valid token, else the last error.
-        match current {
-            Some(token) if now < token.expires_at() => {
+        match valid {
+            Some(token) => {
                 drop(flight);
                 self.note_served_stale(&token);
                 Next::Serve(token)
             }
-            _ => {
+            None => {
                 let err = flight
                     .last_error
                     .clone()
@@ -669,6 +718,20 @@ impl Shared {
                 Next::Fail(self.caller_error(err))
             }
         }
+    }
+
+    /// A caller with no valid token left does not wait out a transient backoff: once the
+    /// last attempt is [`Policy::caller_retry_interval`] old, it tries again (single-flight
+    /// still holds). A server's Retry-After and terminal errors are respected.
+    fn may_retry_early(&self, flight: &Flight, now: MonoTime) -> bool {
+        let transient = flight
+            .last_error
+            .as_ref()
+            .is_some_and(|err| err.is_transient() && err.retry_after().is_none());
+        transient
+            && flight
+                .last_failure_at
+                .is_some_and(|at| now >= at + self.policy.caller_retry_interval())
     }
 
     /// The error a caller gets when no valid token exists: terminal errors as they are;
@@ -743,9 +806,12 @@ impl Shared {
             flight.inflight = None;
             let event = match &outcome {
                 Ok(_) => {
-                    flight.consecutive_failures = 0;
-                    flight.retry_at = MonoTime::ZERO;
-                    flight.last_error = None;
+                    self.clear_failures(&mut flight);
+                    None
+                }
+                // A revoke overtook this refresh: not a failure of the source.
+                Err(err) if is_overtaken_by_revoke(err) => {
+                    self.clear_failures(&mut flight);
                     None
                 }
                 Err(err) => {
@@ -762,6 +828,7 @@ impl Shared {
                     };
                     let now = self.clock.now();
                     flight.retry_at = now + delay;
+                    flight.last_failure_at = Some(now);
                     if err.is_transient() && err.retry_after().is_none() {
                         // Never let a backoff skip past the cached token's last chances: one
                         // attempt at the mandatory point and one at expiry, so a server that
@@ -798,6 +865,14 @@ impl Shared {
         self.timer_wakeup.notify_one();
     }
 
+    fn clear_failures(&self, flight: &mut Flight) {
+        flight.consecutive_failures = 0;
+        flight.retry_at = MonoTime::ZERO;
+        flight.last_error = None;
+        flight.last_failure_at = None;
+        self.retry_at_nanos.store(0, Ordering::Release);
+    }
+
     async fn perform_refresh(self: &Arc<Self>) -> Outcome {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed_error());
@@ -813,10 +888,14 @@ impl Shared {
             return Ok(token);
         }
         let waiting_since = self.clock.now();
-        let lease = match store
-            .acquire_lease(&self.key, self.policy.lease_ttl(), self.policy.lease_wait())
-            .await
-        {
+        let requested = self
+            .store_call(
+                "lease",
+                self.policy.lease_wait(),
+                store.acquire_lease(&self.key, self.policy.lease_ttl(), self.policy.lease_wait()),
+            )
+            .await;
+        let lease = match requested {
             Ok(LeaseOutcome::Acquired(lease)) => Some(lease),
             Ok(LeaseOutcome::Unsupported) => None,
             Ok(LeaseOutcome::Busy) => {
@@ -829,8 +908,19 @@ impl Shared {
                 )));
             }
             Err(err) => {
-                // The shared store is down: keep working from the source alone.
                 self.store_failed("lease", &err);
+                // Without the lease, siblings could redeem the same refresh token at once
+                // and make the server revoke the whole family: serve the cached token and
+                // retry the lease with backoff instead. Without a refresh token a parallel
+                // fetch only costs an extra request, so carry on from the source.
+                if self.flight.lock().refresh_token.is_some() {
+                    return Err(Error::transient(format!(
+                        "cannot take the refresh lease of {:?} ({}); not redeeming the shared \
+                         refresh token without it",
+                        self.key,
+                        err.kind()
+                    )));
+                }
                 None
             }
         };
@@ -840,13 +930,14 @@ impl Shared {
         self.emit(Event::LeaseAcquired {
             waited: self.clock.now().saturating_duration_since(waiting_since),
         });
+        let lease = HeldLease::start(self, lease);
         // Whoever held the lease before us may have just saved a fresh token.
-        let outcome = match self.adopt_from_store(&store).await {
-            Some(token) => Ok(token),
-            None => self.refresh_from_source(Some(&*lease)).await,
+        let (outcome, handed_over) = match self.adopt_from_store(&store).await {
+            Some(token) => (Ok(token), false),
+            None => self.refresh_from_source_under(Some(&lease)).await,
         };
-        if let Err(err) = lease.release().await {
-            self.store_failed("release", &err);
+        if !handed_over {
+            lease.release(self).await;
         }
         outcome
     }
@@ -863,7 +954,13 @@ impl Shared {
             return None;
         }
         bump(&self.counters.keep_alives);
-        match self.call_keep_alive(&token).await {
+        let call_token = Token::clone(&token);
+        let result = self
+            .gated_source_call("keep-alive", move |source| {
+                Box::pin(async move { source.keep_alive(&call_token).await.map(|_| ()) })
+            })
+            .await;
+        match result {
             Ok(()) => {
                 token.mark_used(now);
                 self.emit(Event::KeptAlive {
@@ -878,88 +975,288 @@ impl Shared {
         }
     }
 
-    async fn call_keep_alive(&self, token: &Token) -> Result<()> {
-        let deadline = self.clock.now() + self.policy.source_timeout();
-        tokio::select! {
-            result = self.source.keep_alive(token) => result.map(|_| ()),
-            () = self.clock.sleep_until(deadline) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("the keep-alive did not answer within {:?}", self.policy.source_timeout()),
-            )),
+    async fn refresh_from_source(self: &Arc<Self>, lease: Option<&Arc<HeldLease>>) -> Outcome {
+        self.refresh_from_source_under(lease).await.0
+    }
+
+    /// Refreshes with the refresh token when there is one (else the primary grant) and
+    /// installs the result. The flag says whether a source call that outlived its timeout
+    /// took over the lease (it releases it once its late result is handled).
+    async fn refresh_from_source_under(
+        self: &Arc<Self>,
+        lease: Option<&Arc<HeldLease>>,
+    ) -> (Outcome, bool) {
+        let epoch = self.revocations.load(Ordering::SeqCst);
+        let mut called = self.call_source(true, lease, epoch).await;
+        if let Called::Finished {
+            result: Err(err),
+            refresh_token: Some(_),
+            ..
+        } = &called
+        {
+            if err.kind() == ErrorKind::InvalidGrant {
+                // A sibling may have rotated the refresh token under us: adopt its
+                // token rather than logging in again.
+                if let Some(store) = self.store.clone() {
+                    if let Some(token) = self.adopt_from_store(&store).await {
+                        return (Ok(token), false);
+                    }
+                }
+                // The refresh token is dead: fall back to the primary grant.
+                self.flight.lock().refresh_token = None;
+                called = self.call_source(false, lease, epoch).await;
+            }
+        }
+        match called {
+            Called::Superseded(token) => (Ok(token), false),
+            Called::GaveUp { error, straggler } => (Err(error), straggler && lease.is_some()),
+            Called::Finished {
+                result,
+                sent_at,
+                refresh_token,
+            } => match result {
+                Ok(fetched) => (
+                    self.install(fetched, sent_at, refresh_token, lease, epoch)
+                        .await,
+                    false,
+                ),
+                Err(err) => (Err(err), false),
+            },
         }
     }
 
-    async fn refresh_from_source(self: &Arc<Self>, lease: Option<&dyn Lease>) -> Outcome {
-        let refresh_token = self.flight.lock().refresh_token.clone();
-        let sent_at = self.clock.now();
-        let (result, used_refresh_token) = match &refresh_token {
-            Some(refresh_token) => {
-                bump(&self.counters.refreshes);
-                let result = self.call_source(self.source.refresh(refresh_token)).await;
-                match result {
-                    Err(err) if err.kind() == ErrorKind::InvalidGrant => {
-                        // A sibling may have rotated the refresh token under us: adopt its
-                        // token rather than logging in again.
-                        if let Some(store) = self.store.clone() {
-                            if let Some(token) = self.adopt_from_store(&store).await {
-                                return Ok(token);
-                            }
-                        }
-                        // The refresh token is dead: fall back to the primary grant.
-                        self.flight.lock().refresh_token = None;
-                        bump(&self.counters.fetches);
-                        (self.call_source(self.source.fetch()).await, false)
-                    }
-                    other => (other, true),
-                }
-            }
-            None => {
-                bump(&self.counters.fetches);
-                (self.call_source(self.source.fetch()).await, false)
+    /// Calls `fetch` (or `refresh` with the current refresh token when `use_refresh_token`),
+    /// one call at a time per manager, within the source timeout. The refresh token is read
+    /// only once the previous call has ended, so a late rotation is never redeemed twice.
+    /// A call that outlives the timeout goes on as a straggler: its token, when it comes,
+    /// is installed and persisted (or discarded after a revoke or close), so a rotated
+    /// refresh token is never lost.
+    async fn call_source(
+        self: &Arc<Self>,
+        use_refresh_token: bool,
+        lease: Option<&Arc<HeldLease>>,
+        epoch: u64,
+    ) -> Called {
+        let generation_before = self.next_generation.load(Ordering::SeqCst);
+        let deadline = self.clock.now() + self.policy.source_timeout();
+        let gate = tokio::select! {
+            gate = self.source_gate.clone().lock_owned() => gate,
+            () = self.clock.sleep_until(deadline) => {
+                bump(&self.counters.source_timeouts);
+                return Called::GaveUp {
+                    error: self.source_timeout_error("an earlier call is still running"),
+                    straggler: false,
+                };
             }
         };
-        let fetched = result?;
-        let previous_refresh_token = if used_refresh_token {
-            refresh_token
+        // A straggler may have installed a token while we waited for it to end.
+        if self.next_generation.load(Ordering::SeqCst) != generation_before {
+            if let Some(token) = self.current.load_full() {
+                if self.clock.now() < token.refresh_at() {
+                    return Called::Superseded(token);
+                }
+            }
+        }
+        let refresh_token = if use_refresh_token {
+            self.flight.lock().refresh_token.clone()
         } else {
             None
         };
-        self.install(fetched, sent_at, previous_refresh_token, lease)
-            .await
+        match &refresh_token {
+            Some(_) => bump(&self.counters.refreshes),
+            None => bump(&self.counters.fetches),
+        }
+        let sent_at = self.clock.now();
+        let (sender, mut receiver) = oneshot::channel::<Result<FetchedToken>>();
+        let shared = self.clone();
+        let straggler_lease = lease.cloned();
+        let call_refresh_token = refresh_token.clone();
+        runtime::spawn(async move {
+            let _gate = gate;
+            let source = shared.source.clone();
+            let call = async {
+                match &call_refresh_token {
+                    Some(refresh_token) => source.refresh(refresh_token).await,
+                    None => source.fetch().await,
+                }
+            };
+            let result = AssertUnwindSafe(call)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(ErrorKind::Internal, "the token source panicked"))
+                });
+            if let Err(unclaimed) = sender.send(result) {
+                shared
+                    .finish_straggler(
+                        unclaimed,
+                        sent_at,
+                        call_refresh_token,
+                        epoch,
+                        straggler_lease,
+                    )
+                    .await;
+            }
+        });
+        tokio::select! {
+            received = &mut receiver => Called::Finished {
+                result: received.unwrap_or_else(|_| Err(Error::new(
+                    ErrorKind::Internal,
+                    "the token source call ended without a result",
+                ))),
+                sent_at,
+                refresh_token,
+            },
+            () = self.clock.sleep_until(deadline) => {
+                // The answer may have arrived just now: take it rather than strand it.
+                receiver.close();
+                match receiver.try_recv() {
+                    Ok(result) => Called::Finished { result, sent_at, refresh_token },
+                    Err(_) => {
+                        bump(&self.counters.source_timeouts);
+                        Called::GaveUp {
+                            error: self.source_timeout_error("it goes on; a late token will be kept"),
+                            straggler: true,
+                        }
+                    }
+                }
+            }
+        }
     }
 
-    async fn call_source(
-        &self,
-        call: impl Future<Output = Result<FetchedToken>>,
-    ) -> Result<FetchedToken> {
+    fn source_timeout_error(&self, detail: &str) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the token source did not answer within {:?} ({detail})",
+                self.policy.source_timeout()
+            ),
+        )
+    }
+
+    /// The late answer of a source call nobody waits for any more.
+    async fn finish_straggler(
+        self: Arc<Self>,
+        result: Result<FetchedToken>,
+        sent_at: MonoTime,
+        refresh_token: Option<SecretString>,
+        epoch: u64,
+        lease: Option<Arc<HeldLease>>,
+    ) {
+        if let Ok(fetched) = result {
+            tracing::info!(key = %self.key, "tokenlease: a late token arrived after the source timeout");
+            if self
+                .install(fetched, sent_at, refresh_token, lease.as_ref(), epoch)
+                .await
+                .is_ok()
+            {
+                self.clear_failures(&mut self.flight.lock());
+                self.timer_wakeup.notify_one();
+            }
+        }
+        if let Some(lease) = lease {
+            lease.release(&self).await;
+        }
+    }
+
+    /// Runs one source call other than fetch/refresh (keep-alive, revoke) through the same
+    /// one-at-a-time gate, within the source timeout. A late answer is dropped.
+    async fn gated_source_call<T, F>(self: &Arc<Self>, what: &'static str, make: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<dyn Source>) -> BoxFuture<'static, Result<T>> + Send + 'static,
+    {
         let deadline = self.clock.now() + self.policy.source_timeout();
+        let timeout_error = |detail: &str| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the {what} did not answer within {:?}{detail}",
+                    self.policy.source_timeout()
+                ),
+            )
+        };
+        let gate = tokio::select! {
+            gate = self.source_gate.clone().lock_owned() => gate,
+            () = self.clock.sleep_until(deadline) => {
+                bump(&self.counters.source_timeouts);
+                return Err(timeout_error(" (an earlier call is still running)"));
+            }
+        };
+        let call = make(self.source.clone());
+        let mut task = runtime::spawn(async move {
+            let _gate = gate;
+            AssertUnwindSafe(call)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(ErrorKind::Internal, "the token source panicked"))
+                })
+        });
+        tokio::select! {
+            joined = &mut task => joined.unwrap_or_else(|_| Err(Error::new(
+                ErrorKind::Internal,
+                "the token source call ended without a result",
+            ))),
+            () = self.clock.sleep_until(deadline) => {
+                bump(&self.counters.source_timeouts);
+                Err(timeout_error(""))
+            }
+        }
+    }
+
+    /// Runs one store call within the store timeout (plus `extra` for lease waits). A store
+    /// that does not answer counts as a failed store.
+    async fn store_call<T>(
+        &self,
+        operation: &'static str,
+        extra: Duration,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.policy.store_timeout() + extra;
+        let deadline = self.clock.now() + limit;
         tokio::select! {
             result = call => result,
-            () = self.clock.sleep_until(deadline) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("the token source did not answer within {:?}", self.policy.source_timeout()),
-            )),
+            () = self.clock.sleep_until(deadline) => {
+                bump(&self.counters.store_timeouts);
+                Err(Error::new(
+                    ErrorKind::Store,
+                    format!("the store did not answer the {operation} call within {limit:?}"),
+                ))
+            }
         }
     }
 
     /// Turns a fetched token into a cached one: computes deadlines from the send time,
     /// persists it (so a rotated refresh token is saved before use), then publishes it.
+    /// A revoke or close since the call started (`epoch`) wins: the token is discarded.
     async fn install(
         self: &Arc<Self>,
         fetched: FetchedToken,
         sent_at: MonoTime,
         previous_refresh_token: Option<SecretString>,
-        lease: Option<&dyn Lease>,
+        lease: Option<&Arc<HeldLease>>,
+        epoch: u64,
     ) -> Outcome {
+        fetched.validate()?;
         let sent_at = fetched
             .sent_at
             .map_or(sent_at, |measured| measured.min(self.clock.now()));
+        let now = self.clock.now();
         let expires_at = match fetched.lifetime {
             Lifetime::ExpiresIn(lifetime) => sent_at + lifetime,
-            Lifetime::ExpiresAt(wall) => self.clock.mono_of_wall(wall),
+            Lifetime::ExpiresAt(wall) => {
+                let expires_at = self.clock.mono_of_wall(wall);
+                if expires_at > now + crate::policy::MAX_TOKEN_LIFETIME {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "the token source returned an expiry beyond the ten-year bound",
+                    ));
+                }
+                expires_at
+            }
             Lifetime::Unknown => sent_at + self.policy.default_lifetime(),
         };
-        let now = self.clock.now();
         if expires_at <= now {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -994,11 +1291,46 @@ impl Shared {
             }),
             last_used: AtomicU64::new(sent_at.as_nanos()),
         };
+        // Held until published, so a revoke either comes before (and wins) or after.
+        let _install = self.install_lock.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed_error());
+        }
+        if self.revocations.load(Ordering::SeqCst) != epoch {
+            self.revoke_discarded(token);
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                format!(
+                    "{OVERTAKEN_BY_REVOKE}: the token of {:?} was revoked while this refresh ran; \
+                     its result was discarded",
+                    self.key
+                ),
+            ));
+        }
         if let Some(store) = &self.store {
             let record = self.record_of(&token);
             let saved = match lease {
-                Some(lease) => store.save_fenced(&self.key, &record, lease).await,
-                None => store.save(&self.key, &record).await,
+                Some(lease) => {
+                    let held = lease.lease.lock().await;
+                    match held.as_deref() {
+                        Some(held) => {
+                            self.store_call(
+                                "save",
+                                Duration::ZERO,
+                                store.save_fenced(&self.key, &record, held),
+                            )
+                            .await
+                        }
+                        None => {
+                            self.store_call("save", Duration::ZERO, store.save(&self.key, &record))
+                                .await
+                        }
+                    }
+                }
+                None => {
+                    self.store_call("save", Duration::ZERO, store.save(&self.key, &record))
+                        .await
+                }
             };
             if let Err(err) = saved {
                 // The token is valid; losing persistence must not fail the caller.
@@ -1006,6 +1338,19 @@ impl Shared {
             }
         }
         Ok(self.publish(token, false))
+    }
+
+    /// A token that arrived after a revoke: revoked at the server too, when the source can
+    /// (best effort, in the background).
+    fn revoke_discarded(self: &Arc<Self>, token: Token) {
+        let shared = self.clone();
+        runtime::spawn(async move {
+            let _ = shared
+                .gated_source_call("revocation", move |source| {
+                    Box::pin(async move { source.revoke(&token).await })
+                })
+                .await;
+        });
     }
 
     fn publish(self: &Arc<Self>, token: Token, from_store: bool) -> Arc<Token> {
@@ -1043,7 +1388,17 @@ impl Shared {
     /// server rejected) and still usable (before its mandatory point). A stored refresh
     /// token is taken even when its access token is too old: it is the latest rotation.
     async fn adopt_from_store(self: &Arc<Self>, store: &Arc<dyn Store>) -> Option<Arc<Token>> {
-        let record = match store.load(&self.key).await {
+        let epoch = self.revocations.load(Ordering::SeqCst);
+        let loaded = self
+            .store_call("load", Duration::ZERO, store.load(&self.key))
+            .await
+            .and_then(|record| {
+                if let Some(record) = &record {
+                    record.validate()?;
+                }
+                Ok(record)
+            });
+        let record = match loaded {
             Ok(Some(record)) => record,
             Ok(None) => return None,
             Err(err) => {
@@ -1087,6 +1442,11 @@ impl Shared {
             idle: None,
             last_used: AtomicU64::new(obtained_at.as_nanos()),
         };
+        // A record read before a revoke must not come back after it.
+        let _install = self.install_lock.lock().await;
+        if self.closed.load(Ordering::SeqCst) || self.revocations.load(Ordering::SeqCst) != epoch {
+            return None;
+        }
         Some(self.publish(token, true))
     }
 
@@ -1107,14 +1467,22 @@ impl Shared {
         if token.generation != generation {
             return false;
         }
-        // Compare-and-swap: a token installed meanwhile is never discarded.
-        let previous = self.current.compare_and_swap(&*current, None);
-        let swapped = match (previous.as_deref(), current.as_deref()) {
-            (Some(a), Some(b)) => std::ptr::eq(a, b),
-            _ => false,
+        let swapped = {
+            // The rejected value is recorded in the same critical section as the swap, so a
+            // refresh can never re-adopt it from the store in between.
+            let mut flight = self.flight.lock();
+            // Compare-and-swap: a token installed meanwhile is never discarded.
+            let previous = self.current.compare_and_swap(&*current, None);
+            let swapped = match (previous.as_deref(), current.as_deref()) {
+                (Some(a), Some(b)) => std::ptr::eq(a, b),
+                _ => false,
+            };
+            if swapped {
+                flight.rejected_value = Some(token.value.clone());
+            }
+            swapped
         };
         if swapped {
-            self.flight.lock().rejected_value = Some(token.value.clone());
             bump(&self.counters.invalidations);
             self.emit(Event::Invalidated { generation });
             self.timer_wakeup.notify_one();
@@ -1127,20 +1495,36 @@ impl Shared {
             return Err(closed_error());
         }
         let token = {
-            let mut flight = self.flight.lock();
-            flight.refresh_token = None;
-            flight.last_error = None;
-            self.current.swap(None)
+            // Waits for an install in progress (bounded by the store timeout); every
+            // install after this sees the new epoch and discards its token.
+            let _install = self.install_lock.lock().await;
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+            let token = {
+                let mut flight = self.flight.lock();
+                flight.refresh_token = None;
+                self.clear_failures(&mut flight);
+                self.current.swap(None)
+            };
+            if let Some(store) = &self.store {
+                let deleted = self
+                    .store_call("delete", Duration::ZERO, store.delete(&self.key))
+                    .await;
+                if let Err(err) = deleted {
+                    self.store_failed("delete", &err);
+                }
+            }
+            token
         };
         let revoked = match &token {
-            Some(token) => self.source.revoke(token).await,
+            Some(token) => {
+                let token = Token::clone(token);
+                self.gated_source_call("revocation", move |source| {
+                    Box::pin(async move { source.revoke(&token).await })
+                })
+                .await
+            }
             None => Ok(()),
         };
-        if let Some(store) = &self.store {
-            if let Err(err) = store.delete(&self.key).await {
-                self.store_failed("delete", &err);
-            }
-        }
         self.emit(Event::Revoked {
             generation: token.as_ref().map(|token| token.generation),
         });
@@ -1192,6 +1576,99 @@ impl Shared {
         if flight.inflight.is_none() && !self.closed.load(Ordering::SeqCst) {
             self.start_refresh(&mut flight, RefreshReason::Scheduled);
         }
+    }
+}
+
+/// Marks the error of a refresh that a revoke overtook.
+const OVERTAKEN_BY_REVOKE: &str = "overtaken by revoke";
+
+fn is_overtaken_by_revoke(err: &Error) -> bool {
+    err.kind() == ErrorKind::Cancelled && err.message().starts_with(OVERTAKEN_BY_REVOKE)
+}
+
+/// What became of one fetch/refresh call.
+enum Called {
+    /// The source answered in time.
+    Finished {
+        result: Result<FetchedToken>,
+        sent_at: MonoTime,
+        /// The refresh token the call redeemed, if it was a refresh.
+        refresh_token: Option<SecretString>,
+    },
+    /// While this call waited for an earlier (late) one, that one installed a fresh token.
+    Superseded(Arc<Token>),
+    /// The source timeout passed. `straggler`: the call goes on and owns the lease now.
+    GaveUp { error: Error, straggler: bool },
+}
+
+/// A refresh lease while its holder works: renewed every third of its TTL so a slow source
+/// never lets it lapse under a live holder, but for at most a bounded time (two source
+/// timeouts and three store timeouts), so a holder whose callback hangs forever cannot
+/// block its siblings forever either.
+struct HeldLease {
+    lease: tokio::sync::Mutex<Option<Box<dyn Lease>>>,
+    renewal: tokio::task::AbortHandle,
+}
+
+impl HeldLease {
+    fn start(shared: &Arc<Shared>, lease: Box<dyn Lease>) -> Arc<Self> {
+        let policy = &shared.policy;
+        let ttl = policy.lease_ttl();
+        let every = ttl / 3;
+        let renew_until =
+            shared.clock.now() + policy.source_timeout() * 2 + policy.store_timeout() * 3;
+        Arc::new_cyclic(|weak: &Weak<HeldLease>| {
+            let weak = weak.clone();
+            let renewer = shared.clone();
+            let renewal = runtime::spawn(async move {
+                loop {
+                    let next = renewer.clock.now() + every;
+                    if next >= renew_until {
+                        return;
+                    }
+                    renewer.clock.sleep_until(next).await;
+                    let Some(held) = weak.upgrade() else { return };
+                    let guard = held.lease.lock().await;
+                    let Some(lease) = guard.as_deref() else {
+                        return;
+                    };
+                    let renewed = tokio::select! {
+                        renewed = lease.renew(ttl) => renewed,
+                        () = renewer.clock.sleep_until(renewer.clock.now() + every.min(renewer.policy.store_timeout())) => Err(Error::new(
+                            ErrorKind::Store,
+                            "the store did not answer the lease renewal in time",
+                        )),
+                    };
+                    if let Err(err) = renewed {
+                        renewer.store_failed("renew", &err);
+                    }
+                }
+            });
+            HeldLease {
+                lease: tokio::sync::Mutex::new(Some(lease)),
+                renewal: renewal.abort_handle(),
+            }
+        })
+    }
+
+    /// Stops renewing and releases the lease (once; later calls do nothing).
+    async fn release(&self, shared: &Shared) {
+        self.renewal.abort();
+        let Some(lease) = self.lease.lock().await.take() else {
+            return;
+        };
+        if let Err(err) = shared
+            .store_call("release", Duration::ZERO, lease.release())
+            .await
+        {
+            shared.store_failed("release", &err);
+        }
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.renewal.abort();
     }
 }
 

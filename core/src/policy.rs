@@ -39,6 +39,14 @@ pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(35);
 /// How long a manager waits for a sibling's lease before reporting a transient error.
 pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(36);
+/// Upper bound on one store call (load, save, delete, release; a lease request gets this on
+/// top of its lease wait). A store that does not answer in time counts as a failed store:
+/// the manager carries on from memory and the source.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest lifetime accepted from any source (server, callback, store record): ten years.
+/// Longer lifetimes, like negative numbers cast to unsigned ones, are refused as `Protocol`
+/// errors, so a token that would never refresh is never cached or shared.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// Refresh, backoff and waiting rules of a manager. Build with [`Policy::builder`].
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +65,7 @@ pub struct Policy {
     source_timeout: Duration,
     lease_ttl: Duration,
     lease_wait: Duration,
+    store_timeout: Duration,
 }
 
 impl Default for Policy {
@@ -76,6 +85,7 @@ impl Default for Policy {
             source_timeout: DEFAULT_SOURCE_TIMEOUT,
             lease_ttl: DEFAULT_LEASE_TTL,
             lease_wait: DEFAULT_LEASE_WAIT,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
         }
     }
 }
@@ -207,9 +217,23 @@ impl Policy {
         self.source_timeout
     }
 
-    /// Longest a refresh lease is held.
+    /// How long a refresh lease lasts without renewal. A holder renews it every third of
+    /// this while its refresh runs, so a live holder never loses it mid-refresh, however
+    /// slow the server; a holder that died blocks its siblings no longer than this.
     pub fn lease_ttl(&self) -> Duration {
         self.lease_ttl
+    }
+
+    /// Upper bound on one store call.
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+
+    /// Callers arriving when no valid token is left start a new attempt, despite a backoff,
+    /// once the last failed attempt is this old (unless the server asked for a Retry-After):
+    /// a server that recovered is noticed by the next caller, not by the next backoff step.
+    pub fn caller_retry_interval(&self) -> Duration {
+        self.backoff_base.min(Duration::from_secs(1))
     }
 
     /// Longest wait for a sibling's lease.
@@ -269,6 +293,12 @@ impl PolicyBuilder {
     /// Upper bound on one source call.
     pub fn source_timeout(mut self, timeout: Duration) -> Self {
         self.policy.source_timeout = timeout;
+        self
+    }
+
+    /// Upper bound on one store call (default [`DEFAULT_STORE_TIMEOUT`]).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.store_timeout = timeout;
         self
     }
 
@@ -344,8 +374,13 @@ impl PolicyBuilder {
             "must be greater than zero",
         )?;
         check(
-            !p.lease_ttl.is_zero(),
+            p.lease_ttl >= Duration::from_millis(300),
             "lease_ttl",
+            "must be at least 300 ms (it is renewed every third of it)",
+        )?;
+        check(
+            !p.store_timeout.is_zero(),
+            "store_timeout",
             "must be greater than zero",
         )?;
         Ok(self.policy)

@@ -15,6 +15,11 @@ use tokio::task::JoinHandle;
 /// Name of the background thread.
 pub const BACKGROUND_THREAD_NAME: &str = "tokenlease-bg";
 
+/// Most threads the blocking pool (foreign sources and stores, the file store) ever holds.
+/// Each foreign source runs one call at a time and each blocking store at most a few, so
+/// hung callbacks hold a bounded number of threads however often the manager retries.
+pub const MAX_BLOCKING_THREADS: usize = 128;
+
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
@@ -31,6 +36,7 @@ fn background() -> &'static Background {
     BACKGROUND.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .thread_name("tokenlease-blocking")
             .on_thread_start(|| ON_RUNTIME.with(|flag| flag.set(true)))
             .build()
@@ -80,6 +86,40 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
             },
         )
     })?
+}
+
+/// Limits how many calls of one foreign source or store run at once. A call the manager
+/// stopped waiting for (a timeout) keeps its permit until the callback really returns, so
+/// with a limit of one a retry never overlaps a hung call and no more threads pile up.
+#[derive(Debug)]
+pub(crate) struct CallGate(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl CallGate {
+    pub(crate) fn new(concurrent_calls: usize) -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            concurrent_calls,
+        )))
+    }
+
+    /// Waits for a permit (cancellable: the caller's timeout applies), then runs `work` on
+    /// the blocking pool holding the permit until `work` returns.
+    pub(crate) async fn run_blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+    ) -> crate::Result<T> {
+        let permit = self.0.clone().acquire_owned().await.map_err(|_| {
+            crate::Error::new(
+                crate::ErrorKind::Internal,
+                format!("the {what} gate closed"),
+            )
+        })?;
+        run_blocking(what, move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+    }
 }
 
 /// Whether the calling thread belongs to the background runtime (its thread or its

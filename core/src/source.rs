@@ -102,31 +102,45 @@ pub trait BlockingSource: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// Runs a [`BlockingSource`] on the blocking pool.
+/// Runs a [`BlockingSource`] on the blocking pool, one call at a time: a call the manager
+/// stopped waiting for (source timeout) must return before the next one starts, so fetch,
+/// refresh and revoke never overlap and a hung callback holds exactly one thread.
 #[derive(Debug)]
-pub struct BlockingSourceAdapter<S>(std::sync::Arc<S>);
+pub struct BlockingSourceAdapter<S> {
+    source: std::sync::Arc<S>,
+    gate: crate::runtime::CallGate,
+}
 
 impl<S: BlockingSource> BlockingSourceAdapter<S> {
     /// Wraps a blocking source.
     pub fn new(source: S) -> Self {
-        Self(std::sync::Arc::new(source))
+        Self {
+            source: std::sync::Arc::new(source),
+            gate: crate::runtime::CallGate::new(1),
+        }
     }
 }
 
 #[async_trait]
 impl<S: BlockingSource> Source for BlockingSourceAdapter<S> {
     async fn fetch(&self) -> Result<FetchedToken> {
-        let source = self.0.clone();
-        crate::runtime::run_blocking("token source", move || source.fetch()).await
+        let source = self.source.clone();
+        self.gate
+            .run_blocking("token source", move || source.fetch())
+            .await
     }
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
-        let (source, refresh_token) = (self.0.clone(), refresh_token.clone());
-        crate::runtime::run_blocking("token source", move || source.refresh(&refresh_token)).await
+        let (source, refresh_token) = (self.source.clone(), refresh_token.clone());
+        self.gate
+            .run_blocking("token source", move || source.refresh(&refresh_token))
+            .await
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {
-        let (source, token) = (self.0.clone(), token.clone());
-        crate::runtime::run_blocking("token source", move || source.revoke(&token)).await
+        let (source, token) = (self.source.clone(), token.clone());
+        self.gate
+            .run_blocking("token source", move || source.revoke(&token))
+            .await
     }
 }

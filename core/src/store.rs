@@ -51,6 +51,33 @@ impl TokenRecord {
         UNIX_EPOCH + Duration::from_millis(self.obtained_at_ms)
     }
 
+    /// Checks what a record from outside (a file, Redis, a foreign store callback) claims:
+    /// a non-empty value of visible characters and an expiry within
+    /// [`crate::policy::MAX_TOKEN_LIFETIME`] of when it was obtained. A `Store` error names
+    /// what is wrong, never the content.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| {
+            Err(Error::new(
+                ErrorKind::Store,
+                format!("token record: {what}"),
+            ))
+        };
+        if let Err(problem) = crate::token::check_token_text(self.value.expose()) {
+            return bad(&format!("value {problem}"));
+        }
+        if let Some(refresh_token) = &self.refresh_token {
+            if let Err(problem) = crate::token::check_token_text(refresh_token.expose()) {
+                return bad(&format!("refresh_token {problem}"));
+            }
+        }
+        let max_ms =
+            u64::try_from(crate::policy::MAX_TOKEN_LIFETIME.as_millis()).unwrap_or(u64::MAX);
+        if self.expires_at_ms.saturating_sub(self.obtained_at_ms) > max_ms {
+            return bad("lifetime is longer than the ten-year bound");
+        }
+        Ok(())
+    }
+
     /// Serialises to JSON.
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self).map_err(|err| {
@@ -125,6 +152,18 @@ pub trait Lease: Send + Sync + fmt::Debug {
     fn fencing_token(&self) -> u64;
     /// Releases the lease early (it also lapses at its expiry).
     async fn release(self: Box<Self>) -> Result<()>;
+
+    /// Extends the lease to `ttl` from now, if it is still ours. A manager renews its lease
+    /// while its refresh runs, so a slow token endpoint never lets a sibling take the lease
+    /// and rotate the same refresh token. Fails with a `Store` error when the lease has
+    /// passed to another holder. The default cannot renew (and says so).
+    async fn renew(&self, ttl: Duration) -> Result<()> {
+        let _ = ttl;
+        Err(Error::new(
+            ErrorKind::Store,
+            "this store's lease cannot be renewed",
+        ))
+    }
 }
 
 /// The result of asking a store for a lease.
@@ -186,32 +225,55 @@ pub trait BlockingStore: Send + Sync + fmt::Debug + 'static {
     fn delete(&self, key: &str) -> Result<()>;
 }
 
+/// How many calls of one blocking store may run at once. A call the manager gave up on
+/// (store timeout) keeps its thread until the callback returns; this bounds how many
+/// threads a hung store can hold.
+pub const MAX_CONCURRENT_BLOCKING_STORE_CALLS: usize = 4;
+
 /// Runs a [`BlockingStore`] on tokio's blocking pool so it never stalls other managers.
+/// At most [`MAX_CONCURRENT_BLOCKING_STORE_CALLS`] of its calls run at once.
 #[derive(Debug)]
-pub struct BlockingStoreAdapter<S>(Arc<S>);
+pub struct BlockingStoreAdapter<S> {
+    store: Arc<S>,
+    gate: crate::runtime::CallGate,
+}
 
 impl<S: BlockingStore> BlockingStoreAdapter<S> {
     /// Wraps a blocking store.
     pub fn new(store: S) -> Self {
-        Self(Arc::new(store))
+        Self {
+            store: Arc::new(store),
+            gate: crate::runtime::CallGate::new(MAX_CONCURRENT_BLOCKING_STORE_CALLS),
+        }
     }
 }
 
 #[async_trait]
 impl<S: BlockingStore> Store for BlockingStoreAdapter<S> {
     async fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
-        let (store, key) = (self.0.clone(), key.to_owned());
-        crate::runtime::run_blocking("token store", move || store.load(&key)).await
+        let (store, key) = (self.store.clone(), key.to_owned());
+        let record = self
+            .gate
+            .run_blocking("token store", move || store.load(&key))
+            .await?;
+        if let Some(record) = &record {
+            record.validate()?;
+        }
+        Ok(record)
     }
 
     async fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
-        let (store, key, record) = (self.0.clone(), key.to_owned(), record.clone());
-        crate::runtime::run_blocking("token store", move || store.save(&key, &record)).await
+        let (store, key, record) = (self.store.clone(), key.to_owned(), record.clone());
+        self.gate
+            .run_blocking("token store", move || store.save(&key, &record))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let (store, key) = (self.0.clone(), key.to_owned());
-        crate::runtime::run_blocking("token store", move || store.delete(&key)).await
+        let (store, key) = (self.store.clone(), key.to_owned());
+        self.gate
+            .run_blocking("token store", move || store.delete(&key))
+            .await
     }
 }
 
@@ -250,6 +312,20 @@ impl Lease for MemoryLease {
             }
         }
         Ok(())
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<()> {
+        let mut leases = self.leases.lock();
+        match leases.get_mut(&self.key) {
+            Some(state) if state.fencing_token == self.fencing_token => {
+                state.held_until = Some(std::time::Instant::now() + ttl);
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::Store,
+                format!("lease of {:?} passed to another holder", self.key),
+            )),
+        }
     }
 }
 

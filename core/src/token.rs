@@ -245,6 +245,65 @@ impl FetchedToken {
         self.lifetime = lifetime;
         self
     }
+
+    /// Checks what any source (server, foreign callback) handed over, the same way for every
+    /// binding: a non-empty value and refresh token of at most [`MAX_TOKEN_BYTES`] bytes
+    /// without control characters (they would break or inject into an HTTP header), a sane
+    /// token type, and relative lifetimes within [`crate::policy::MAX_TOKEN_LIFETIME`].
+    /// The manager runs it on every fetched token; a `Protocol` error names the field,
+    /// never its content.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |what: String| {
+            Err(crate::Error::new(
+                crate::ErrorKind::Protocol,
+                format!("the token source returned {what}"),
+            ))
+        };
+        if let Err(problem) = check_token_text(self.value.expose()) {
+            return bad(format!("a token value that {problem}"));
+        }
+        if let Some(refresh_token) = &self.refresh_token {
+            if let Err(problem) = check_token_text(refresh_token.expose()) {
+                return bad(format!("a refresh token that {problem}"));
+            }
+        }
+        if self.token_type.len() > 64 || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad("a token type that is not a short word of visible ASCII".to_owned());
+        }
+        let max = crate::policy::MAX_TOKEN_LIFETIME;
+        if let Lifetime::ExpiresIn(lifetime) = self.lifetime {
+            if lifetime > max {
+                return bad(format!(
+                    "a lifetime of {} s, beyond the {} s bound",
+                    lifetime.as_secs(),
+                    max.as_secs()
+                ));
+            }
+        }
+        if self
+            .idle_timeout
+            .is_some_and(|idle| idle > max || idle.is_zero())
+        {
+            return bad("an idle timeout of zero or beyond the ten-year bound".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Longest token value or refresh token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// Why `text` cannot be a token value (empty, too long, control characters).
+pub(crate) fn check_token_text(text: &str) -> Result<(), &'static str> {
+    if text.is_empty() {
+        Err("is empty")
+    } else if text.len() > MAX_TOKEN_BYTES {
+        Err("is longer than 65536 bytes")
+    } else if text.chars().any(char::is_control) {
+        Err("contains a control character (NUL, CR, LF, ...)")
+    } else {
+        Ok(())
+    }
 }
 
 impl fmt::Debug for FetchedToken {

@@ -383,7 +383,7 @@ impl Iteration {
         let counters = self.manager.status().counters;
         stats.invalidations += counters.invalidations;
         stats.served_stale += counters.served_stale;
-        for event in self.recorder.events.lock().iter() {
+        for event in self.recorder.events().iter() {
             if let Event::RefreshStarted { reason } = event {
                 *stats
                     .refresh_reasons
@@ -572,7 +572,7 @@ impl Iteration {
         let seed = self.seed;
         let source = &*self.source;
         let events = |recorder: &Recorder| {
-            let events = recorder.events.lock();
+            let events = recorder.events();
             let mut started = 0u64;
             let mut generations = Vec::new();
             let mut failures: Vec<ErrorKind> = Vec::new();
@@ -933,7 +933,7 @@ fn invalidating_the_old_token_as_the_new_one_is_published_keeps_the_new_one() {
                  cached; expected the newly published {} (events: {:?})",
                 old.generation(),
                 old.generation() + 1,
-                recorder.events.lock()
+                recorder.events()
             );
             // Known issue (see the ignored test below): the stale read above can start a
             // second, redundant refresh after the first one ended.

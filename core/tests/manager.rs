@@ -162,7 +162,7 @@ fn background_refresh_fires_at_the_refresh_point_without_traffic() {
         .expect("fresh token after background refresh");
     assert_eq!(second.generation(), 2);
     assert_eq!(second.obtained_at(), clock.now());
-    assert!(recorder.events.lock().contains(&Event::RefreshStarted {
+    assert!(recorder.events().contains(&Event::RefreshStarted {
         reason: tokenlease::RefreshReason::Scheduled
     }));
 }
@@ -675,7 +675,7 @@ fn no_token_value_in_any_debug_display_or_error_string() {
         format!("{:?}", manager.status()),
         format!("{err}"),
         format!("{err:?}"),
-        format!("{:?}", recorder.events.lock()),
+        format!("{:?}", recorder.events()),
         format!("{:?}", token.clone()),
     ];
     for text in texts {

@@ -123,12 +123,18 @@ impl EventListener for Recorder {
 }
 
 impl Recorder {
+    /// The events delivered so far, after everything queued before this call arrived
+    /// (listeners run on tokenlease's event thread).
+    pub fn events(&self) -> parking_lot::MutexGuard<'_, Vec<Event>> {
+        assert!(
+            tokenlease::events::flush(Duration::from_secs(10)),
+            "events were not delivered within 10 s"
+        );
+        self.events.lock()
+    }
+
     pub fn count(&self, matches: impl Fn(&Event) -> bool) -> usize {
-        self.events
-            .lock()
-            .iter()
-            .filter(|event| matches(event))
-            .count()
+        self.events().iter().filter(|event| matches(event)).count()
     }
 
     pub fn successes(&self) -> usize {

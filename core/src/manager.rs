@@ -619,20 +619,9 @@ impl Shared {
     }
 
     /// The slow path of `token()`: runs on the background runtime.
+    /// A caller waiting for a refresh that a revoke overtook gets `Cancelled`: logout
+    /// sticks, and the next call logs in again.
     async fn acquire(self: Arc<Self>) -> Outcome {
-        // A refresh that a revoke overtook ends `Cancelled`; a caller that was waiting for
-        // it gets the token of the next refresh instead (once: a second revoke wins).
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match self.acquire_once().await {
-                Err(err) if is_overtaken_by_revoke(&err) && attempts < 2 => continue,
-                other => return other,
-            }
-        }
-    }
-
-    async fn acquire_once(self: &Arc<Self>) -> Outcome {
         let next = self.decide();
         let receiver = match next {
             Next::Serve(token) => return Ok(token),
@@ -880,8 +869,11 @@ impl Shared {
         if let Some(outcome) = self.keep_alive_if_idle().await {
             return outcome;
         }
+        // Tokens installed after this point (a straggler's late answer, a lease holder's
+        // token adopted from the store) make this refresh unnecessary.
+        let generation_at_start = self.next_generation.load(Ordering::SeqCst);
         let Some(store) = self.store.clone() else {
-            return self.refresh_from_source(None).await;
+            return self.refresh_from_source(None, generation_at_start).await;
         };
         // A predecessor (restart) or a sibling may have saved a token we can use.
         if let Some(token) = self.adopt_from_store(&store).await {
@@ -925,7 +917,7 @@ impl Shared {
             }
         };
         let Some(lease) = lease else {
-            return self.refresh_from_source(None).await;
+            return self.refresh_from_source(None, generation_at_start).await;
         };
         self.emit(Event::LeaseAcquired {
             waited: self.clock.now().saturating_duration_since(waiting_since),
@@ -934,7 +926,10 @@ impl Shared {
         // Whoever held the lease before us may have just saved a fresh token.
         let (outcome, handed_over) = match self.adopt_from_store(&store).await {
             Some(token) => (Ok(token), false),
-            None => self.refresh_from_source_under(Some(&lease)).await,
+            None => {
+                self.refresh_from_source_under(Some(&lease), generation_at_start)
+                    .await
+            }
         };
         if !handed_over {
             lease.release(self).await;
@@ -975,8 +970,14 @@ impl Shared {
         }
     }
 
-    async fn refresh_from_source(self: &Arc<Self>, lease: Option<&Arc<HeldLease>>) -> Outcome {
-        self.refresh_from_source_under(lease).await.0
+    async fn refresh_from_source(
+        self: &Arc<Self>,
+        lease: Option<&Arc<HeldLease>>,
+        generation_at_start: u64,
+    ) -> Outcome {
+        self.refresh_from_source_under(lease, generation_at_start)
+            .await
+            .0
     }
 
     /// Refreshes with the refresh token when there is one (else the primary grant) and
@@ -985,9 +986,12 @@ impl Shared {
     async fn refresh_from_source_under(
         self: &Arc<Self>,
         lease: Option<&Arc<HeldLease>>,
+        generation_at_start: u64,
     ) -> (Outcome, bool) {
         let epoch = self.revocations.load(Ordering::SeqCst);
-        let mut called = self.call_source(true, lease, epoch).await;
+        let mut called = self
+            .call_source(true, lease, epoch, generation_at_start)
+            .await;
         if let Called::Finished {
             result: Err(err),
             refresh_token: Some(_),
@@ -1004,7 +1008,9 @@ impl Shared {
                 }
                 // The refresh token is dead: fall back to the primary grant.
                 self.flight.lock().refresh_token = None;
-                called = self.call_source(false, lease, epoch).await;
+                called = self
+                    .call_source(false, lease, epoch, generation_at_start)
+                    .await;
             }
         }
         match called {
@@ -1036,8 +1042,8 @@ impl Shared {
         use_refresh_token: bool,
         lease: Option<&Arc<HeldLease>>,
         epoch: u64,
+        generation_before: u64,
     ) -> Called {
-        let generation_before = self.next_generation.load(Ordering::SeqCst);
         let deadline = self.clock.now() + self.policy.source_timeout();
         let gate = tokio::select! {
             gate = self.source_gate.clone().lock_owned() => gate,
@@ -1049,7 +1055,8 @@ impl Shared {
                 };
             }
         };
-        // A straggler may have installed a token while we waited for it to end.
+        // A straggler (or a lease holder, through the store) may have installed a token
+        // since this refresh started.
         if self.next_generation.load(Ordering::SeqCst) != generation_before {
             if let Some(token) = self.current.load_full() {
                 if self.clock.now() < token.refresh_at() {

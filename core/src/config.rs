@@ -170,8 +170,11 @@ pub enum ClientAuthConfig {
 }
 
 /// A secret given inline, from an environment variable, or from a file.
-#[derive(Clone, Deserialize)]
-#[serde(untagged)]
+///
+/// In a configuration: a string (the value itself), `{"env": "NAME"}` or
+/// `{"file": "/path"}`. An object with both keys, neither, or any other key is a
+/// `Configuration` error naming the field (never a silent choice).
+#[derive(Clone)]
 pub enum SecretValue {
     /// The value itself.
     Inline(SecretString),
@@ -180,11 +183,83 @@ pub enum SecretValue {
         /// Variable name.
         env: String,
     },
-    /// `{"file": "/path"}`.
+    /// `{"file": "/path"}`: the file's text, trailing newline removed. The file must be a
+    /// regular file of at most 64 KiB, not writable by group or others and, when this user
+    /// owns it, not readable by them either (as ssh requires of a private key).
     File {
         /// File path.
         file: String,
     },
+}
+
+/// The start of every message about the shape of a secret object (kept by
+/// [`config_error`]: it names the keys, never a value).
+const SECRET_SHAPE: &str = "give `env` or `file`";
+/// How the message about an empty secret object ends.
+const SECRET_EMPTY: &str = " (or the secret itself as a string)";
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SecretValue;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret string, {\"env\": NAME} or {\"file\": PATH}")
+            }
+
+            fn visit_str<E: serde::de::Error>(
+                self,
+                value: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(SecretValue::Inline(SecretString::new(value)))
+            }
+
+            fn visit_string<E: serde::de::Error>(
+                self,
+                value: String,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(SecretValue::Inline(SecretString::new(value)))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                use serde::de::Error as _;
+                const KEYS: &[&str] = &["env", "file"];
+                let (mut env, mut file) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    let slot = match key.as_str() {
+                        "env" => &mut env,
+                        "file" => &mut file,
+                        _ => return Err(A::Error::unknown_field(&key, KEYS)),
+                    };
+                    if slot.is_some() {
+                        return Err(A::Error::duplicate_field(if key == "env" {
+                            "env"
+                        } else {
+                            "file"
+                        }));
+                    }
+                    *slot = Some(map.next_value::<String>()?);
+                }
+                match (env, file) {
+                    (Some(env), None) => Ok(SecretValue::Env { env }),
+                    (None, Some(file)) => Ok(SecretValue::File { file }),
+                    (Some(_), Some(_)) => {
+                        Err(A::Error::custom(format!("{SECRET_SHAPE}, not both")))
+                    }
+                    (None, None) => Err(A::Error::custom(format!("{SECRET_SHAPE}{SECRET_EMPTY}"))),
+                }
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl fmt::Debug for SecretValue {
@@ -211,11 +286,8 @@ impl SecretValue {
                 })?
             }
             SecretValue::File { file } => {
-                let text = std::fs::read_to_string(file).map_err(|err| {
-                    Error::new(
-                        ErrorKind::Configuration,
-                        format!("{field}: cannot read secret file {file:?}: {}", err.kind()),
-                    )
+                let text = read_secret_file(std::path::Path::new(file)).map_err(|detail| {
+                    Error::new(ErrorKind::Configuration, format!("{field}: {detail}"))
                 })?;
                 SecretString::new(text.trim_end_matches(['\n', '\r']).to_owned())
             }
@@ -228,6 +300,39 @@ impl SecretValue {
         }
         Ok(value)
     }
+}
+
+/// A secret file's text (see [`SecretValue::File`]); the error is the detail.
+#[cfg(unix)]
+fn read_secret_file(
+    path: &std::path::Path,
+) -> std::result::Result<zeroize::Zeroizing<String>, String> {
+    crate::file_store::read_secret_file(path)
+}
+
+/// A secret file's text, at most 64 KiB; the error is the detail.
+#[cfg(not(unix))]
+fn read_secret_file(
+    path: &std::path::Path,
+) -> std::result::Result<zeroize::Zeroizing<String>, String> {
+    use std::io::Read;
+    const CAP: usize = 64 * 1024;
+    let shown = path.display();
+    let cannot = |err: std::io::Error| format!("cannot read secret file {shown}: {}", err.kind());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(format!("secret file {shown} is not a regular file"));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(CAP + 1));
+    file.take(CAP as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > CAP {
+        return Err(format!("secret file {shown} is larger than {CAP} bytes"));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("secret file {shown} is not UTF-8 text"))?;
+    Ok(zeroize::Zeroizing::new(text.to_owned()))
 }
 
 /// Policy overrides; every field optional.
@@ -409,7 +514,9 @@ impl ManagerConfig {
         let config = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            config_error(&path, &inner.to_string(), inner.is_data())
+            let message = inner.to_string();
+            let path = locate(text, true, &path, &message).unwrap_or(path);
+            config_error(&path, &message, inner.is_data())
         })?;
         deserializer.end().map_err(|_| {
             Error::new(
@@ -426,6 +533,7 @@ impl ManagerConfig {
         serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
+            let path = locate(text, false, &path, inner.message()).unwrap_or(path);
             config_error(&path, inner.message(), true)
         })
     }
@@ -626,25 +734,127 @@ impl SourceConfig {
     }
 }
 
+/// The path of the field a structural error is about, when serde's path stops short of it:
+/// inside an internally tagged enum (every source and store) serde reads the fields from a
+/// buffer that `serde_path_to_error` cannot see into, so its path ends at `source`. The
+/// document is searched (only after an error) for the one place under that path that the
+/// error can be about: the string an unknown variant names (the path, not the string, is
+/// reported), the secret object with a bad set of keys, the object with an unknown field.
+/// `None` when nothing or more than one place matches.
+fn locate(text: &str, json: bool, path: &str, message: &str) -> Option<String> {
+    use serde_json::Value;
+
+    fn walk<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v Value)>) {
+        let join = |key: &str| {
+            if path.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{path}.{key}")
+            }
+        };
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    walk(child, join(key), out);
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    walk(child, format!("{path}[{index}]"), out);
+                }
+            }
+            _ => {}
+        }
+        out.push((path, value));
+    }
+
+    let message = match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    let between = |start: &str, end: &str| {
+        let rest = message.strip_prefix(start)?;
+        Some(&rest[..rest.rfind(end)?])
+    };
+    let secret_shape = |value: &Value| {
+        value.as_object().is_some_and(|map| {
+            (map.contains_key("env") || map.contains_key("file")) && map.len() != 1
+        })
+    };
+    let matches: Box<dyn Fn(&Value) -> bool> =
+        if let Some(variant) = between("unknown variant `", "`, expected ") {
+            let variant = variant.to_owned();
+            Box::new(move |value| value.as_str() == Some(variant.as_str()))
+        } else if message.starts_with(SECRET_SHAPE) && message.ends_with(SECRET_EMPTY) {
+            Box::new(|value| value.as_object().is_some_and(serde_json::Map::is_empty))
+        } else if message.starts_with(SECRET_SHAPE)
+            || message.starts_with("unknown field") && message.ends_with("expected `env` or `file`")
+        {
+            Box::new(secret_shape)
+        } else if let Some(field) = between("unknown field `", "`") {
+            let field = field.to_owned();
+            Box::new(move |value| {
+                value
+                    .as_object()
+                    .is_some_and(|map| map.contains_key(&field))
+            })
+        } else {
+            return None;
+        };
+
+    let tree: Value = if json {
+        serde_json::from_str(text).ok()?
+    } else {
+        toml::from_str(text).ok()?
+    };
+    let mut places = Vec::new();
+    walk(&tree, String::new(), &mut places);
+    let under = |place: &str| {
+        path.is_empty()
+            || path == "."
+            || place == path
+            || place
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    let mut found = places
+        .into_iter()
+        .filter(|(place, value)| !place.is_empty() && under(place) && matches(value));
+    let (place, _) = found.next()?;
+    found.next().is_none().then_some(place)
+}
+
 /// Only serde's structural messages are kept: they name fields and variants, never the
-/// values (a type error could otherwise echo a secret pasted into the wrong field).
+/// values (a type error could otherwise echo a secret pasted into the wrong field). An
+/// unknown variant is the user's text, so it is cut out ("unknown variant (value not
+/// shown), expected `basic` or `post`").
 fn config_error(path: &str, message: &str, structural: bool) -> Error {
+    // serde_json appends the position; the value may itself contain " at line ".
+    let message = match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
     let keep = structural
         && [
             "unknown field",
             "missing field",
-            "unknown variant",
             "duplicate field",
+            SECRET_SHAPE,
         ]
         .iter()
         .any(|prefix| message.starts_with(prefix));
-    let detail = if keep {
-        message
-            .split(" at line ")
-            .next()
-            .unwrap_or(message)
-            .trim()
-            .to_owned()
+    let detail = if structural && message.starts_with("unknown variant") {
+        // serde: "unknown variant `<value>`, expected <variants>"; the variants are ours.
+        const EXPECTED: &str = "`, expected ";
+        match message.rfind(EXPECTED) {
+            Some(at) => format!(
+                "unknown variant (value not shown), expected {}",
+                &message[at + EXPECTED.len()..]
+            ),
+            None => "unknown variant (value not shown)".to_owned(),
+        }
+    } else if keep {
+        message.trim().to_owned()
     } else if message.contains("EOF") || message.contains("expected") && !structural {
         "not valid JSON/TOML syntax".to_owned()
     } else {
@@ -745,6 +955,31 @@ mod tests {
         assert!(!err.to_string().contains("leaked-secret"), "{err}");
     }
 
+    /// Writes a secret file with `mode` (created with it, so never briefly readable).
+    #[cfg(unix)]
+    fn secret_file(name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = temp_dir(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        // The umask may have taken bits away.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    fn file_secret(path: &std::path::Path) -> SecretValue {
+        SecretValue::File {
+            file: path.display().to_string(),
+        }
+    }
+
     #[test]
     fn secrets_come_from_env_or_file() {
         std::env::set_var("TOKENLEASE_TEST_SECRET_VAR", "from-env");
@@ -757,13 +992,223 @@ mod tests {
         };
         let err = missing.resolve("source.client_secret").unwrap_err();
         assert!(err.message().contains("TOKENLEASE_TEST_NOT_SET"));
-        let path = std::env::temp_dir().join(format!("tokenlease-secret-{}", std::process::id()));
-        std::fs::write(&path, "from-file\n").unwrap();
-        let file = SecretValue::File {
-            file: path.display().to_string(),
-        };
-        assert_eq!(file.resolve("f").unwrap().expose(), "from-file");
+        #[cfg(unix)]
+        {
+            let path = secret_file("secret", "from-file\n", 0o600);
+            assert_eq!(
+                file_secret(&path).resolve("f").unwrap().expose(),
+                "from-file"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_read_or_write_is_refused_like_an_ssh_key() {
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o606] {
+            let path = secret_file("open", "open-secret-value\n", mode);
+            let err = file_secret(&path)
+                .resolve("source.client_secret")
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Configuration);
+            assert_eq!(
+                err.message(),
+                format!(
+                    "source.client_secret: secret file {} is accessible by group or others (mode {mode:04o}); chmod 600 it",
+                    path.display()
+                )
+            );
+            assert!(!err.to_string().contains("open-secret-value"), "{err}");
+            std::fs::remove_file(path).unwrap();
+        }
+        for mode in [0o600, 0o400] {
+            let path = secret_file("private", "private-value", mode);
+            assert_eq!(
+                file_secret(&path).resolve("f").unwrap().expose(),
+                "private-value"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+        // Not ours (tests run as root; skipped otherwise): readable by others is the
+        // owner's choice (a Kubernetes secret volume), writable by others never is.
+        let path = secret_file("others", "shared-value", 0o644);
+        if std::os::unix::fs::chown(&path, Some(65534), None).is_ok() {
+            assert_eq!(
+                file_secret(&path).resolve("f").unwrap().expose(),
+                "shared-value"
+            );
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .unwrap();
+            let err = file_secret(&path).resolve("f").unwrap_err();
+            assert!(err.message().contains("(mode 0666)"), "{err}");
+        }
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file_and_a_fifo_never_hangs() {
+        // A symbolic link to a private file is followed (Kubernetes mounts secrets so).
+        let target = secret_file("target", "linked-value\n", 0o600);
+        let link = temp_dir("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(
+            file_secret(&link).resolve("f").unwrap().expose(),
+            "linked-value"
+        );
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&target).unwrap();
+
+        let big = secret_file("big", &"x".repeat(64 * 1024 + 1), 0o600);
+        let err = file_secret(&big).resolve("f").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().contains("larger than 65536 bytes"), "{err}");
+        std::fs::remove_file(&big).unwrap();
+        let full = secret_file("full", &"y".repeat(64 * 1024), 0o600);
+        assert_eq!(file_secret(&full).resolve("f").unwrap().len(), 64 * 1024);
+        std::fs::remove_file(&full).unwrap();
+
+        let dir = temp_dir("dir");
+        std::fs::create_dir(&dir).unwrap();
+        let err = file_secret(&dir).resolve("f").unwrap_err();
+        assert!(
+            err.message().contains("is a directory, not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+
+        let fifo = temp_dir("fifo");
+        let name = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (done, result) = std::sync::mpsc::channel();
+        let secret = file_secret(&fifo);
+        std::thread::spawn(move || done.send(secret.resolve("f")));
+        let err = result
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a FIFO secret hung")
+            .unwrap_err();
+        assert!(
+            err.message().contains("is a FIFO, not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
+
+        // The same checks guard encryption key files.
+        let key = secret_file(
+            "key",
+            crate::EncryptionKey::generate().to_base64().expose(),
+            0o644,
+        );
+        let err = crate::EncryptionKey::from_file(&key).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().contains("chmod 600 it"), "{err}");
+        let err = encryption_key(Some(&file_secret(&key))).unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("store.encryption_key: secret file"),
+            "{err}"
+        );
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        crate::EncryptionKey::from_file(&key).unwrap();
+        assert!(encryption_key(Some(&file_secret(&key))).unwrap().is_some());
+        std::fs::remove_file(&key).unwrap();
+    }
+
+    #[test]
+    fn a_secret_object_with_both_or_other_keys_is_an_error_naming_the_field() {
+        let with = |secret: &str| JSON.replace("\"inline-secret-value\"", secret);
+        let err = ManagerConfig::from_json(&with(r#"{"env": "X", "file": "/p"}"#)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert_eq!(
+            err.message(),
+            "config.source.client_secret: give `env` or `file`, not both"
+        );
+        let err = ManagerConfig::from_json(&with(r#"{"file": "/p", "env": "X"}"#)).unwrap_err();
+        assert!(err.message().ends_with("not both"), "{err}");
+        let err = ManagerConfig::from_json(&with(r#"{"env": "X", "junk": 1}"#)).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "config.source.client_secret: unknown field `junk`, expected `env` or `file`"
+        );
+        let err = ManagerConfig::from_json(&with(r#"{"env": "X", "env": "Y"}"#)).unwrap_err();
+        assert!(err.message().contains("duplicate field `env`"), "{err}");
+        let err = ManagerConfig::from_json(&with("{}")).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "config.source.client_secret: give `env` or `file` (or the secret itself as a string)"
+        );
+        let err = ManagerConfig::from_json(&with(r#"{"env": 42}"#)).unwrap_err();
+        assert_eq!(err.message(), "config.source: invalid type or value");
+        let err = ManagerConfig::from_toml(
+            "[source]\ntype = \"oauth2_client_credentials\"\ntoken_url = \"http://127.0.0.1:1/t\"\n\
+             client_id = \"c\"\nclient_secret = { env = \"X\", file = \"/p\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "config.source.client_secret: give `env` or `file`, not both"
+        );
+        // The three good shapes still parse, in both languages.
+        for secret in [r#""inline""#, r#"{"env": "X"}"#, r#"{"file": "/p"}"#] {
+            ManagerConfig::from_json(&with(secret)).unwrap();
+        }
+        let toml = ManagerConfig::from_toml(
+            "[source]\ntype = \"oauth2_client_credentials\"\ntoken_url = \"http://127.0.0.1:1/t\"\n\
+             client_id = \"c\"\nclient_secret = { file = \"/p\" }\n",
+        )
+        .unwrap();
+        let SourceConfig::Oauth2ClientCredentials { client_secret, .. } = &toml.source else {
+            panic!("{toml:?}");
+        };
+        assert!(matches!(client_secret, SecretValue::File { file } if file == "/p"));
+    }
+
+    #[test]
+    fn an_unknown_variant_names_the_field_and_the_choices_but_not_the_value() {
+        let secret = "sk_live_51HvQ2eLkd8Zx";
+        let err = ManagerConfig::from_json(&JSON.replace(
+            "\"scopes\": [\"a\"]",
+            &format!("\"scopes\": [\"a\"], \"client_auth\": \"{secret}\""),
+        ))
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert_eq!(
+            err.message(),
+            "config.source.client_auth: unknown variant (value not shown), expected `basic` or `post`"
+        );
+        let err = ManagerConfig::from_json(&JSON.replace("oauth2_client_credentials", secret))
+            .unwrap_err();
+        assert!(!err.to_string().contains(secret), "{err}");
+        assert!(
+            err.message().starts_with(
+                "config.source.type: unknown variant (value not shown), expected one of `oauth2_client_credentials`"
+            ),
+            "{err}"
+        );
+        // A value made to look like the end of serde's message is cut out too.
+        let tricky = "x`, expected `basic` or `post` at line 1 column 2 hunter2";
+        let err = ManagerConfig::from_json(&JSON.replace(
+            "\"scopes\": [\"a\"]",
+            &format!("\"scopes\": [\"a\"], \"client_auth\": {tricky:?}"),
+        ))
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = ManagerConfig::from_toml(&format!(
+            "[source]\ntype = \"oauth2_client_credentials\"\ntoken_url = \"http://127.0.0.1:1/t\"\n\
+             client_id = \"c\"\nclient_secret = \"s\"\nclient_auth = \"{secret}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "config.source.client_auth: unknown variant (value not shown), expected `basic` or `post`"
+        );
+        let err =
+            ManagerConfig::from_toml(&format!("[source]\ntype = \"{secret}\"\n")).unwrap_err();
+        assert!(!err.to_string().contains(secret), "{err}");
+        assert!(err.message().contains("unknown variant"), "{err}");
     }
 
     #[test]

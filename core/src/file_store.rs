@@ -16,8 +16,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! * Files are `0600` in a `0700` directory; a directory writable by group or others is
-//!   refused.
+//! * Files are `0600` in a `0700` directory. The directory must be owned by this process's
+//!   effective uid, must not be a symbolic link, and must not be writable by group or
+//!   others: anything else is refused (a `Configuration` error when the store is opened, a
+//!   [`ErrorKind::Store`] error if it changes afterwards; every operation checks again).
+//! * The store trusts nothing it did not create: record, lease and lock files are opened
+//!   relative to the checked directory without following symbolic links and without
+//!   blocking (a FIFO cannot hang a refresh), and anything but a regular file is refused.
+//!   Records are read up to [`MAX_RECORD_BYTES`] (256 KiB), lease files up to 4 KiB; larger is an
+//!   error, never an unbounded read.
 //! * Writes go to a temp file in the same directory, are fsynced, renamed over the record
 //!   and the directory is fsynced: a reader sees the old or the new record, never a mix.
 //! * A record that cannot be read or parsed is a [`ErrorKind::Store`] error naming the file
@@ -29,13 +36,18 @@
 //! * The lease is `<hash>.lease` (owner PID, host, fencing token, expiry), changed only
 //!   under an `flock` of `<hash>.lock`. A lease whose owner is dead on this host, or whose
 //!   expiry has passed, is taken over; the fencing token makes a write from a holder whose
-//!   lease was taken over fail.
+//!   lease was taken over fail. Waiting for the `flock` is bounded
+//!   ([`DEFAULT_LOCK_TIMEOUT`], [`FileStore::with_lock_timeout`]): a process stuck while
+//!   holding it makes lease operations fail with a `Store` error instead of hanging.
+//!
+//! What this does and does not protect against is in `docs/file-store.md` ("Threat model").
 
+use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +69,21 @@ use crate::store::{unix_ms, BlockingStore, Lease, LeaseOutcome, Store, TokenReco
 const LEASE_POLL: Duration = Duration::from_millis(10);
 /// A temp file older than this is a crash leftover even if its writer's PID is in use.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+/// The largest record file the store writes or reads: 256 KiB, room for an encrypted
+/// (base64, so 4/3 larger) record holding a 64 KiB access token and a 64 KiB refresh
+/// token. A larger record file is a [`ErrorKind::Store`] error ("larger than 262144
+/// bytes") and at most this many bytes plus one are read; a record that would encode
+/// larger is not written.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// The largest lease file read (one is about 150 bytes).
+const MAX_LEASE_BYTES: usize = 4 * 1024;
+/// The largest secret or key file read (`{"file": ..}` secrets, [`EncryptionKey::from_file`]).
+pub(crate) const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
+/// How long an operation waits by default for the `flock` of a key's lock file, which a
+/// healthy holder keeps for microseconds ([`FileStore::with_lock_timeout`]).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between two attempts at the lock file's `flock`.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------------------------------
 // Encryption key
@@ -133,19 +160,18 @@ impl EncryptionKey {
         })
     }
 
-    /// Reads base64 text from a key file; a missing file is an error.
+    /// Reads base64 text from a key file. A missing file, one that is not a regular file,
+    /// larger than 64 KiB, or (like an ssh private key) owned by this user and accessible
+    /// by group or others, or writable by group or others whoever owns it, is a
+    /// `Configuration` error.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|err| {
+        let text = read_secret_file(path).map_err(|detail| {
             Error::new(
                 ErrorKind::Configuration,
-                format!(
-                    "encryption key: cannot read key file {}: {}",
-                    path.display(),
-                    err.kind()
-                ),
+                format!("encryption key: {detail}"),
             )
-        })?);
+        })?;
         Self::from_base64(&text).map_err(|err| {
             Error::new(
                 ErrorKind::Configuration,
@@ -380,29 +406,284 @@ fn io_error(what: &str, path: &Path, err: &io::Error) -> Error {
     store_error(format!("cannot {what} {}: {}", path.display(), err.kind()))
 }
 
+/// This process's effective uid.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// What a file that is not a regular file is, for error messages.
+fn file_kind(file_type: fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a secret or key file the way ssh reads a private key: the path may be a symbolic
+/// link (Kubernetes mounts secrets that way), but the file must be a regular file (a FIFO
+/// never hangs the read: the open does not block), at most [`MAX_SECRET_FILE_BYTES`], not
+/// writable by group or others, and, when this user owns it, not readable by them either.
+/// The error (without the file's content) is returned as text for the caller to prefix.
+pub(crate) fn read_secret_file(path: &Path) -> std::result::Result<Zeroizing<String>, String> {
+    let shown = path.display();
+    let cannot = |err: io::Error| format!("cannot read secret file {shown}: {}", err.kind());
+    let check = |metadata: &fs::Metadata| {
+        if !metadata.is_file() {
+            return Err(format!(
+                "secret file {shown} is {}, not a regular file",
+                file_kind(metadata.file_type())
+            ));
+        }
+        let mode = metadata.mode() & 0o7777;
+        if mode & 0o022 != 0 || (metadata.uid() == euid() && mode & 0o077 != 0) {
+            return Err(format!(
+                "secret file {shown} is accessible by group or others (mode {mode:04o}); chmod 600 it"
+            ));
+        }
+        if metadata.len() > MAX_SECRET_FILE_BYTES as u64 {
+            return Err(format!(
+                "secret file {shown} is larger than {MAX_SECRET_FILE_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    };
+    // Checked before opening (a device or FIFO is never opened) and again on what was
+    // opened (the path may have changed in between).
+    check(&fs::metadata(path).map_err(cannot)?)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
+    check(&file.metadata().map_err(cannot)?)?;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_SECRET_FILE_BYTES + 1));
+    (&file)
+        .take(MAX_SECRET_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "secret file {shown} is larger than {MAX_SECRET_FILE_BYTES} bytes"
+        ));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("secret file {shown} is not UTF-8 text"))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// Whether an `O_NOFOLLOW` open failed because the last component is a symbolic link
+/// (`ELOOP`; `EMLINK` on FreeBSD).
+fn is_symlink_refusal(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(code) if code == libc::ELOOP || code == libc::EMLINK)
+}
+
+/// `name` (one of the store's own file names) as a C string.
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC, mode)`, retried on `EINTR`.
+fn open_at(dir: &File, name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+    let name = c_name(name)?;
+    loop {
+        // SAFETY: `dir` is an open descriptor and `name` a NUL-terminated string, both alive
+        // for the whole call; the mode argument is only read with O_CREAT.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                libc::c_uint::from(mode),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: openat returned a new descriptor that nothing else owns.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `renameat(dir, from, dir, to)`.
+fn rename_at(dir: &File, from: &str, to: &str) -> io::Result<()> {
+    let (from, to) = (c_name(from)?, c_name(to)?);
+    // SAFETY: the descriptor and both NUL-terminated strings are alive for the call.
+    let status =
+        unsafe { libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr()) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `unlinkat(dir, name, 0)` (removes a symbolic link itself, never its target).
+fn unlink_at(dir: &File, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: the descriptor and the NUL-terminated string are alive for the call.
+    let status = unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens `name` in `dir` (shown as `path`) as a regular file without following a symbolic
+/// link and without blocking (a FIFO opens at once and is then refused). `what` names the
+/// file in errors: "token record", "lease file", "lock file".
+fn open_regular(
+    dir: &File,
+    name: &str,
+    path: &Path,
+    what: &str,
+    flags: libc::c_int,
+) -> io::Result<std::result::Result<File, Error>> {
+    let file = match open_at(
+        dir,
+        name,
+        flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0o600,
+    ) {
+        Ok(file) => file,
+        Err(err) if is_symlink_refusal(&err) => {
+            return Ok(Err(store_error(format!(
+                "{what} {} is a symbolic link; refusing to follow it",
+                path.display()
+            ))))
+        }
+        Err(err) => return Err(err),
+    };
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Ok(Err(store_error(format!(
+            "{what} {} is {}, not a regular file; refusing to use it",
+            path.display(),
+            file_kind(metadata.file_type())
+        ))));
+    }
+    Ok(Ok(file))
+}
+
+/// Reads `name` in `dir` (shown as `path`) through [`open_regular`], at most `cap` bytes:
+/// `None` if it does not exist, a `Store` error if it is not a regular file or larger.
+fn read_regular(
+    dir: &File,
+    name: &str,
+    path: &Path,
+    what: &str,
+    cap: usize,
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let file = match open_regular(dir, name, path, what, libc::O_RDONLY) {
+        Ok(Ok(file)) => file,
+        Ok(Err(refused)) => return Err(refused),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(io_error(&format!("read {what}"), path, &err)),
+    };
+    // The whole capacity up front: the buffer never reallocates (and so never leaves an
+    // unzeroized copy of a token behind).
+    let mut bytes = Zeroizing::new(Vec::with_capacity(cap + 1));
+    (&file)
+        .take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| io_error(&format!("read {what}"), path, &err))?;
+    if bytes.len() > cap {
+        return Err(store_error(format!(
+            "{what} {} is larger than {cap} bytes; refusing to read it",
+            path.display()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+/// Opens a store directory for use, refusing one this process must not trust: a symbolic
+/// link, not a directory, owned by another uid, or writable by group or others. The error
+/// is the detail, for the caller to prefix.
+fn open_trusted_dir(dir: &Path) -> std::result::Result<File, String> {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir);
+    let file = opened.map_err(|err| match fs::symlink_metadata(dir) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            "is a symbolic link; give the real directory (a link could be pointed elsewhere)"
+                .to_owned()
+        }
+        Ok(metadata) if !metadata.is_dir() => "is not a directory".to_owned(),
+        _ => format!("cannot open the directory: {}", err.kind()),
+    })?;
+    let metadata = file
+        .metadata()
+        .map_err(|err| format!("cannot inspect the directory: {}", err.kind()))?;
+    if !metadata.is_dir() {
+        return Err("is not a directory".to_owned());
+    }
+    let (owner, me) = (metadata.uid(), euid());
+    if owner != me {
+        return Err(format!(
+            "is owned by uid {owner}, not by this process's uid {me}; refusing a directory another user controls"
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(
+            "is writable by group or others; use a private directory (mode 0700)".to_owned(),
+        );
+    }
+    Ok(file)
+}
+
 /// Holds an exclusive `flock` on a lock file until dropped.
 struct FlockGuard(File);
 
 impl FlockGuard {
-    fn lock(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|err| io_error("open lock file", path, &err))?;
+    /// Locks `name` in `dir` (shown as `path`), created `0600` if missing, never through a
+    /// symbolic link. Gives up with a `Store` error after `timeout`: a process stuck while
+    /// holding the lock must not hang every other one.
+    fn lock(dir: &File, name: &str, path: &Path, timeout: Duration) -> Result<Self> {
+        let file = match open_regular(dir, name, path, "lock file", libc::O_RDWR | libc::O_CREAT) {
+            Ok(Ok(file)) => file,
+            Ok(Err(refused)) => return Err(refused),
+            Err(err) => return Err(io_error("open lock file", path, &err)),
+        };
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
         loop {
             // SAFETY: the descriptor belongs to `file`, which is open for the whole call.
-            let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            let status = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if status == 0 {
                 return Ok(Self(file));
             }
             let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(io_error("lock", path, &err));
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {}
+                _ => return Err(io_error("lock", path, &err)),
             }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(store_error(format!(
+                    "lock file {} held by another process for more than {} s (a healthy holder keeps it for microseconds; is a process stuck?)",
+                    path.display(),
+                    timeout.as_secs_f64()
+                )));
+            }
+            std::thread::sleep(pause.min(timeout - waited));
+            pause = (pause * 2).min(LOCK_POLL_MAX);
         }
     }
 }
@@ -462,11 +743,13 @@ pub struct FileStore {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     dir: PathBuf,
     codec: RecordCodec,
     host: String,
     pid: u32,
+    lock_timeout: Duration,
 }
 
 impl fmt::Debug for FileStore {
@@ -481,17 +764,23 @@ impl fmt::Debug for FileStore {
 impl FileStore {
     /// Opens (creating it `0700` if needed) a plaintext store in `dir`. Refresh tokens are
     /// not written to disk by a plaintext store.
+    ///
+    /// A `Configuration` error if `dir` is a symbolic link, is not a directory, is owned by
+    /// another uid than this process's effective uid, or is writable by group or others.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         Self::open_with(dir.into(), None)
     }
 
     /// Opens (creating it `0700` if needed) a store whose records are encrypted with
-    /// `key`. Plaintext records and records sealed with another key are errors.
+    /// `key`. Plaintext records and records sealed with another key are errors. The
+    /// directory is checked as by [`FileStore::open`].
     pub fn open_encrypted(dir: impl Into<PathBuf>, key: EncryptionKey) -> Result<Self> {
         Self::open_with(dir.into(), Some(key))
     }
 
     fn open_with(dir: PathBuf, key: Option<EncryptionKey>) -> Result<Self> {
+        // Without a trailing slash, which would make the kernel follow a symbolic link.
+        let dir: PathBuf = dir.components().collect();
         let config_error = |detail: String| {
             Error::new(
                 ErrorKind::Configuration,
@@ -503,26 +792,31 @@ impl FileStore {
             .mode(0o700)
             .create(&dir)
             .map_err(|err| config_error(format!("cannot create the directory: {}", err.kind())))?;
-        let metadata = fs::metadata(&dir)
-            .map_err(|err| config_error(format!("cannot inspect the directory: {}", err.kind())))?;
-        if !metadata.is_dir() {
-            return Err(config_error("is not a directory".to_owned()));
-        }
-        if metadata.permissions().mode() & 0o022 != 0 {
-            return Err(config_error(
-                "is writable by group or others; use a private directory (mode 0700)".to_owned(),
-            ));
-        }
+        let handle = open_trusted_dir(&dir).map_err(config_error)?;
         let store = Self {
             inner: Arc::new(Inner {
                 dir,
                 codec: RecordCodec::new(key),
                 host: host_name(),
                 pid: std::process::id(),
+                lock_timeout: DEFAULT_LOCK_TIMEOUT,
             }),
         };
-        store.remove_stale_temp_files();
+        store.remove_stale_temp_files(&handle);
         Ok(store)
+    }
+
+    /// This store with another bound on waiting for a key's lock file (default
+    /// [`DEFAULT_LOCK_TIMEOUT`]). The lock is held for microseconds by a healthy process;
+    /// past the bound, lease operations and fenced saves fail with a `Store` error
+    /// ("lock file ... held by another process for more than N s"), which the manager
+    /// reports before going on without the lease.
+    pub fn with_lock_timeout(self, timeout: Duration) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.lock_timeout = timeout;
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// The store's directory.
@@ -537,23 +831,43 @@ impl FileStore {
 
     /// The record file of `key`: `<dir>/<sha256(key) hex>.token`.
     pub fn record_path(&self, key: &str) -> PathBuf {
-        self.inner.dir.join(format!("{}.token", key_hash(key)))
+        self.inner.dir.join(record_name(key))
     }
 
     /// The lease file of `key`: `<dir>/<sha256(key) hex>.lease`.
     pub fn lease_path(&self, key: &str) -> PathBuf {
-        self.inner.dir.join(format!("{}.lease", key_hash(key)))
+        self.inner.dir.join(lease_name(key))
     }
 
-    fn lock_path(&self, key: &str) -> PathBuf {
-        self.inner.dir.join(format!("{}.lock", key_hash(key)))
+    /// The lock file of `key`: `<dir>/<sha256(key) hex>.lock`.
+    pub fn lock_path(&self, key: &str) -> PathBuf {
+        self.inner.dir.join(lock_name(key))
+    }
+
+    /// The store directory, checked again (owner, mode, not a symbolic link) for one
+    /// operation; files are then opened relative to it, so a directory swapped after the
+    /// check is not used.
+    fn open_dir(&self) -> Result<File> {
+        open_trusted_dir(&self.inner.dir).map_err(|detail| {
+            store_error(format!("file store {}: {detail}", self.inner.dir.display()))
+        })
+    }
+
+    fn lock(&self, dir: &File, key: &str) -> Result<FlockGuard> {
+        FlockGuard::lock(
+            dir,
+            &lock_name(key),
+            &self.lock_path(key),
+            self.inner.lock_timeout,
+        )
     }
 
     /// The lease of `key` as recorded on disk (whether or not it is in force), read under
     /// the lease lock.
     pub fn lease_info(&self, key: &str) -> Result<Option<LeaseInfo>> {
-        let _guard = FlockGuard::lock(&self.lock_path(key))?;
-        Ok(self.read_lease(key)?.map(|lease| LeaseInfo {
+        let dir = self.open_dir()?;
+        let _guard = self.lock(&dir, key)?;
+        Ok(self.read_lease(&dir, key)?.map(|lease| LeaseInfo {
             pid: lease.pid,
             host: lease.host,
             fencing_token: lease.fencing_token,
@@ -564,7 +878,7 @@ impl FileStore {
 
     /// Removes temp files left by a writer that crashed between write and rename: those
     /// whose writer PID is gone, and any older than a minute.
-    fn remove_stale_temp_files(&self) {
+    fn remove_stale_temp_files(&self, dir: &File) {
         let Ok(entries) = fs::read_dir(&self.inner.dir) else {
             return;
         };
@@ -581,67 +895,65 @@ impl FileStore {
                 .and_then(|modified| modified.elapsed().ok())
                 .is_some_and(|age| age > STALE_TEMP_AGE);
             if old || !pid_alive(pid) {
-                let _ = fs::remove_file(entry.path());
+                let _ = unlink_at(dir, name);
             }
         }
     }
 
-    /// Writes `bytes` to `path` atomically: temp file (0600) in the same directory, fsync,
-    /// rename, fsync of the directory. Without `durable` the fsyncs are skipped (lease
-    /// files: a crash of the host ends every holder anyway); the rename keeps it atomic.
-    fn write_atomic(&self, path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-        let file_name = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .unwrap_or("record");
-        let temp = self.inner.dir.join(format!(
-            ".{file_name}.{}.{:016x}.tmp",
+    /// Writes `bytes` to `name` in `dir` atomically: temp file (0600, created exclusively,
+    /// so never through a planted link) in the same directory, fsync, rename, fsync of the
+    /// directory. Without `durable` the fsyncs are skipped (lease files: a crash of the
+    /// host ends every holder anyway); the rename keeps it atomic. A symbolic link or FIFO
+    /// planted at `name` is replaced, never written through.
+    fn write_atomic(&self, dir: &File, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+        let path = self.inner.dir.join(name);
+        let temp = format!(
+            ".{name}.{}.{:016x}.tmp",
             self.inner.pid,
             rand::random::<u64>()
-        ));
+        );
         let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)?;
+            let mut file = open_at(
+                dir,
+                &temp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_NOCTTY,
+                0o600,
+            )?;
             file.write_all(bytes)?;
             if durable {
                 file.sync_all()?;
             }
             drop(file);
-            fs::rename(&temp, path)
+            rename_at(dir, &temp, name)
         })();
         if let Err(err) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(io_error("write", path, &err));
+            let _ = unlink_at(dir, &temp);
+            return Err(io_error("write", &path, &err));
         }
         if durable {
-            self.sync_dir()?;
+            self.sync_dir(dir)?;
         }
         Ok(())
     }
 
-    fn sync_dir(&self) -> Result<()> {
-        File::open(&self.inner.dir)
-            .and_then(|dir| dir.sync_all())
+    fn sync_dir(&self, dir: &File) -> Result<()> {
+        dir.sync_all()
             .map_err(|err| io_error("sync directory", &self.inner.dir, &err))
     }
 
-    fn read_lease(&self, key: &str) -> Result<Option<LeaseFile>> {
+    /// The lease file of `key`. A symbolic link, FIFO, device or directory there, or a
+    /// file over 4 KiB, is a `Store` error.
+    fn read_lease(&self, dir: &File, key: &str) -> Result<Option<LeaseFile>> {
         let path = self.lease_path(key);
-        match fs::read(&path) {
-            // An unparseable lease file (only possible if something else wrote it) is
-            // treated as free; the fencing count restarts from zero.
-            Ok(bytes) => Ok(serde_json::from_slice::<LeaseFile>(&bytes).ok()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(io_error("read lease file", &path, &err)),
-        }
+        let bytes = read_regular(dir, &lease_name(key), &path, "lease file", MAX_LEASE_BYTES)?;
+        // An unparseable lease file (only possible if something else wrote it) is treated
+        // as free; the fencing count restarts from zero.
+        Ok(bytes.and_then(|bytes| serde_json::from_slice::<LeaseFile>(&bytes).ok()))
     }
 
-    fn write_lease(&self, key: &str, lease: &LeaseFile) -> Result<()> {
+    fn write_lease(&self, dir: &File, key: &str, lease: &LeaseFile) -> Result<()> {
         let bytes = serde_json::to_vec(lease).map_err(|_| store_error("cannot encode lease"))?;
-        self.write_atomic(&self.lease_path(key), &bytes, false)
+        self.write_atomic(dir, &lease_name(key), &bytes, false)
     }
 
     /// Whether `lease` no longer keeps others out.
@@ -653,9 +965,10 @@ impl FileStore {
 
     /// One attempt at the lease of `key`.
     fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<FileLease>> {
-        let _guard = FlockGuard::lock(&self.lock_path(key))?;
+        let dir = self.open_dir()?;
+        let _guard = self.lock(&dir, key)?;
         let now_ms = unix_ms(SystemTime::now());
-        let current = self.read_lease(key)?;
+        let current = self.read_lease(&dir, key)?;
         if let Some(lease) = &current {
             if !self.is_free(lease, now_ms) {
                 return Ok(None);
@@ -664,6 +977,7 @@ impl FileStore {
         let fencing_token = current.map_or(0, |lease| lease.fencing_token) + 1;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.write_lease(
+            &dir,
             key,
             &LeaseFile {
                 version: 1,
@@ -682,11 +996,12 @@ impl FileStore {
     }
 
     fn release_lease(&self, key: &str, fencing_token: u64) -> Result<()> {
-        let _guard = FlockGuard::lock(&self.lock_path(key))?;
-        match self.read_lease(key)? {
+        let dir = self.open_dir()?;
+        let _guard = self.lock(&dir, key)?;
+        match self.read_lease(&dir, key)? {
             Some(mut lease) if lease.fencing_token == fencing_token && !lease.released => {
                 lease.released = true;
-                self.write_lease(key, &lease)
+                self.write_lease(&dir, key, &lease)
             }
             _ => Ok(()),
         }
@@ -700,8 +1015,9 @@ impl FileStore {
         record: &TokenRecord,
         fencing_token: u64,
     ) -> Result<()> {
-        let _guard = FlockGuard::lock(&self.lock_path(key))?;
-        let current = self.read_lease(key)?.map(|lease| lease.fencing_token);
+        let dir = self.open_dir()?;
+        let _guard = self.lock(&dir, key)?;
+        let current = self.read_lease(&dir, key)?.map(|lease| lease.fencing_token);
         if current != Some(fencing_token) {
             return Err(store_error(format!(
                 "the refresh lease of {} passed to another holder (fencing token {fencing_token}, now {}); write refused",
@@ -709,8 +1025,34 @@ impl FileStore {
                 current.map_or_else(|| "none".to_owned(), |token| token.to_string())
             )));
         }
-        BlockingStore::save(self, key, record)
+        self.save_in(&dir, key, record)
     }
+
+    /// Encodes and writes the record of `key`; a record over [`MAX_RECORD_BYTES`] is a
+    /// `Store` error and nothing is written (it could not be read back).
+    fn save_in(&self, dir: &File, key: &str, record: &TokenRecord) -> Result<()> {
+        let bytes = Zeroizing::new(self.inner.codec.encode(&key_hash(key), record)?);
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(store_error(format!(
+                "token record {} would be {} bytes, larger than {MAX_RECORD_BYTES} bytes; not written",
+                self.record_path(key).display(),
+                bytes.len()
+            )));
+        }
+        self.write_atomic(dir, &record_name(key), &bytes, true)
+    }
+}
+
+fn record_name(key: &str) -> String {
+    format!("{}.token", key_hash(key))
+}
+
+fn lease_name(key: &str) -> String {
+    format!("{}.lease", key_hash(key))
+}
+
+fn lock_name(key: &str) -> String {
+    format!("{}.lock", key_hash(key))
 }
 
 /// The writer PID inside a temp file name `.<name>.<pid>.<random>.tmp`.
@@ -722,12 +1064,21 @@ fn temp_file_pid(name: &str) -> Option<u32> {
 }
 
 impl BlockingStore for FileStore {
+    /// The record of `key`. A symbolic link, FIFO, device or directory in its place, or a
+    /// file over [`MAX_RECORD_BYTES`], is a `Store` error naming the file (never read
+    /// through, never read whole).
     fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
+        let dir = self.open_dir()?;
         let path = self.record_path(key);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => Zeroizing::new(bytes),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(io_error("read token record", &path, &err)),
+        let Some(bytes) = read_regular(
+            &dir,
+            &record_name(key),
+            &path,
+            "token record",
+            MAX_RECORD_BYTES,
+        )?
+        else {
+            return Ok(None);
         };
         let what = path.display().to_string();
         self.inner
@@ -737,16 +1088,16 @@ impl BlockingStore for FileStore {
     }
 
     fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
-        let bytes = Zeroizing::new(self.inner.codec.encode(&key_hash(key), record)?);
-        self.write_atomic(&self.record_path(key), &bytes, true)
+        let dir = self.open_dir()?;
+        self.save_in(&dir, key, record)
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        let path = self.record_path(key);
-        match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
+        let dir = self.open_dir()?;
+        match unlink_at(&dir, &record_name(key)) {
+            Ok(()) => self.sync_dir(&dir),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(io_error("delete", &path, &err)),
+            Err(err) => Err(io_error("delete", &self.record_path(key), &err)),
         }
     }
 }

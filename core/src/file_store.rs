@@ -23,8 +23,8 @@
 //! * The store trusts nothing it did not create: record, lease and lock files are opened
 //!   relative to the checked directory without following symbolic links and without
 //!   blocking (a FIFO cannot hang a refresh), and anything but a regular file is refused.
-//!   Records are read up to [`MAX_RECORD_BYTES`] (256 KiB), lease files up to 4 KiB; larger is an
-//!   error, never an unbounded read.
+//!   Records are read up to [`MAX_RECORD_BYTES`] (256 KiB), lease files up to 4 KiB;
+//!   larger is an error, never an unbounded read.
 //! * Writes go to a temp file in the same directory, are fsynced, renamed over the record
 //!   and the directory is fsynced: a reader sees the old or the new record, never a mix.
 //! * A record that cannot be read or parsed is a [`ErrorKind::Store`] error naming the file

@@ -1065,6 +1065,16 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Configuration);
         assert!(err.message().contains("larger than 65536 bytes"), "{err}");
         std::fs::remove_file(&big).unwrap();
+        let binary = secret_file("binary", "", 0o600);
+        std::fs::write(&binary, [0xff, 0xfe, b'\n']).unwrap();
+        let err = file_secret(&binary).resolve("f").unwrap_err();
+        assert!(err.message().ends_with("is not UTF-8 text"), "{err}");
+        std::fs::remove_file(&binary).unwrap();
+        let err = file_secret(&binary).resolve("f").unwrap_err();
+        assert!(
+            err.message().starts_with("f: cannot read secret file"),
+            "{err}"
+        );
         let full = secret_file("full", &"y".repeat(64 * 1024), 0o600);
         assert_eq!(file_secret(&full).resolve("f").unwrap().len(), 64 * 1024);
         std::fs::remove_file(&full).unwrap();

@@ -20,6 +20,12 @@
 #include <stdint.h>
 
 /**
+ * Longest `tl_manager_free` waits for C callbacks of the manager that are running when it
+ * is called (and `tl_manager_set_event_callback` for the previous event callback).
+ */
+#define TL_FREE_WAIT_MS 5000
+
+/**
  * The result of a tokenlease C function. Stable numbers: never renumbered, only appended.
  *
  * `TL_OK` is 0. Codes 1 to 15 are exactly tokenlease's error kinds (the same numbers in
@@ -296,11 +302,13 @@ typedef struct tl_token tl_token;
  * `TL_INTERNAL`.
  *
  * Threads: callbacks run on tokenlease's background blocking threads, never on the caller's
- * thread. `fetch`/`refresh` of one manager never overlap (single-flight), but `revoke` may
- * overlap them, so `userdata` must be safe to use from any thread. A callback must not call
- * a blocking `tl_manager_*` function of its own manager (that returns `TL_USAGE`) nor
- * `tl_manager_free` (that deadlocks). After `tl_manager_free` returns, no callback is called
- * again, so userdata may be released then.
+ * thread. `fetch`, `refresh` and `revoke` of one manager never overlap, also when the
+ * manager stopped waiting for a call that exceeded the policy's `source_timeout_ms`: the
+ * next call starts only once that one returned (its late token is still used). `userdata`
+ * must be safe to use from any thread. A callback must not call a blocking `tl_manager_*`
+ * function of its own manager, `tl_manager_free` or `tl_manager_set_event_callback`: those
+ * return `TL_USAGE` there. After `tl_manager_free` returns `TL_OK`, no callback is called
+ * again, so userdata may be released then (see `tl_manager_free` for a callback that hangs).
  *
  * The struct is copied by `tl_manager_new_custom`; it need not outlive that call.
  */
@@ -401,6 +409,22 @@ typedef struct tl_counters {
      * Store failures.
      */
     uint64_t store_errors;
+    /**
+     * Keep-alive requests for sliding sessions.
+     */
+    uint64_t keep_alives;
+    /**
+     * Events dropped because the event callback fell behind (bounded queue).
+     */
+    uint64_t events_dropped;
+    /**
+     * Store calls abandoned after the policy's `store_timeout_ms`.
+     */
+    uint64_t store_timeouts;
+    /**
+     * Source calls abandoned after the policy's `source_timeout_ms`.
+     */
+    uint64_t source_timeouts;
 } tl_counters;
 
 /**
@@ -485,10 +509,12 @@ typedef struct tl_event {
 } tl_event;
 
 /**
- * An event callback. Called on the thread that caused the event, which is usually a
- * tokenlease background thread (and sometimes the thread calling `tl_manager_invalidate`
- * or `tl_manager_revoke`): keep it quick, never block, and never call `tl_manager_free` or
- * `tl_manager_set_event_callback` from inside it. `event` is valid only during the call.
+ * An event callback. Called on tokenlease's event thread (`tokenlease-events`, one per
+ * process, never the thread that refreshes tokens), one event at a time and in order. A slow
+ * callback delays later events, never a refresh; when events pile up past the queue bound
+ * they are dropped and counted (`tl_status.counters.events_dropped`). `tl_manager_free` and
+ * `tl_manager_set_event_callback` return `TL_USAGE` from inside it. `event` is valid only
+ * during the call.
  */
 typedef void (*tl_event_callback)(void *userdata, const struct tl_event *event);
 
@@ -669,6 +695,20 @@ tl_result tl_manager_set_event_callback(const struct tl_manager *mgr,
                                         void *userdata);
 
 /**
+ * Waits until the events queued so far (by every manager of the process) were passed to
+ * their event callbacks, at most `timeout_ms` milliseconds. Events are delivered on
+ * tokenlease's event thread, after the call that caused them returns; call this before
+ * reading what a callback recorded. Returns `TL_OK`, `TL_TIMEOUT`, or `TL_USAGE` from inside
+ * an event callback (it would wait for itself).
+ *
+ * Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager.
+ */
+tl_result tl_manager_flush_events(const struct tl_manager *mgr, uint64_t timeout_ms);
+
+/**
  * Closes the manager: stops its background refreshes and drops the cached token; later
  * token calls fail with `TL_CLOSED`. Idempotent. The handle must still be freed with
  * `tl_manager_free`.
@@ -712,18 +752,24 @@ tl_result tl_manager_last_error(const struct tl_manager *mgr,
 tl_result tl_manager_key(const struct tl_manager *mgr, char *buf, size_t len, size_t *written);
 
 /**
- * Closes and frees a manager. NULL is a no-op. Waits for C callbacks of this manager that
- * are running right now to return; afterwards none is called again, so the userdata of its
- * source, store and event callback may be released. `tl_token` handles obtained from it stay
- * valid.
+ * Closes and frees a manager. NULL is a no-op (`TL_OK`). No C callback of this manager starts
+ * after the call begins; callbacks running at that moment are waited for, at most
+ * `TL_FREE_WAIT_MS` milliseconds.
  *
- * Ownership: takes ownership of `mgr`. Thread-safety: must be the last call on `mgr`, with
- * no other call on it running on any thread; never call it from inside a callback.
+ * Returns `TL_OK` when none is running any more: the userdata of its source, store and
+ * event callback may be released. Returns `TL_TIMEOUT` when a callback was still running
+ * after the wait (a hung callback): the handle is freed all the same, but that callback's
+ * userdata must stay valid until the callback returns; its result is discarded. Returns
+ * `TL_USAGE` without freeing anything when called from inside a tokenlease callback, where
+ * it would wait for itself. `tl_token` handles obtained from the manager stay valid.
+ *
+ * Ownership: takes ownership of `mgr` (except with `TL_USAGE`). Thread-safety: must be the
+ * last call on `mgr`, with no other call on it running on any thread.
  *
  * # Safety
  * `mgr` must be NULL or a manager from a tokenlease constructor, not freed before.
  */
-void tl_manager_free(struct tl_manager *mgr);
+tl_result tl_manager_free(struct tl_manager *mgr);
 
 /**
  * The symbolic name of a result code (`"TL_TRANSIENT"`), or `"TL_UNKNOWN"` for a number
@@ -754,10 +800,12 @@ tl_result tl_result_message(uint32_t code, char *buf, size_t len, size_t *writte
 /**
  * Reports the fetched token: `value` (`len` bytes of UTF-8, copied) valid for
  * `expires_in_ms` milliseconds from the moment the request was sent (0: unknown, the
- * policy's default lifetime applies). Call it before returning `TL_OK`.
+ * policy's default lifetime applies; the same meaning as `expiresInMs` 0 in Kotlin and
+ * Swift). Call it before returning `TL_OK`.
  *
  * Returns `TL_NULL_ARGUMENT`, `TL_INVALID_UTF8`, or `TL_INVALID_ARGUMENT` for an empty
- * value. Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
+ * value, one with a control character (an interior NUL, CR, LF, ...), one over 64 KiB, or
+ * a lifetime over ten years (e.g. a negative number cast to `uint64_t`). Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
  * from inside the callback that received `out`.
  *
  * # Safety

@@ -363,6 +363,13 @@ pub struct PolicyConfig {
     pub default_lifetime_s: Option<u64>,
     /// Upper bound on one source call, ms.
     pub source_timeout_ms: Option<u64>,
+    /// Upper bound on one store call, ms.
+    pub store_timeout_ms: Option<u64>,
+    /// How long a cross-process refresh lease lasts without renewal, ms (renewed every
+    /// third of it while its holder refreshes).
+    pub lease_ttl_ms: Option<u64>,
+    /// How long to wait for a sibling's lease, ms.
+    pub lease_wait_ms: Option<u64>,
 }
 
 fn seconds(field: &str, value: f64) -> Result<Duration> {
@@ -419,6 +426,18 @@ impl PolicyConfig {
         }
         if let Some(ms) = self.source_timeout_ms {
             builder = builder.source_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.store_timeout_ms {
+            builder = builder.store_timeout(Duration::from_millis(ms));
+        }
+        if self.lease_ttl_ms.is_some() || self.lease_wait_ms.is_some() {
+            let defaults = Policy::default();
+            builder = builder.lease(
+                self.lease_ttl_ms
+                    .map_or(defaults.lease_ttl(), Duration::from_millis),
+                self.lease_wait_ms
+                    .map_or(defaults.lease_wait(), Duration::from_millis),
+            );
         }
         builder.build()
     }

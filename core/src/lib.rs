@@ -61,4 +61,4 @@ pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Sou
 pub use store::{
     BlockingStore, BlockingStoreAdapter, Lease, LeaseOutcome, MemoryStore, Store, TokenRecord,
 };
-pub use token::{FetchedToken, Lifetime, Token, MAX_TOKEN_BYTES};
+pub use token::{check_token_text, FetchedToken, Lifetime, Token, MAX_TOKEN_BYTES};

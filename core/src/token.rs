@@ -293,8 +293,10 @@ impl FetchedToken {
 /// Longest token value or refresh token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// Why `text` cannot be a token value (empty, too long, control characters).
-pub(crate) fn check_token_text(text: &str) -> Result<(), &'static str> {
+/// Why `text` cannot be a token value or refresh token (empty, longer than
+/// [`MAX_TOKEN_BYTES`], control characters such as NUL, CR or LF); `Ok` when it can. Every
+/// binding checks values it receives with this, so they are judged the same everywhere.
+pub fn check_token_text(text: &str) -> Result<(), &'static str> {
     if text.is_empty() {
         Err("is empty")
     } else if text.len() > MAX_TOKEN_BYTES {

@@ -169,6 +169,52 @@ pub(crate) fn unix_ms(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+thread_local! {
+    /// How many tokenlease C callbacks are running on this thread (nested calls count).
+    static CALLBACK_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as running a C callback while it lives.
+pub(crate) struct CallbackScope(());
+
+impl CallbackScope {
+    pub(crate) fn enter() -> Self {
+        CALLBACK_DEPTH.with(|depth| depth.set(depth.get() + 1));
+        Self(())
+    }
+}
+
+impl Drop for CallbackScope {
+    fn drop(&mut self) {
+        CALLBACK_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
+/// Refuses calls that would wait for the callback they are made from (`tl_manager_free`,
+/// `tl_manager_set_event_callback`) with `TL_USAGE` instead of deadlocking.
+pub(crate) fn refuse_inside_callback(function: &str) -> Result<(), Failure> {
+    if CALLBACK_DEPTH.with(std::cell::Cell::get) > 0 {
+        return Err(Failure::new(
+            tl_result::TL_USAGE,
+            format!(
+                "{function} was called from inside a tokenlease callback, where it would wait \
+                 for itself; call it from another thread"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a token value or refresh token a C callback reports, as core checks every source.
+pub(crate) fn token_text(value: &str, name: &str) -> Result<(), Failure> {
+    tl_core::check_token_text(value).map_err(|problem| {
+        Failure::new(
+            tl_result::TL_INVALID_ARGUMENT,
+            format!("the {name} {problem}"),
+        )
+    })
+}
+
 /// A C `void* userdata`, passed back to the callbacks it came with.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct UserData(pub(crate) *mut c_void);

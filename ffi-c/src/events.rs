@@ -79,10 +79,12 @@ pub struct tl_event {
     pub message: *const c_char,
 }
 
-/// An event callback. Called on the thread that caused the event, which is usually a
-/// tokenlease background thread (and sometimes the thread calling `tl_manager_invalidate`
-/// or `tl_manager_revoke`): keep it quick, never block, and never call `tl_manager_free` or
-/// `tl_manager_set_event_callback` from inside it. `event` is valid only during the call.
+/// An event callback. Called on tokenlease's event thread (`tokenlease-events`, one per
+/// process, never the thread that refreshes tokens), one event at a time and in order. A slow
+/// callback delays later events, never a refresh; when events pile up past the queue bound
+/// they are dropped and counted (`tl_status.counters.events_dropped`). `tl_manager_free` and
+/// `tl_manager_set_event_callback` return `TL_USAGE` from inside it. `event` is valid only
+/// during the call.
 pub type tl_event_callback =
     Option<unsafe extern "C" fn(userdata: *mut c_void, event: *const tl_event)>;
 
@@ -90,16 +92,28 @@ pub type tl_event_callback =
 #[derive(Debug, Default)]
 pub(crate) struct EventSlot {
     callback: RwLock<Option<(unsafe extern "C" fn(*mut c_void, *const tl_event), UserData)>>,
+    /// A replacement made while a callback hung; applied before the next event.
+    replacement: parking_lot::Mutex<Option<Option<EventCallback>>>,
 }
 
+type EventCallback = (unsafe extern "C" fn(*mut c_void, *const tl_event), UserData);
+
 impl EventSlot {
-    /// Replaces the callback. Waits for callbacks running now to return, so after this
-    /// the old callback and userdata are never used again.
+    /// Replaces the callback. Waits, at most `wait`, for a callback running now to return,
+    /// so that afterwards the old callback and userdata are never used again; `false` when
+    /// it was still running (the replacement is then made without waiting: the old
+    /// userdata must stay valid until that call returns).
     pub(crate) fn set(
         &self,
         callback: Option<(unsafe extern "C" fn(*mut c_void, *const tl_event), UserData)>,
-    ) {
-        *self.callback.write() = callback;
+        wait: std::time::Duration,
+    ) -> bool {
+        if let Some(mut slot) = self.callback.try_write_for(wait) {
+            *slot = callback;
+            return true;
+        }
+        *self.replacement.lock() = Some(callback);
+        false
     }
 }
 
@@ -113,10 +127,14 @@ impl EventListener for CListener {
     fn on_event(&self, _key: &str, event: &Event) {
         // A recursive read lock: an event raised on a thread that already runs a callback
         // (e.g. the callback calls tl_manager_invalidate) must not deadlock on a waiting writer.
+        if let Some(replacement) = self.slot.replacement.lock().take() {
+            *self.slot.callback.write() = replacement;
+        }
         let guard = self.slot.callback.read_recursive();
         let Some((callback, userdata)) = *guard else {
             return;
         };
+        let _scope = crate::boundary::CallbackScope::enter();
         let mut message_holder: Option<CString> = None;
         let mut out = tl_event {
             kind: tl_event_kind::TL_EVENT_OTHER,

@@ -9,7 +9,8 @@ use tl_core::store::BlockingStoreAdapter;
 use tl_core::{BlockingSourceAdapter, Manager, TokenState};
 
 use crate::boundary::{
-    catch, copy_out, ffi_boundary, ffi_boundary_or, str_arg, unix_ms, write_opt, Failure, UserData,
+    catch, copy_out, ffi_boundary, refuse_inside_callback, str_arg, unix_ms, write_opt, Failure,
+    UserData,
 };
 use crate::events::{c_text, tl_event, tl_event_callback, CListener, EventSlot};
 use crate::result::tl_result;
@@ -47,11 +48,15 @@ impl tl_manager {
         failure.code
     }
 
-    /// Stops every C callback: after this returns none runs or will run again.
-    fn shutdown(&self) {
+    /// Stops every C callback: none starts after this. Waits at most `TL_FREE_WAIT_MS` in
+    /// all for running ones; `false` when one was still running then.
+    fn shutdown(&self) -> bool {
         self.manager.close();
-        self.events.set(None);
-        self.gate.shut();
+        let wait = std::time::Duration::from_millis(TL_FREE_WAIT_MS);
+        let started = std::time::Instant::now();
+        let events_done = self.events.set(None, wait);
+        let callbacks_done = self.gate.shut(wait.saturating_sub(started.elapsed()));
+        events_done && callbacks_done
     }
 }
 
@@ -398,6 +403,14 @@ pub struct tl_counters {
     pub store_loads: u64,
     /// Store failures.
     pub store_errors: u64,
+    /// Keep-alive requests for sliding sessions.
+    pub keep_alives: u64,
+    /// Events dropped because the event callback fell behind (bounded queue).
+    pub events_dropped: u64,
+    /// Store calls abandoned after the policy's `store_timeout_ms`.
+    pub store_timeouts: u64,
+    /// Source calls abandoned after the policy's `source_timeout_ms`.
+    pub source_timeouts: u64,
 }
 
 /// A snapshot of a manager. Plain data, filled by `tl_manager_status`.
@@ -462,6 +475,10 @@ pub unsafe extern "C" fn tl_manager_status(
                 invalidations: counters.invalidations,
                 store_loads: counters.store_loads,
                 store_errors: counters.store_errors,
+                keep_alives: counters.keep_alives,
+                events_dropped: counters.events_dropped,
+                store_timeouts: counters.store_timeouts,
+                source_timeouts: counters.source_timeouts,
             },
         };
         // SAFETY: non-NULL and writable per the contract.
@@ -491,10 +508,55 @@ pub unsafe extern "C" fn tl_manager_set_event_callback(
     userdata: *mut c_void,
 ) -> tl_result {
     manager_call(mgr, |mgr| {
+        refuse_inside_callback("tl_manager_set_event_callback")?;
         let callback: Option<unsafe extern "C" fn(*mut c_void, *const tl_event)> = callback;
-        mgr.events
-            .set(callback.map(|callback| (callback, UserData(userdata))));
-        Ok(())
+        let replaced = mgr.events.set(
+            callback.map(|callback| (callback, UserData(userdata))),
+            std::time::Duration::from_millis(TL_FREE_WAIT_MS),
+        );
+        if replaced {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                tl_result::TL_TIMEOUT,
+                format!(
+                    "the previous event callback was still running after {TL_FREE_WAIT_MS} ms; \
+                     it is replaced before the next event, keep its userdata valid until it \
+                     returns"
+                ),
+            ))
+        }
+    })
+}
+
+/// Waits until the events queued so far (by every manager of the process) were passed to
+/// their event callbacks, at most `timeout_ms` milliseconds. Events are delivered on
+/// tokenlease's event thread, after the call that caused them returns; call this before
+/// reading what a callback recorded. Returns `TL_OK`, `TL_TIMEOUT`, or `TL_USAGE` from inside
+/// an event callback (it would wait for itself).
+///
+/// Thread-safety: callable from any thread.
+///
+/// # Safety
+/// `mgr` must be NULL or a live manager.
+#[no_mangle]
+pub unsafe extern "C" fn tl_manager_flush_events(
+    mgr: *const tl_manager,
+    timeout_ms: u64,
+) -> tl_result {
+    manager_call(mgr, |mgr| {
+        refuse_inside_callback("tl_manager_flush_events")?;
+        if mgr
+            .manager
+            .flush_events(std::time::Duration::from_millis(timeout_ms))
+        {
+            Ok(())
+        } else {
+            Err(Failure::new(
+                tl_result::TL_TIMEOUT,
+                format!("events were not all delivered within {timeout_ms} ms"),
+            ))
+        }
     })
 }
 
@@ -568,26 +630,45 @@ pub unsafe extern "C" fn tl_manager_key(
     })
 }
 
-/// Closes and frees a manager. NULL is a no-op. Waits for C callbacks of this manager that
-/// are running right now to return; afterwards none is called again, so the userdata of its
-/// source, store and event callback may be released. `tl_token` handles obtained from it stay
-/// valid.
+/// Longest `tl_manager_free` waits for C callbacks of the manager that are running when it
+/// is called (and `tl_manager_set_event_callback` for the previous event callback).
+pub const TL_FREE_WAIT_MS: u64 = 5000;
+
+/// Closes and frees a manager. NULL is a no-op (`TL_OK`). No C callback of this manager starts
+/// after the call begins; callbacks running at that moment are waited for, at most
+/// `TL_FREE_WAIT_MS` milliseconds.
 ///
-/// Ownership: takes ownership of `mgr`. Thread-safety: must be the last call on `mgr`, with
-/// no other call on it running on any thread; never call it from inside a callback.
+/// Returns `TL_OK` when none is running any more: the userdata of its source, store and
+/// event callback may be released. Returns `TL_TIMEOUT` when a callback was still running
+/// after the wait (a hung callback): the handle is freed all the same, but that callback's
+/// userdata must stay valid until the callback returns; its result is discarded. Returns
+/// `TL_USAGE` without freeing anything when called from inside a tokenlease callback, where
+/// it would wait for itself. `tl_token` handles obtained from the manager stay valid.
+///
+/// Ownership: takes ownership of `mgr` (except with `TL_USAGE`). Thread-safety: must be the
+/// last call on `mgr`, with no other call on it running on any thread.
 ///
 /// # Safety
 /// `mgr` must be NULL or a manager from a tokenlease constructor, not freed before.
 #[no_mangle]
-pub unsafe extern "C" fn tl_manager_free(mgr: *mut tl_manager) {
-    ffi_boundary_or((), || {
+pub unsafe extern "C" fn tl_manager_free(mgr: *mut tl_manager) -> tl_result {
+    ffi_boundary(|| {
         if mgr.is_null() {
-            return;
+            return tl_result::TL_OK;
+        }
+        if let Err(failure) = refuse_inside_callback("tl_manager_free") {
+            // SAFETY: `mgr` is live per the contract; it is not freed on this path.
+            return unsafe { &*mgr }.record(failure);
         }
         // SAFETY: `mgr` came from Box::into_raw in `create`; ownership returns here exactly
         // once per the contract.
         let handle = unsafe { Box::from_raw(mgr) };
-        handle.shutdown();
+        let all_returned = handle.shutdown();
         drop(handle);
-    });
+        if all_returned {
+            tl_result::TL_OK
+        } else {
+            tl_result::TL_TIMEOUT
+        }
+    })
 }

@@ -11,7 +11,11 @@ use tl_core::{
 };
 use zeroize::Zeroizing;
 
-use crate::boundary::{ffi_boundary, str_arg, utf8_arg, Failure, UserData};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::boundary::{
+    ffi_boundary, str_arg, token_text, utf8_arg, CallbackScope, Failure, UserData,
+};
 use crate::result::tl_result;
 
 /// A token source written in C.
@@ -23,11 +27,13 @@ use crate::result::tl_result;
 /// `TL_INTERNAL`.
 ///
 /// Threads: callbacks run on tokenlease's background blocking threads, never on the caller's
-/// thread. `fetch`/`refresh` of one manager never overlap (single-flight), but `revoke` may
-/// overlap them, so `userdata` must be safe to use from any thread. A callback must not call
-/// a blocking `tl_manager_*` function of its own manager (that returns `TL_USAGE`) nor
-/// `tl_manager_free` (that deadlocks). After `tl_manager_free` returns, no callback is called
-/// again, so userdata may be released then.
+/// thread. `fetch`, `refresh` and `revoke` of one manager never overlap, also when the
+/// manager stopped waiting for a call that exceeded the policy's `source_timeout_ms`: the
+/// next call starts only once that one returned (its late token is still used). `userdata`
+/// must be safe to use from any thread. A callback must not call a blocking `tl_manager_*`
+/// function of its own manager, `tl_manager_free` or `tl_manager_set_event_callback`: those
+/// return `TL_USAGE` there. After `tl_manager_free` returns `TL_OK`, no callback is called
+/// again, so userdata may be released then (see `tl_manager_free` for a callback that hangs).
 ///
 /// The struct is copied by `tl_manager_new_custom`; it need not outlive that call.
 #[repr(C)]
@@ -126,24 +132,37 @@ pub(crate) fn callback_error(
 }
 
 /// Closes the way to a manager's C callbacks when the manager is freed: calls hold a read
-/// guard, `shut` takes the write lock, so it waits for running callbacks and no callback
-/// starts afterwards.
+/// guard, `shut` closes the gate (no callback starts afterwards) and then waits, for a
+/// bounded time, for the running ones to return.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    open: RwLock<bool>,
+    open: AtomicBool,
+    running: RwLock<()>,
+}
+
+/// A running C callback: holds the gate open and marks the thread as inside a callback.
+pub(crate) struct Entered<'a> {
+    _running: RwLockReadGuard<'a, ()>,
+    _scope: CallbackScope,
 }
 
 impl Gate {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
-            open: RwLock::new(true),
+            open: AtomicBool::new(true),
+            running: RwLock::new(()),
         })
     }
 
-    pub(crate) fn enter(&self) -> Result<RwLockReadGuard<'_, bool>> {
-        let guard = self.open.read();
-        if *guard {
-            Ok(guard)
+    pub(crate) fn enter(&self) -> Result<Entered<'_>> {
+        // Recursive: a callback that triggers another on its own thread must not deadlock
+        // behind a waiting `shut`.
+        let running = self.running.read_recursive();
+        if self.open.load(Ordering::SeqCst) {
+            Ok(Entered {
+                _running: running,
+                _scope: CallbackScope::enter(),
+            })
         } else {
             Err(Error::new(
                 ErrorKind::Closed,
@@ -152,8 +171,11 @@ impl Gate {
         }
     }
 
-    pub(crate) fn shut(&self) {
-        *self.open.write() = false;
+    /// Closes the gate and waits at most `wait` for running callbacks to return; `false`
+    /// when one was still running then.
+    pub(crate) fn shut(&self, wait: Duration) -> bool {
+        self.open.store(false, Ordering::SeqCst);
+        self.running.try_write_for(wait).is_some()
     }
 }
 
@@ -267,10 +289,12 @@ fn with_output(
 
 /// Reports the fetched token: `value` (`len` bytes of UTF-8, copied) valid for
 /// `expires_in_ms` milliseconds from the moment the request was sent (0: unknown, the
-/// policy's default lifetime applies). Call it before returning `TL_OK`.
+/// policy's default lifetime applies; the same meaning as `expiresInMs` 0 in Kotlin and
+/// Swift). Call it before returning `TL_OK`.
 ///
 /// Returns `TL_NULL_ARGUMENT`, `TL_INVALID_UTF8`, or `TL_INVALID_ARGUMENT` for an empty
-/// value. Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
+/// value, one with a control character (an interior NUL, CR, LF, ...), one over 64 KiB, or
+/// a lifetime over ten years (e.g. a negative number cast to `uint64_t`). Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
 /// from inside the callback that received `out`.
 ///
 /// # Safety
@@ -286,10 +310,14 @@ pub unsafe extern "C" fn tl_fetch_output_set_token(
     with_output(out, |out| {
         // SAFETY: `value` is NULL or readable for `len` bytes per the contract.
         let value = unsafe { utf8_arg(value, len, "value") }?;
-        if value.is_empty() {
+        token_text(value, "token value")?;
+        if Duration::from_millis(expires_in_ms) > tl_core::policy::MAX_TOKEN_LIFETIME {
             return Err(Failure::new(
                 tl_result::TL_INVALID_ARGUMENT,
-                "the token value is empty",
+                format!(
+                    "expires_in_ms {expires_in_ms} is beyond the ten-year bound (a negative \
+                     number cast to uint64_t?)"
+                ),
             ));
         }
         out.value = Some(SecretString::new(value));
@@ -335,12 +363,7 @@ pub unsafe extern "C" fn tl_fetch_output_set_refresh_token(
     with_output(out, |out| {
         // SAFETY: NULL or readable for `len` bytes per the contract.
         let value = unsafe { utf8_arg(value, len, "value") }?;
-        if value.is_empty() {
-            return Err(Failure::new(
-                tl_result::TL_INVALID_ARGUMENT,
-                "the refresh token is empty",
-            ));
-        }
+        token_text(value, "refresh token")?;
         out.refresh_token = Some(SecretString::new(value));
         Ok(())
     })

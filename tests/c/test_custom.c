@@ -270,6 +270,7 @@ static void test_callback_errors_keep_their_kind(void) {
         tl_status status;
         CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
         CHECK(status.last_error == kinds[k]);
+        CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
         CHECK(atomic_load(&ev.failed) == 1 && atomic_load(&ev.failed_kind) == kinds[k]);
         tl_manager_free(mgr);
     }
@@ -339,6 +340,7 @@ static void test_custom_store_persists_across_managers(void) {
     CHECK_RC(tl_manager_token(second, token2, sizeof token2, &written, NULL), TL_OK);
     CHECK(strcmp(token2, "c-token-1") == 0);
     CHECK(atomic_load(&s2.fetches) == 0);
+    CHECK_RC(tl_manager_flush_events(second, 10000), TL_OK);
     CHECK(atomic_load(&ev.from_store) == 1);
     tl_status status;
     CHECK_RC(tl_manager_status(second, &status), TL_OK);
@@ -362,6 +364,7 @@ static void test_custom_store_persists_across_managers(void) {
     memset(&ev, 0, sizeof ev);
     CHECK_RC(tl_manager_set_event_callback(third, on_event, &ev), TL_OK);
     CHECK_RC(tl_manager_token(third, token, sizeof token, &written, NULL), TL_OK);
+    CHECK_RC(tl_manager_flush_events(third, 10000), TL_OK);
     CHECK(atomic_load(&ev.store_errors) == 1);
     CHECK_RC(tl_manager_status(third, &status), TL_OK);
     CHECK(status.counters.store_errors == 1);

@@ -219,15 +219,18 @@ static void test_events_and_revoke(void) {
     size_t written = 0;
     uint64_t generation = 0;
     CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
     CHECK(atomic_load(&log.started_initial) == 1);
     CHECK(atomic_load(&log.succeeded) == 1);
     bool invalidated = false;
     CHECK_RC(tl_manager_invalidate(mgr, generation, &invalidated), TL_OK);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
     CHECK(invalidated && atomic_load(&log.invalidated) == 1);
 
     CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
     long revocations = server_stat("revocations");
     CHECK_RC(tl_manager_revoke(mgr), TL_OK);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
     CHECK(atomic_load(&log.revoked) == 1);
     CHECK(server_stat("revocations") == revocations + 1);
     CHECK(server_resource(token) == 401);
@@ -241,9 +244,11 @@ static void test_events_and_revoke(void) {
 
     /* Removing the callback: no more events. */
     CHECK_RC(tl_manager_set_event_callback(mgr, NULL, NULL), TL_OK);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
     int succeeded = atomic_load(&log.succeeded);
     CHECK_RC(tl_manager_invalidate(mgr, after_revoke, NULL), TL_OK);
     CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_OK);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
     CHECK(atomic_load(&log.succeeded) == succeeded);
     CHECK(atomic_load(&log.bad_key) == 0);
     tl_manager_free(mgr);
@@ -272,6 +277,7 @@ static void test_background_refresh(void) {
         if (status.generation >= 2) break;
     }
     CHECK(status.generation >= 2);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
     CHECK(atomic_load(&log.scheduled) >= 1);
     /* The caller gets the refreshed token from the cache. */
     uint64_t now_generation = 0;

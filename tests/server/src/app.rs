@@ -4,20 +4,24 @@
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, DATE, PRAGMA, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +44,10 @@ const X_TOKEN_EXPIRES_IN: &str = "x-token-expires-in";
 const X_SESSION_TOKEN: &str = "x-session-token";
 /// vSphere-style session header.
 const VMWARE_SESSION: &str = "vmware-api-session-id";
+/// Chunk size of `/fault/stream` bodies.
+const STREAM_CHUNK: usize = 16 * 1024;
+/// Pause between two `/fault/stream` chunks (~16 MB/s).
+const STREAM_PACE: Duration = Duration::from_millis(1);
 
 type Shr = Arc<Shared>;
 
@@ -54,12 +62,15 @@ fn router(shared: Shr) -> Router {
         .route("/api/resource", get(resource_get).post(resource_post))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/session/login", post(session_login))
+        .route("/session/login/*rest", post(session_login))
         .route(
             "/session/resource",
             get(session_resource).post(session_resource),
         )
         .route("/session/keepalive", post(session_keepalive))
         .route("/session/logout", post(session_logout))
+        .route("/fault/stream/*rest", any(fault_stream))
+        .route("/fault/status/:code/*rest", any(fault_status))
         .route("/stats", get(stats))
         .route("/control", post(control))
         .route("/health", get(|| async { "ok" }))
@@ -193,9 +204,16 @@ fn grant_error(e: GrantError) -> Response {
     oauth_error(status, e.error, &e.description)
 }
 
-fn token_ok(body: TokenResponse) -> Response {
+fn token_ok(shared: &Shared, body: TokenResponse) -> Response {
     let expires_in = body.expires_in();
-    let mut resp = with_no_store((StatusCode::OK, Json(body)).into_response());
+    let mut resp = match shared.expires_in_json() {
+        None => with_no_store((StatusCode::OK, Json(body)).into_response()),
+        Some(replacement) => {
+            let mut json = serde_json::to_value(&body).unwrap_or_default();
+            json["expires_in"] = replacement;
+            with_no_store((StatusCode::OK, Json(json)).into_response())
+        }
+    };
     resp.headers_mut()
         .insert(X_TOKEN_EXPIRES_IN, HeaderValue::from(expires_in));
     resp
@@ -430,7 +448,9 @@ fn token_grant(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             ))
         }
     };
-    result.map(token_ok).map_err(grant_error)
+    result
+        .map(|body| token_ok(shared, body))
+        .map_err(grant_error)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,6 +519,108 @@ async fn resource_post(State(shared): State<Shr>, headers: HeaderMap, body: Byte
         Ok(_) => Json(json!({ "ok": true, "received": body.len() })).into_response(),
         Err(resp) => resp,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversized and endless bodies, fixed statuses
+
+/// A paced body of `x` bytes after a prefix: endless, or `remaining` bytes in all.
+struct StreamBody {
+    shared: Shr,
+    prefix: Bytes,
+    remaining: Option<u64>,
+    chunk: Bytes,
+    pace: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        if this.remaining == Some(0) || this.shared.is_shutting_down() {
+            return Poll::Ready(None);
+        }
+        let mut data = if this.prefix.is_empty() {
+            if this.pace.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let next = tokio::time::Instant::now() + STREAM_PACE;
+            this.pace.as_mut().reset(next);
+            this.chunk.clone()
+        } else {
+            std::mem::take(&mut this.prefix)
+        };
+        if let Some(remaining) = &mut this.remaining {
+            let len = usize::try_from(*remaining).map_or(data.len(), |r| r.min(data.len()));
+            data.truncate(len);
+            *remaining -= len as u64;
+        }
+        this.shared.count_streamed(data.len());
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+fn query_params(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+async fn fault_stream(State(shared): State<Shr>, RawQuery(query): RawQuery) -> Response {
+    let params = query_params(query.as_deref());
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let status = param("status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let prefix = Bytes::from(param("prefix").unwrap_or("").to_owned());
+    let length = param("length").and_then(|l| l.parse::<u64>().ok());
+    let body = StreamBody {
+        shared,
+        prefix,
+        remaining: length,
+        chunk: Bytes::from(vec![b'x'; STREAM_CHUNK]),
+        pace: Box::pin(tokio::time::sleep(Duration::ZERO)),
+    };
+    let mut resp = Response::new(Body::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(length) = length {
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    resp
+}
+
+async fn fault_status(Path((code, _rest)): Path<(u16, String)>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(json!({ "fault": "INJECTED", "status": status.as_u16() })),
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------------

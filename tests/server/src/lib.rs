@@ -14,6 +14,18 @@
 //!   `POST /session/logout` — a vendor-style (non-OAuth2) session API with a sliding idle timeout
 //!   and an absolute timeout; the session token is accepted in any of the headers
 //!   `vmware-api-session-id: T`, `Authorization: ZSession T` or `X-Session-Token: T`,
+//! * `ANY /fault/stream/...` — a body that does not end (or is far larger than any client
+//!   bound): after the optional `prefix` query parameter, `x` bytes in 16 KiB chunks, paced
+//!   at about one chunk per millisecond (~16 MB/s, so a client without a bound fills its
+//!   memory slowly instead of taking the machine down), with the status of the `status`
+//!   query parameter (default 200). With `length=N` the body is exactly `N` bytes and
+//!   declared by `Content-Length`; without it the body is chunked and endless. The path
+//!   after `/fault/stream/` is free (e.g. `/fault/stream/.well-known/openid-configuration`
+//!   for discovery); [`Stats::streamed_bytes`] counts what was handed to the connection.
+//! * `ANY /fault/status/{code}/...` — answers `code` with a small JSON body, whatever the
+//!   rest of the path and the method (e.g. a keep-alive URL that 404s).
+//! * `POST /session/login/...` — the session login under any longer path too (for login
+//!   URL templates with a credential in the path).
 //! * `GET /stats`, `POST /control`, `GET /health` — test plumbing.
 //!
 //! Use [`TestServer::start`] inside a tokio runtime, or [`TestServer::start_background`] from
@@ -139,6 +151,11 @@ pub struct Stats {
     /// missing session tokens).
     #[serde(default)]
     pub session_rejections: u64,
+    /// Body bytes handed to connections by `/fault/stream/...` (all requests together).
+    /// Bytes still in flight when a client stops reading are counted; a client that stops
+    /// at its bound keeps this near the bound plus socket buffers.
+    #[serde(default)]
+    pub streamed_bytes: u64,
 }
 
 /// Fault and behaviour changes; every field is optional. Applied by `POST /control` and by
@@ -194,6 +211,11 @@ pub struct Control {
     /// Sets [`ServerConfig::session_absolute_timeout`] in seconds, for sessions created from now
     /// on.
     pub session_absolute_timeout_s: Option<u64>,
+    /// Successful token responses carry this JSON text as their `expires_in` instead of
+    /// the number of seconds (e.g. `"\"3600\""` for a string, `"99999999999999"`); the
+    /// server side lifetime and the `X-Token-Expires-In` header are unchanged. An empty
+    /// string (or text that is not JSON) clears it.
+    pub expires_in_json: Option<String>,
 }
 
 /// A token endpoint outage.

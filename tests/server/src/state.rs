@@ -111,6 +111,7 @@ struct Faults {
     early_expiry: Option<Duration>,
     date_skew_s: i64,
     fail_next: Option<(u32, String)>,
+    expires_in_json: Option<serde_json::Value>,
 }
 
 /// An OAuth2 access token; all instants are server time.
@@ -320,6 +321,9 @@ impl Shared {
         if let Some(f) = &c.fail_next_token_requests {
             st.faults.fail_next = (f.count > 0).then(|| (f.count, f.error.clone()));
         }
+        if let Some(text) = &c.expires_in_json {
+            st.faults.expires_in_json = serde_json::from_str(text).ok();
+        }
         if let Some(scale) = c.time_scale.and_then(sanitize_scale) {
             st.clock.set_scale(scale);
         }
@@ -372,6 +376,15 @@ impl Shared {
 
     pub(crate) fn count_token_error(&self) {
         self.state.lock().stats.token_errors += 1;
+    }
+
+    /// The `expires_in` JSON that replaces the real one in token responses, if set.
+    pub(crate) fn expires_in_json(&self) -> Option<serde_json::Value> {
+        self.state.lock().faults.expires_in_json.clone()
+    }
+
+    pub(crate) fn count_streamed(&self, bytes: usize) {
+        self.state.lock().stats.streamed_bytes += bytes as u64;
     }
 
     /// Decides which fault (if any) applies to this token request; consumes one `fail_next`.

@@ -441,3 +441,79 @@ fn test_server_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync + std::fmt::Debug>() {}
     assert_send_sync::<tokenlease_test_server::TestServer>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_route_sends_a_paced_endless_or_sized_body_with_any_status() {
+    let s = start().await;
+    let c = client();
+    // Endless: read 1 MiB of it (prefix first), then hang up.
+    let mut resp = c
+        .post(format!(
+            "{}/fault/stream/any/path?status=401&prefix=Token%20Expired",
+            s.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.content_length(), None);
+    let mut read = Vec::new();
+    while read.len() < 1024 * 1024 {
+        read.extend_from_slice(&resp.chunk().await.unwrap().expect("endless"));
+    }
+    drop(resp);
+    assert!(read.starts_with(b"Token Expiredxxx"));
+    assert!(read[13..].iter().all(|&b| b == b'x'));
+    assert!(s.stats().streamed_bytes >= 1024 * 1024);
+
+    // Sized: exactly `length` bytes, declared.
+    let resp = c
+        .get(format!("{}/fault/stream/x?length=100000", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.content_length(), Some(100_000));
+    assert_eq!(resp.bytes().await.unwrap().len(), 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_route_answers_the_status_in_its_path() {
+    let s = start().await;
+    let c = client();
+    for (code, method) in [(404, "GET"), (500, "POST"), (503, "DELETE")] {
+        let resp = c
+            .request(
+                method.parse().unwrap(),
+                format!("{}/fault/status/{code}/keepalive/some-token?t=x", s.url()),
+            )
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json(resp).await;
+        assert_eq!(status.as_u16(), code);
+        assert_eq!(body["fault"], "INJECTED");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expires_in_json_replaces_the_lifetime_in_token_responses() {
+    let s = start().await;
+    let c = client();
+    for (text, expected) in [
+        (r#""3600""#, serde_json::json!("3600")),
+        ("99999999999999", serde_json::json!(99_999_999_999_999u64)),
+    ] {
+        s.control(Control {
+            expires_in_json: Some(text.to_owned()),
+            ..Control::default()
+        });
+        let body = client_credentials(&s, &c).await;
+        assert_eq!(body["expires_in"], expected);
+    }
+    s.control(Control {
+        expires_in_json: Some(String::new()),
+        ..Control::default()
+    });
+    assert_eq!(client_credentials(&s, &c).await["expires_in"], 3600);
+}

@@ -601,3 +601,17 @@ async fn token_exchange_failures() {
     assert_eq!(stats.tokens_issued, 0);
     assert!(!stats.grants.contains_key("token_exchange"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_is_also_served_under_a_longer_path() {
+    let s = start().await;
+    let c = client();
+    let resp = c
+        .post(format!("{}/extra/segments?p=1", s.session_login_url()))
+        .json(&serde_json::json!({"username": "alice", "password": "wonderland"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(s.stats().session_logins, 1);
+}

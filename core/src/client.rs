@@ -9,7 +9,10 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::{endpoint_url, http_client, is_token_rejected, transport_error};
+use crate::http::{
+    endpoint_name, endpoint_url, http_client, is_token_rejected, read_body_prefix, transport_error,
+    MAX_INSPECTED_ERROR_BODY_BYTES,
+};
 use crate::manager::Manager;
 use crate::session::{ExpiredSpec, SendSpec, SessionLogin};
 use crate::token::Token;
@@ -18,9 +21,12 @@ use crate::token::Token;
 pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
     /// Adds the token to the request headers.
     fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()>;
-    /// Whether a response with this status needs its body read to be classified.
+    /// Whether a response with this status needs its body read to be classified. Asked
+    /// for error statuses only: a successful response is always accepted, its body left
+    /// unread for the application.
     fn may_be_rejection(&self, status: StatusCode) -> bool;
     /// Whether the response means the token was rejected (expired, revoked, unknown).
+    /// `body` is at most the first [`MAX_INSPECTED_ERROR_BODY_BYTES`] of the body.
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool;
 }
 
@@ -160,6 +166,16 @@ impl fmt::Debug for AuthorizedClient {
     }
 }
 
+/// Marks (in [`reqwest::Response::extensions`]) an error response whose body
+/// [`AuthorizedClient`] cut to the first [`MAX_INSPECTED_ERROR_BODY_BYTES`] it read to
+/// classify it: the server sent more (possibly without end) and the rest was not read.
+/// Error bodies that fit, and every successful response, reach the caller unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorBodyTruncated {
+    /// The number of bytes kept (the bound).
+    pub kept: usize,
+}
+
 /// What happened to one request, for callers that want to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempts {
@@ -198,6 +214,11 @@ impl AuthorizedClient {
 
     /// Sends `request` with the current token; on a rejection, invalidates that token and
     /// retries once with the refreshed one if the body is replayable.
+    ///
+    /// A successful response is returned as it came, body unread. An error response the
+    /// authorizer wants to inspect has its body read, at most the first
+    /// [`MAX_INSPECTED_ERROR_BODY_BYTES`]; the caller gets that body back, whole when it
+    /// fit, otherwise cut at the bound and marked with [`ErrorBodyTruncated`].
     pub async fn execute(&self, request: reqwest::Request) -> Result<reqwest::Response> {
         self.execute_counted(request)
             .await
@@ -244,21 +265,31 @@ impl AuthorizedClient {
             .await
             .map_err(|err| transport_error(&url, &err))?;
         let status = response.status();
-        if !self.authorizer.may_be_rejection(status) {
+        if status.is_success() || !self.authorizer.may_be_rejection(status) {
             return Ok(Classified::Accepted(response));
         }
-        // The body decides (e.g. "Token Expired"); keep it for the caller.
+        // The body decides (e.g. "Token Expired"): read a bounded prefix of it and keep
+        // what was read for the caller.
+        let mut response = response;
+        let (mut body, complete) = read_body_prefix(
+            &mut response,
+            &endpoint_name(&url),
+            MAX_INSPECTED_ERROR_BODY_BYTES,
+        )
+        .await?;
         let version = response.version();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&url, &err))?;
         let rejected = self.authorizer.is_rejection(status, &headers, &body);
-        let mut rebuilt = http::Response::new(body);
+        let mut rebuilt = http::Response::new(std::mem::take(&mut *body));
         *rebuilt.status_mut() = status;
         *rebuilt.version_mut() = version;
         *rebuilt.headers_mut() = headers;
+        if !complete {
+            rebuilt.extensions_mut().insert(ErrorBodyTruncated {
+                kept: MAX_INSPECTED_ERROR_BODY_BYTES,
+            });
+        }
+        drop(response);
         let response = reqwest::Response::from(rebuilt);
         Ok(if rejected {
             Classified::Rejected(response)

@@ -7,6 +7,13 @@
 //! with Retry-After, 5xx/`temporarily_unavailable`/connection errors → `Transient`,
 //! timeouts → `Timeout`, an unreadable success → `Protocol`. Messages name the endpoint
 //! and the kind, never a token or secret.
+//!
+//! Every response body tokenlease reads is bounded: [`MAX_BODY_BYTES`] for token,
+//! revocation, discovery and session endpoints, [`MAX_INSPECTED_ERROR_BODY_BYTES`] for the
+//! prefix of an API error body [`crate::client::AuthorizedClient`] inspects. A body over
+//! its bound is a `Protocol` error naming the endpoint and the bound, raised as soon as the
+//! bound is crossed (a broken endpoint streaming without end costs at most the bound in
+//! memory, not the 30 s request timeout's worth of data).
 
 use std::time::Duration;
 
@@ -14,9 +21,26 @@ use reqwest::header::{HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
+use zeroize::{Zeroize, Zeroizing};
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::SecretString;
 use crate::token::{FetchedToken, Lifetime};
+
+/// The largest response body read from a token, revocation, discovery or session
+/// (login, keep-alive, logout) endpoint: 1 MiB. Real answers are a few hundred bytes to a
+/// few KiB; anything near this bound is a broken or hostile endpoint.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The largest prefix of an API error response body that
+/// [`crate::client::AuthorizedClient`] reads to decide whether the token was rejected
+/// (e.g. a `"Token Expired"` text): 64 KiB. Successful responses are never read.
+pub const MAX_INSPECTED_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The largest `expires_in` accepted from a server, in seconds (about 317 years), whether
+/// it arrives as a JSON number or as a string. Larger values are protocol errors, not
+/// "forever": they would overflow instant arithmetic downstream.
+pub const MAX_EXPIRES_IN_SECS: f64 = 1e10;
 
 pub use crate::oauth2::{ClientAuth, Grant, OAuth2Source};
 
@@ -70,11 +94,6 @@ pub fn http_client() -> Result<reqwest::Client> {
         })
 }
 
-pub(crate) fn form_encode(value: &str) -> String {
-    // RFC 6749 §2.3.1: credentials are form-encoded before Basic encoding.
-    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 pub(crate) fn endpoint_name(url: &url::Url) -> String {
     let mut shown = url.clone();
     shown.set_query(None);
@@ -85,7 +104,12 @@ pub(crate) fn endpoint_name(url: &url::Url) -> String {
 }
 
 pub(crate) fn transport_error(url: &url::Url, err: &reqwest::Error) -> Error {
-    let endpoint = endpoint_name(url);
+    transport_error_at(&endpoint_name(url), err)
+}
+
+/// [`transport_error`] for an endpoint already rendered for display (e.g. a session URL
+/// shown from its template, so no substituted credential or token appears).
+pub(crate) fn transport_error_at(endpoint: &str, err: &reqwest::Error) -> Error {
     if err.is_timeout() {
         Error::new(ErrorKind::Timeout, format!("{endpoint}: request timed out"))
     } else if err.is_connect() {
@@ -106,6 +130,156 @@ fn describe_reqwest(err: &reqwest::Error) -> &'static str {
     } else {
         "transport error"
     }
+}
+
+fn describe_limit(limit: usize) -> String {
+    if limit >= 1024 * 1024 && limit % (1024 * 1024) == 0 {
+        format!("{} MiB", limit / (1024 * 1024))
+    } else if limit >= 1024 && limit % 1024 == 0 {
+        format!("{} KiB", limit / 1024)
+    } else {
+        format!("{limit} bytes")
+    }
+}
+
+/// The `Protocol` error for a body over `limit` from `endpoint`.
+pub(crate) fn body_too_large(endpoint: &str, limit: usize) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!(
+            "{endpoint}: response body exceeds the {} limit ({limit} bytes)",
+            describe_limit(limit)
+        ),
+    )
+}
+
+/// Appends `chunk` to `buffer`, growing it by hand so that an outgrown buffer is wiped
+/// before it is freed (a `Vec`'s own growth would leave the old copy in freed memory).
+fn append_wiping(buffer: &mut Zeroizing<Vec<u8>>, chunk: &[u8]) {
+    let needed = buffer.len() + chunk.len();
+    if needed > buffer.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(needed.max(buffer.capacity() * 2)));
+        grown.extend_from_slice(buffer);
+        *buffer = grown; // the old buffer is zeroized as it drops
+    }
+    buffer.extend_from_slice(chunk);
+}
+
+/// Reads at most `limit` bytes of `response`'s body, chunk by chunk, and says whether that
+/// was the whole body (`true`) or the body goes on past `limit` (`false`; the bytes kept
+/// are then exactly the first `limit`). Nothing past the first chunk that crosses the
+/// bound is read. The buffer is wiped when dropped (bodies carry tokens).
+pub(crate) async fn read_body_prefix(
+    response: &mut reqwest::Response,
+    endpoint: &str,
+    limit: usize,
+) -> Result<(Zeroizing<Vec<u8>>, bool)> {
+    let expected = response
+        .content_length()
+        .and_then(|length| usize::try_from(length).ok())
+        .unwrap_or(0)
+        .min(limit);
+    let mut body = Zeroizing::new(Vec::with_capacity(expected));
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| transport_error_at(endpoint, &err))?
+    {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            append_wiping(&mut body, &chunk[..room]);
+            return Ok((body, false));
+        }
+        append_wiping(&mut body, &chunk);
+    }
+    Ok((body, true))
+}
+
+/// Reads `response`'s whole body, at most `limit` bytes of it: a body declared (by
+/// `Content-Length`) or found to be longer is a `Protocol` error naming `endpoint` and the
+/// limit, raised without reading past the limit.
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    endpoint: &str,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(body_too_large(endpoint, limit));
+    }
+    match read_body_prefix(&mut response, endpoint, limit).await? {
+        (body, true) => Ok(body),
+        (_, false) => Err(body_too_large(endpoint, limit)),
+    }
+}
+
+/// A `application/x-www-form-urlencoded` body built in one buffer that is wiped when
+/// dropped: the buffer is sized up front for the worst case (every byte percent-encoded),
+/// so it never reallocates and leaves no unwiped copy of a secret behind.
+pub(crate) fn form_body(pairs: &[(&str, &str)]) -> Zeroizing<String> {
+    let capacity = pairs
+        .iter()
+        .map(|(name, value)| 3 * (name.len() + value.len()) + 2)
+        .sum();
+    let mut body = Zeroizing::new(String::with_capacity(capacity));
+    for (name, value) in pairs {
+        if !body.is_empty() {
+            body.push('&');
+        }
+        body.extend(url::form_urlencoded::byte_serialize(name.as_bytes()));
+        body.push('=');
+        body.extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
+    }
+    debug_assert!(body.len() <= capacity);
+    body
+}
+
+/// The `Authorization: Basic` value for client credentials (RFC 6749 §2.3.1: each part is
+/// form-encoded before the Basic encoding). Every intermediate copy of the secret is wiped;
+/// the returned value is marked sensitive (it still lives, unwiped, in the request's
+/// header map until reqwest drops it).
+pub(crate) fn basic_auth_header(
+    user: &str,
+    password: &str,
+) -> Result<reqwest::header::HeaderValue> {
+    use base64::Engine;
+    let mut credentials =
+        Zeroizing::new(String::with_capacity(3 * (user.len() + password.len()) + 1));
+    credentials.extend(url::form_urlencoded::byte_serialize(user.as_bytes()));
+    credentials.push(':');
+    credentials.extend(url::form_urlencoded::byte_serialize(password.as_bytes()));
+    let encoded_len = base64::encoded_len(credentials.len(), true).unwrap_or(usize::MAX);
+    let mut header = Zeroizing::new(String::with_capacity(6usize.saturating_add(encoded_len)));
+    header.push_str("Basic ");
+    base64::engine::general_purpose::STANDARD.encode_string(credentials.as_bytes(), &mut header);
+    let mut value = reqwest::header::HeaderValue::from_str(&header).map_err(|_| {
+        Error::new(
+            ErrorKind::Configuration,
+            "client credentials cannot be sent in a header",
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Wipes every string in a JSON value (used after a body built from secrets was sent,
+/// or after a token was taken out of a parsed response).
+pub(crate) fn zeroize_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => text.zeroize(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(zeroize_json),
+        serde_json::Value::Object(map) => map.values_mut().for_each(zeroize_json),
+        _ => {}
+    }
+}
+
+/// A server's `expires_in` (number or string) as a lifetime, within the same bounds
+/// whatever its JSON type: finite, positive, below [`MAX_EXPIRES_IN_SECS`].
+fn bounded_expires_in(seconds: f64) -> Option<Duration> {
+    (seconds.is_finite() && seconds > 0.0 && seconds < MAX_EXPIRES_IN_SECS)
+        .then(|| Duration::from_secs_f64(seconds))
 }
 
 #[derive(Deserialize)]
@@ -145,21 +319,24 @@ pub fn parse_token_response(url: &url::Url, body: &[u8]) -> Result<FetchedToken>
     }
     let lifetime = match response.expires_in {
         None | Some(serde_json::Value::Null) => Lifetime::Unknown,
-        Some(serde_json::Value::Number(n)) => match n.as_f64() {
-            Some(seconds) if seconds.is_finite() && seconds > 0.0 && seconds < 1e10 => {
-                Lifetime::ExpiresIn(Duration::from_secs_f64(seconds))
-            }
-            _ => {
+        // Some servers send it as a string ("3600"); both forms get the same bounds.
+        Some(serde_json::Value::Number(n)) => match n.as_f64().and_then(bounded_expires_in) {
+            Some(lifetime) => Lifetime::ExpiresIn(lifetime),
+            None => {
                 return Err(Error::new(
                     ErrorKind::Protocol,
                     format!("{endpoint}: expires_in must be a positive number of seconds"),
                 ))
             }
         },
-        // Some servers send it as a string.
-        Some(serde_json::Value::String(text)) => match text.trim().parse::<u64>() {
-            Ok(seconds) if seconds > 0 => Lifetime::ExpiresIn(Duration::from_secs(seconds)),
-            _ => {
+        Some(serde_json::Value::String(text)) => match text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|seconds| bounded_expires_in(seconds as f64))
+        {
+            Some(lifetime) => Lifetime::ExpiresIn(lifetime),
+            None => {
                 return Err(Error::new(
                     ErrorKind::Protocol,
                     format!("{endpoint}: expires_in must be a positive number of seconds"),
@@ -408,6 +585,60 @@ mod tests {
             let err = parse_token_response(&url(), bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Protocol);
         }
+    }
+
+    #[test]
+    fn expires_in_has_the_same_bounds_as_a_number_or_a_string() {
+        let parse = |expires_in: &str| {
+            parse_token_response(
+                &url(),
+                format!(r#"{{"access_token":"abc","expires_in":{expires_in}}}"#).as_bytes(),
+            )
+        };
+        for (number, string) in [("3600", r#""3600""#), ("9999999999", r#"" 9999999999 ""#)] {
+            assert_eq!(
+                parse(number).unwrap().lifetime,
+                parse(string).unwrap().lifetime,
+                "{number} vs {string}"
+            );
+        }
+        for absurd in [
+            "99999999999999",
+            r#""99999999999999""#,
+            "10000000000",
+            r#""10000000000""#,
+            r#""18446744073709551615""#,
+            r#""18446744073709551616""#,
+            "1e300",
+            "0",
+            r#""0""#,
+            r#""-5""#,
+            r#""""#,
+        ] {
+            let err = parse(absurd).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Protocol, "{absurd}");
+            assert_eq!(
+                err.message(),
+                "https://idp.example/token: expires_in must be a positive number of seconds",
+                "{absurd}"
+            );
+        }
+    }
+
+    #[test]
+    fn form_bodies_and_basic_credentials_are_encoded_as_rfc_6749_says() {
+        assert_eq!(
+            form_body(&[("grant_type", "password"), ("password", "p&w=d +ü")]).as_str(),
+            "grant_type=password&password=p%26w%3Dd+%2B%C3%BC"
+        );
+        assert_eq!(form_body(&[]).as_str(), "");
+        // RFC 6749 §2.3.1: form-encoded, then Basic.
+        let header = basic_auth_header("client:1", "s3cr3t/+").unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(
+            header.to_str().unwrap(),
+            "Basic Y2xpZW50JTNBMTpzM2NyM3QlMkYlMkI="
+        );
     }
 
     fn jwt(exp: u64) -> String {

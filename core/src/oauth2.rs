@@ -9,8 +9,9 @@ use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
-    cross_check_jwt_expiry, endpoint_name, endpoint_url, form_encode, http_client,
-    parse_token_response, server_date, token_endpoint_error, transport_error,
+    basic_auth_header, cross_check_jwt_expiry, endpoint_name, endpoint_url, form_body, http_client,
+    parse_token_response, read_body, server_date, token_endpoint_error, transport_error,
+    MAX_BODY_BYTES,
 };
 use crate::secret::SecretString;
 use crate::source::Source;
@@ -237,7 +238,15 @@ impl OAuth2Source {
     }
 
     async fn fetch_discovery(&self, issuer: &url::Url) -> Result<(url::Url, Option<url::Url>)> {
-        let url = issuer
+        // OIDC Discovery §4: the document is at issuer + "/.well-known/openid-configuration",
+        // also for an issuer with a path (`https://idp.example/realms/x`); a plain `join`
+        // would replace the path's last segment.
+        let mut base = issuer.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let url = base
             .join(".well-known/openid-configuration")
             .map_err(|err| Error::new(ErrorKind::Configuration, format!("issuer: {err}")))?;
         let response = self
@@ -247,10 +256,7 @@ impl OAuth2Source {
             .await
             .map_err(|err| transport_error(&url, &err))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&url, &err))?;
+        let body = read_body(response, &endpoint_name(&url), MAX_BODY_BYTES).await?;
         if !status.is_success() {
             let kind = if status.is_server_error() {
                 ErrorKind::Transient
@@ -280,53 +286,63 @@ impl OAuth2Source {
         Ok((token, revocation))
     }
 
+    /// Posts `form` with the client's authentication. The form borrows the secrets (no
+    /// copies); the encoded body is built in a buffer wiped on drop, and reqwest gets a copy
+    /// of its bytes (that copy, like hyper's and rustls' buffers, is not ours to wipe).
     async fn post_form(
         &self,
         url: &url::Url,
-        mut form: Vec<(&str, String)>,
+        form: Vec<(&str, &str)>,
     ) -> Result<reqwest::Response> {
+        // Rebound so the form may also hold borrows of `self`.
+        let mut form = form;
         let mut request = self.http.post(url.clone());
         match (&self.client_secret, self.auth) {
             (Some(secret), ClientAuth::Basic) => {
-                request = request.basic_auth(
-                    form_encode(&self.client_id),
-                    Some(form_encode(secret.expose())),
+                request = request.header(
+                    reqwest::header::AUTHORIZATION,
+                    basic_auth_header(&self.client_id, secret.expose())?,
                 );
             }
             (Some(secret), ClientAuth::Post) => {
-                form.push(("client_id", self.client_id.clone()));
-                form.push(("client_secret", secret.expose().to_owned()));
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", secret.expose()));
             }
-            (None, _) => form.push(("client_id", self.client_id.clone())),
+            (None, _) => form.push(("client_id", &self.client_id)),
         }
+        let body = form_body(&form);
         request
-            .form(&form)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body.as_bytes().to_vec())
             .send()
             .await
             .map_err(|err| transport_error(url, &err))
     }
 
-    async fn token_request(&self, mut form: Vec<(&str, String)>) -> Result<FetchedToken> {
+    async fn token_request(&self, form: Vec<(&str, &str)>) -> Result<FetchedToken> {
         let (token_url, _) = self.endpoints().await?;
+        let scope = self.scopes.join(" ");
+        // Rebound so the form may also hold borrows of locals and `self`.
+        let mut form = form;
         if !self.scopes.is_empty() {
-            form.push(("scope", self.scopes.join(" ")));
+            form.push(("scope", &scope));
         }
         if let Some(audience) = &self.audience {
-            form.push(("audience", audience.clone()));
+            form.push(("audience", audience));
         }
         if let Some(resource) = &self.resource {
-            form.push(("resource", resource.clone()));
+            form.push(("resource", resource));
         }
         for (name, value) in &self.extra_params {
-            form.push((name.as_str(), value.clone()));
+            form.push((name, value));
         }
         let response = self.post_form(&token_url, form).await?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&token_url, &err))?;
+        let body = read_body(response, &endpoint_name(&token_url), MAX_BODY_BYTES).await?;
         if status.is_success() {
             let fetched = parse_token_response(&token_url, &body)?;
             Ok(cross_check_jwt_expiry(fetched, server_date(&headers)))
@@ -339,22 +355,22 @@ impl OAuth2Source {
 #[async_trait]
 impl Source for OAuth2Source {
     async fn fetch(&self) -> Result<FetchedToken> {
-        let mut form = vec![("grant_type", self.grant.name().to_owned())];
+        let mut form = vec![("grant_type", self.grant.name())];
         match &self.grant {
             Grant::ClientCredentials => {}
             Grant::Password { username, password } => {
-                form.push(("username", username.clone()));
-                form.push(("password", password.expose().to_owned()));
+                form.push(("username", username));
+                form.push(("password", password.expose()));
             }
             Grant::TokenExchange {
                 subject_token,
                 subject_token_type,
                 requested_token_type,
             } => {
-                form.push(("subject_token", subject_token.expose().to_owned()));
-                form.push(("subject_token_type", subject_token_type.clone()));
+                form.push(("subject_token", subject_token.expose()));
+                form.push(("subject_token_type", subject_token_type));
                 if let Some(requested) = requested_token_type {
-                    form.push(("requested_token_type", requested.clone()));
+                    form.push(("requested_token_type", requested));
                 }
             }
         }
@@ -363,8 +379,8 @@ impl Source for OAuth2Source {
 
     async fn refresh(&self, refresh_token: &SecretString) -> Result<FetchedToken> {
         self.token_request(vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.expose().to_owned()),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
         ])
         .await
     }
@@ -378,15 +394,18 @@ impl Source for OAuth2Source {
             to_revoke.push((refresh, "refresh_token"));
         }
         for (value, hint) in to_revoke {
-            let form = vec![
-                ("token", value.expose().to_owned()),
-                ("token_type_hint", hint.to_owned()),
-            ];
+            let form = vec![("token", value.expose()), ("token_type_hint", hint)];
             let response = self.post_form(&url, form).await?;
             let status = response.status();
             if !status.is_success() {
                 let headers = response.headers().clone();
-                let body = response.bytes().await.unwrap_or_default();
+                // The status already says it failed; the body only refines the kind. An
+                // unreadable body is ignored, an oversized one is reported as such.
+                let body = match read_body(response, &endpoint_name(&url), MAX_BODY_BYTES).await {
+                    Ok(body) => body,
+                    Err(err) if err.kind() == ErrorKind::Protocol => return Err(err),
+                    Err(_) => Default::default(),
+                };
                 return Err(token_endpoint_error(&url, status, &headers, &body));
             }
         }

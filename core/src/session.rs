@@ -9,7 +9,11 @@
 //! mean "session expired".
 //!
 //! Request templates may use `{{name}}` for a configured credential and `{{token}}` for
-//! the session token; values are substituted, never logged.
+//! the session token; values are substituted, never logged. A value substituted into a
+//! URL is percent-encoded (it can never change the host or add a path segment or query
+//! parameter). Error messages, events and `Debug` output show a URL as its *template*
+//! (placeholders left as `{{name}}`) without user name, password, query or fragment:
+//! see [`redacted_url`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,10 +24,13 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
+use zeroize::Zeroizing;
+
 use crate::client::HeaderAuthorizer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
-    endpoint_name, endpoint_url, http_client, jwt_expiry, retry_after, server_date, transport_error,
+    endpoint_name, endpoint_url, form_body, http_client, jwt_expiry, read_body, retry_after,
+    server_date, transport_error_at, zeroize_json, MAX_BODY_BYTES,
 };
 use crate::secret::SecretString;
 use crate::source::Source;
@@ -40,7 +47,11 @@ pub enum ValueLocation {
 }
 
 /// An HTTP request template.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Debug` shows the method, the [`redacted_url`], header and form field names and
+/// whether there is a JSON body, never a header, form or JSON value (they may hold literal
+/// keys).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSpec {
     /// HTTP method (default `POST`).
@@ -64,6 +75,88 @@ pub struct RequestSpec {
 
 fn default_method() -> String {
     "POST".to_owned()
+}
+
+impl fmt::Debug for RequestSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestSpec")
+            .field("method", &self.method)
+            .field("url", &redacted_url(&self.url))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("json", &self.json.as_ref().map(|_| "[template]"))
+            .field(
+                "form",
+                &self
+                    .form
+                    .as_ref()
+                    .map(|form| form.keys().collect::<Vec<_>>()),
+            )
+            .field("authenticated", &self.authenticated)
+            .finish()
+    }
+}
+
+impl RequestSpec {
+    /// The request's URL as error messages and `Debug` show it ([`redacted_url`]).
+    pub fn redacted_url(&self) -> String {
+        redacted_url(&self.url)
+    }
+}
+
+/// A URL template as error messages, events and `Debug` output show it: scheme, host,
+/// port and path *of the template* (placeholders stay `{{name}}`, never a rendered
+/// credential or token), without user name, password, query or fragment (a query or a
+/// userinfo may hold a literal key or password). A template that is not a URL is shown as
+/// `[not a valid URL]`.
+pub fn redacted_url(template: &str) -> String {
+    let Ok(url) = url::Url::parse(template) else {
+        return "[not a valid URL]".to_owned();
+    };
+    // The parser percent-encodes `{`, `}` and spaces in a path; show placeholders as
+    // they were written.
+    let shown = endpoint_name(&url)
+        .replace("%7B%7B", "{{")
+        .replace("%7D%7D", "}}");
+    let mut out = String::with_capacity(shown.len());
+    let mut rest = shown.as_str();
+    while let Some(start) = rest.find("{{") {
+        let Some(end) = rest[start..].find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&rest[start..start + end].replace("%20", " "));
+        rest = &rest[start + end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `template` without the password of its userinfo (`https://user:pw@host/x` →
+/// `https://user@host/x`); anything else is kept as written, so keys derived from URLs
+/// without a password do not change.
+fn without_password(template: &str) -> String {
+    let has_password = url::Url::parse(template).is_ok_and(|url| url.password().is_some());
+    if !has_password {
+        return template.to_owned();
+    }
+    let cut = (|| {
+        let authority_start = template.find("://")? + 3;
+        let authority_len = template[authority_start..]
+            .find(['/', '?', '#', '\\'])
+            .unwrap_or(template.len() - authority_start);
+        let authority = &template[authority_start..authority_start + authority_len];
+        let at = authority.rfind('@')?;
+        let colon = authority[..at].find(':')?;
+        Some(format!(
+            "{}{}",
+            &template[..authority_start + colon],
+            &template[authority_start + at..]
+        ))
+    })();
+    match cut {
+        Some(cut) if url::Url::parse(&cut).is_ok_and(|url| url.password().is_none()) => cut,
+        _ => redacted_url(template),
+    }
 }
 
 /// How the token is attached to API requests.
@@ -109,6 +202,9 @@ impl Default for ExpiredSpec {
 }
 
 /// The declarative description of a session API.
+///
+/// `Debug` shows request templates as [`RequestSpec`]'s `Debug` does (no credentials, no
+/// URL passwords, no header or body values).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
@@ -148,6 +244,15 @@ pub struct SessionSpec {
     pub expired: ExpiredSpec,
 }
 
+impl SessionSpec {
+    /// The store key a session source gets unless one is configured: `server:` and the
+    /// login URL template, without the password of its userinfo (URLs without one give
+    /// the same key as before).
+    pub fn default_store_key(&self) -> String {
+        format!("server:{}", without_password(&self.login.url))
+    }
+}
+
 /// A [`Source`] that logs in to a session API.
 #[derive(Clone)]
 pub struct SessionLogin {
@@ -160,7 +265,15 @@ pub struct SessionLogin {
 impl fmt::Debug for SessionLogin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionLogin")
-            .field("login_url", &self.spec.login.url)
+            .field("login_url", &self.spec.login.redacted_url())
+            .field(
+                "keep_alive_url",
+                &self.spec.keep_alive.as_ref().map(RequestSpec::redacted_url),
+            )
+            .field(
+                "logout_url",
+                &self.spec.logout.as_ref().map(RequestSpec::redacted_url),
+            )
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("send", &self.spec.send.header)
             .finish()
@@ -247,37 +360,86 @@ impl SessionLogin {
         self.authorizer.is_expired(status, headers, body)
     }
 
-    fn render(&self, template: &str, token: Option<&Token>) -> String {
-        let mut out = String::with_capacity(template.len());
+    /// Walks `template`, handing literal text and substituted values to `emit` (`true` for
+    /// a value). Unknown placeholders and a lone `{{` stay literal.
+    fn substitute<'a>(
+        &'a self,
+        template: &'a str,
+        token: Option<&'a Token>,
+        mut emit: impl FnMut(&'a str, bool),
+    ) {
         let mut rest = template;
         while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
+            emit(&rest[..start], false);
             let after = &rest[start + 2..];
             match after.find("}}") {
                 Some(end) => {
                     let name = after[..end].trim();
                     match (name, token) {
-                        ("token", Some(token)) => out.push_str(token.value().expose()),
+                        ("token", Some(token)) => emit(token.value().expose(), true),
                         _ => match self.credentials.get(name) {
-                            Some(secret) => out.push_str(secret.expose()),
-                            None => out.push_str(&rest[start..start + 2 + end + 2]),
+                            Some(secret) => emit(secret.expose(), true),
+                            None => emit(&rest[start..start + 2 + end + 2], false),
                         },
                     }
                     rest = &after[end + 2..];
                 }
                 None => {
-                    out.push_str(&rest[start..]);
+                    emit(&rest[start..], false);
                     rest = "";
                 }
             }
         }
-        out.push_str(rest);
+        emit(rest, false);
+    }
+
+    /// `template` with its placeholders substituted, in a buffer sized up front (so it
+    /// never reallocates) and wiped when dropped. With `for_url`, substituted values are
+    /// percent-encoded (everything but RFC 3986 unreserved characters), so a value can
+    /// never change a URL's host, path segments or query parameters.
+    fn render_with(
+        &self,
+        template: &str,
+        token: Option<&Token>,
+        for_url: bool,
+    ) -> Zeroizing<String> {
+        let mut capacity = 0;
+        self.substitute(template, token, |text, value| {
+            capacity += if value && for_url {
+                3 * text.len()
+            } else {
+                text.len()
+            };
+        });
+        let mut out = Zeroizing::new(String::with_capacity(capacity));
+        self.substitute(template, token, |text, value| {
+            if value && for_url {
+                for byte in text.bytes() {
+                    if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                        out.push(char::from(byte));
+                    } else {
+                        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                        out.push('%');
+                        out.push(char::from(HEX[usize::from(byte >> 4)]));
+                        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+                    }
+                }
+            } else {
+                out.push_str(text);
+            }
+        });
         out
+    }
+
+    fn render(&self, template: &str, token: Option<&Token>) -> Zeroizing<String> {
+        self.render_with(template, token, false)
     }
 
     fn render_json(&self, value: &serde_json::Value, token: Option<&Token>) -> serde_json::Value {
         match value {
-            serde_json::Value::String(text) => serde_json::Value::String(self.render(text, token)),
+            serde_json::Value::String(text) => {
+                serde_json::Value::String(std::mem::take(&mut *self.render(text, token)))
+            }
             serde_json::Value::Array(items) => items
                 .iter()
                 .map(|item| self.render_json(item, token))
@@ -290,19 +452,23 @@ impl SessionLogin {
         }
     }
 
+    /// Sends one templated request and reads its answer (at most [`MAX_BODY_BYTES`]).
+    /// Returns the status, headers, body (wiped when dropped) and the endpoint as messages
+    /// show it ([`redacted_url`] of the template: never a rendered credential or token).
     async fn send(
         &self,
         what: &str,
         request: &RequestSpec,
         token: Option<&Token>,
-    ) -> Result<(StatusCode, HeaderMap, Vec<u8>, url::Url)> {
+    ) -> Result<(StatusCode, HeaderMap, Zeroizing<Vec<u8>>, String)> {
+        let shown = request.redacted_url();
         let url = endpoint_url(
             &format!("session.{what}.url"),
-            &self.render(&request.url, token),
+            &self.render_with(&request.url, token, true),
         )?;
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| config_error(format!("session.{what}.method is invalid")))?;
-        let mut builder = self.http.request(method, url.clone());
+        let mut builder = self.http.request(method, url);
         for (name, value) in &request.headers {
             let mut value = HeaderValue::from_str(&self.render(value, token)).map_err(|_| {
                 config_error(format!(
@@ -318,37 +484,47 @@ impl SessionLogin {
                 builder = builder.header(name, value);
             }
         }
+        // Bodies are serialised into buffers wiped on drop; reqwest gets a copy.
         if let Some(json) = &request.json {
-            builder = builder.json(&self.render_json(json, token));
+            let mut rendered = self.render_json(json, token);
+            let written = json_body(&rendered);
+            zeroize_json(&mut rendered);
+            let body =
+                written.map_err(|_| config_error(format!("session.{what}.json is invalid")))?;
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
         } else if let Some(form) = &request.form {
-            let rendered: Vec<(String, String)> = form
+            let rendered: Vec<(&str, Zeroizing<String>)> = form
                 .iter()
-                .map(|(k, v)| (k.clone(), self.render(v, token)))
+                .map(|(k, v)| (k.as_str(), self.render(v, token)))
                 .collect();
-            builder = builder.form(&rendered);
+            let pairs: Vec<(&str, &str)> = rendered.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            builder = builder
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(form_body(&pairs).as_bytes().to_vec());
         }
         let response = builder
             .send()
             .await
-            .map_err(|err| transport_error(&url, &err))?;
+            .map_err(|err| transport_error_at(&shown, &err))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(&url, &err))?;
-        Ok((status, headers, body.to_vec(), url))
+        let body = read_body(response, &shown, MAX_BODY_BYTES).await?;
+        Ok((status, headers, body, shown))
     }
 
     fn failure(
         &self,
         what: &str,
-        url: &url::Url,
+        endpoint: &str,
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Error {
-        let endpoint = endpoint_name(url);
         let kind = match status.as_u16() {
             429 => ErrorKind::RateLimited,
             500..=599 if !self.is_session_expired(status, headers, body) => ErrorKind::Transient,
@@ -394,16 +570,36 @@ impl SessionLogin {
     }
 
     /// Parses a login response into a token (public for fuzzing and tests).
+    ///
+    /// Messages name the login endpoint by the spec's template ([`redacted_url`]), not by
+    /// `_url`, the URL the request went to: that one may carry a rendered credential.
     pub fn parse_login(
         &self,
-        url: &url::Url,
+        _url: &url::Url,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<FetchedToken> {
-        let endpoint = endpoint_name(url);
-        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        self.parse_login_body(headers, body)
+    }
+
+    fn parse_login_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<FetchedToken> {
+        let mut json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let parsed = self.parse_login_json(headers, json.as_ref());
+        // The parsed body holds the session token (and whatever else the server sent).
+        if let Some(json) = &mut json {
+            zeroize_json(json);
+        }
+        parsed
+    }
+
+    fn parse_login_json(
+        &self,
+        headers: &HeaderMap,
+        json: Option<&serde_json::Value>,
+    ) -> Result<FetchedToken> {
+        let endpoint = self.spec.login.redacted_url();
         let value = self
-            .extract(&self.spec.token, headers, json.as_ref())
+            .extract(&self.spec.token, headers, json)
             .filter(|value| !value.is_empty())
             .ok_or_else(|| {
                 Error::new(
@@ -417,14 +613,12 @@ impl SessionLogin {
         let server_now = server_date(headers);
         let mut candidates: Vec<Duration> = Vec::new();
         if let Some(location) = &self.spec.expires_in {
-            let text = self
-                .extract(location, headers, json.as_ref())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Protocol,
-                        format!("session login at {endpoint}: no lifetime at {location:?}"),
-                    )
-                })?;
+            let text = self.extract(location, headers, json).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("session login at {endpoint}: no lifetime at {location:?}"),
+                )
+            })?;
             let seconds: f64 = text.trim().parse().map_err(|_| {
                 Error::new(
                     ErrorKind::Protocol,
@@ -461,16 +655,12 @@ impl SessionLogin {
             absolute.push(Duration::from_secs(seconds));
         }
         if let Some(location) = &self.spec.absolute_deadline {
-            let text = self
-                .extract(location, headers, json.as_ref())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Protocol,
-                        format!(
-                            "session login at {endpoint}: no absolute deadline at {location:?}"
-                        ),
-                    )
-                })?;
+            let text = self.extract(location, headers, json).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("session login at {endpoint}: no absolute deadline at {location:?}"),
+                )
+            })?;
             let deadline = parse_rfc3339(&text).ok_or_else(|| {
                 Error::new(ErrorKind::Protocol, format!("session login at {endpoint}: absolute deadline at {location:?} is not RFC 3339"))
             })?;
@@ -495,6 +685,26 @@ impl SessionLogin {
         }
         Ok(fetched)
     }
+}
+
+/// `value` serialised into a buffer of exactly the right size (measured first, so it never
+/// reallocates and leaves no unwiped copy behind), wiped when dropped.
+fn json_body(value: &serde_json::Value) -> serde_json::Result<Zeroizing<Vec<u8>>> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value)?;
+    let mut body = Zeroizing::new(Vec::with_capacity(counter.0));
+    serde_json::to_writer(&mut *body, value)?;
+    Ok(body)
 }
 
 /// Remaining lifetime of a server-clock deadline, measured against the server's own
@@ -626,23 +836,23 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 #[async_trait]
 impl Source for SessionLogin {
     async fn fetch(&self) -> Result<FetchedToken> {
-        let (status, headers, body, url) = self.send("login", &self.spec.login, None).await?;
+        let (status, headers, body, shown) = self.send("login", &self.spec.login, None).await?;
         if !status.is_success() {
-            return Err(self.failure("login", &url, status, &headers, &body));
+            return Err(self.failure("login", &shown, status, &headers, &body));
         }
-        self.parse_login(&url, &headers, &body)
+        self.parse_login_body(&headers, &body)
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {
         let Some(logout) = &self.spec.logout else {
             return Ok(());
         };
-        let (status, headers, body, url) = self.send("logout", logout, Some(token)).await?;
+        let (status, headers, body, shown) = self.send("logout", logout, Some(token)).await?;
         // An already expired session is logged out as far as we are concerned.
         if status.is_success() || self.is_session_expired(status, &headers, &body) {
             Ok(())
         } else {
-            Err(self.failure("logout", &url, status, &headers, &body))
+            Err(self.failure("logout", &shown, status, &headers, &body))
         }
     }
 
@@ -650,11 +860,12 @@ impl Source for SessionLogin {
         let Some(keep_alive) = &self.spec.keep_alive else {
             return Ok(None);
         };
-        let (status, headers, body, url) = self.send("keep_alive", keep_alive, Some(token)).await?;
+        let (status, headers, body, shown) =
+            self.send("keep_alive", keep_alive, Some(token)).await?;
         if status.is_success() {
             Ok(None)
         } else {
-            Err(self.failure("keep_alive", &url, status, &headers, &body))
+            Err(self.failure("keep_alive", &shown, status, &headers, &body))
         }
     }
 
@@ -695,10 +906,15 @@ mod tests {
     fn templates_substitute_credentials_and_token() {
         let login = zuora_like();
         assert_eq!(
-            login.render("u={{username}}&p={{ password }}", None),
+            login
+                .render("u={{username}}&p={{ password }}", None)
+                .as_str(),
             "u=alice&p=pw-secret"
         );
-        assert_eq!(login.render("{{unknown}} {{", None), "{{unknown}} {{");
+        assert_eq!(
+            login.render("{{unknown}} {{", None).as_str(),
+            "{{unknown}} {{"
+        );
         let json = login.render_json(&serde_json::json!({"a": ["{{username}}", 1]}), None);
         assert_eq!(json, serde_json::json!({"a": ["alice", 1]}));
         assert!(!format!("{login:?}").contains("pw-secret"));
@@ -772,6 +988,94 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.message().contains("not a number"));
+    }
+
+    #[test]
+    fn urls_are_shown_from_the_template_without_userinfo_query_or_fragment() {
+        assert_eq!(
+            redacted_url(
+                "http://alice:pw-secret@127.0.0.1:1/login/{{password}}?p={{password}}&k=lit#frag"
+            ),
+            "http://127.0.0.1:1/login/{{password}}"
+        );
+        assert_eq!(
+            redacted_url("https://api.example/a/{{ token }}/b"),
+            "https://api.example/a/{{ token }}/b"
+        );
+        assert_eq!(redacted_url("not a url pw-secret"), "[not a valid URL]");
+    }
+
+    #[test]
+    fn the_default_store_key_has_no_url_password() {
+        let key = |url: &str| {
+            spec(&format!(
+                r#"{{"login": {{"url": "{url}"}}, "token": {{"header": "X"}}, "lifetime_s": 60, "send": {{"header": "X"}}}}"#
+            ))
+            .default_store_key()
+        };
+        assert_eq!(
+            key("http://alice:pw-secret@127.0.0.1:1/login"),
+            "server:http://alice@127.0.0.1:1/login"
+        );
+        assert_eq!(
+            key("http://alice:pw@secret@127.0.0.1:1/login?x=1"),
+            "server:http://alice@127.0.0.1:1/login?x=1"
+        );
+        // Without a password the key is the template as written (as before).
+        assert_eq!(
+            key("http://127.0.0.1:1/login/{{user}}?tenant=t"),
+            "server:http://127.0.0.1:1/login/{{user}}?tenant=t"
+        );
+    }
+
+    #[test]
+    fn values_rendered_into_a_url_are_percent_encoded_and_cannot_move_the_host() {
+        let spec = spec(
+            r#"{"login": {"url": "http://u:{{password}}@127.0.0.1:1/l/{{password}}?p={{password}}"},
+                "token": {"header": "X"}, "lifetime_s": 60, "send": {"header": "X"}}"#,
+        );
+        let credentials = [(
+            "password".to_owned(),
+            SecretString::from("p@evil:1/w?x#y z"),
+        )];
+        let login = SessionLogin::new(spec, credentials.into_iter().collect()).unwrap();
+        let rendered = login.render_with(&login.spec.login.url, None, true);
+        let url = url::Url::parse(&rendered).unwrap();
+        assert_eq!(url.host_str(), Some("127.0.0.1"));
+        assert_eq!(url.port(), Some(1));
+        assert_eq!(url.password(), Some("p%40evil%3A1%2Fw%3Fx%23y%20z"));
+        assert_eq!(url.path(), "/l/p%40evil%3A1%2Fw%3Fx%23y%20z");
+        assert_eq!(url.query_pairs().next().unwrap().1, "p@evil:1/w?x#y z");
+    }
+
+    #[test]
+    fn debug_shows_no_credential_url_password_or_template_value() {
+        let spec = spec(
+            r#"{"login": {"url": "http://alice:url-secret@127.0.0.1:1/l/{{password}}?key=query-secret",
+                          "headers": {"X-Api-Key": "header-secret"},
+                          "json": {"user": "{{username}}", "static": "json-secret"}},
+                "token": {"header": "X"}, "lifetime_s": 60, "send": {"header": "X"},
+                "logout": {"url": "http://127.0.0.1:1/out/{{token}}", "form": {"k": "form-secret"}}}"#,
+        );
+        let credentials = [
+            ("username".to_owned(), SecretString::from("alice")),
+            ("password".to_owned(), SecretString::from("pw-secret")),
+        ];
+        let login = SessionLogin::new(spec.clone(), credentials.into_iter().collect()).unwrap();
+        for shown in [format!("{spec:?}"), format!("{login:?}")] {
+            for secret in [
+                "url-secret",
+                "query-secret",
+                "header-secret",
+                "json-secret",
+                "form-secret",
+                "pw-secret",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        assert!(format!("{spec:?}").contains("http://127.0.0.1:1/l/{{password}}"));
+        assert!(format!("{login:?}").contains("http://127.0.0.1:1/out/{{token}}"));
     }
 
     #[test]

@@ -332,6 +332,42 @@ fn revoke_calls_the_revocation_endpoint() {
 }
 
 #[test]
+fn a_string_expires_in_gets_the_same_upper_bound_as_a_number() {
+    for (expires_in, expected) in [
+        ("3600", Some(3600)),
+        (r#""3600""#, Some(3600)),
+        ("99999999999999", None),
+        (r#""99999999999999""#, None),
+        (r#""10000000000""#, None),
+    ] {
+        let f = fixture();
+        f.server.control(Control {
+            expires_in_json: Some(expires_in.to_owned()),
+            ..Control::default()
+        });
+        match (f.manager.token_blocking(), expected) {
+            (Ok(token), Some(seconds)) => {
+                assert_eq!(
+                    token.lifetime(),
+                    Duration::from_secs(seconds),
+                    "{expires_in}"
+                )
+            }
+            (Err(err), None) => {
+                assert_eq!(err.kind(), ErrorKind::Protocol, "{expires_in}: {err}");
+                assert!(
+                    err.message()
+                        .ends_with("/oauth/token: expires_in must be a positive number of seconds"),
+                    "{expires_in}: {err}"
+                );
+            }
+            (Ok(token), None) => panic!("{expires_in}: accepted, lifetime {:?}", token.lifetime()),
+            (Err(err), Some(_)) => panic!("{expires_in}: {err}"),
+        }
+    }
+}
+
+#[test]
 fn plain_http_to_a_remote_host_is_refused() {
     let err = ClientCredentials::new("http://idp.example.com/token", "c", "s").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Configuration);

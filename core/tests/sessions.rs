@@ -164,3 +164,181 @@ fn an_idle_session_past_its_idle_timeout_is_never_served() {
     assert_eq!(err.kind(), tokenlease::ErrorKind::Expired);
     assert!(api.keep_alives.load(Ordering::SeqCst) >= 1);
 }
+
+/// Session URL templates against the real test server over loopback: a credential or the
+/// session token rendered into a URL never reaches an error, an event or `Debug` output.
+mod over_loopback {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use tokenlease::session::{SessionLogin, SessionSpec};
+    use tokenlease::{ErrorKind, SecretString};
+    use tokenlease_test_server::{ServerConfig, TestServer};
+
+    const PASSWORD: &str = "wonderland";
+    const URL_PASSWORD: &str = "url-password-1";
+
+    fn spec(login: &str, keep_alive: &str, logout: &str) -> SessionSpec {
+        serde_json::from_value(serde_json::json!({
+            "login": {"url": login, "json": {"username": "{{username}}", "password": "{{password}}"}},
+            "token": {"json_pointer": "/session/id"},
+            "expires_in": {"header": "X-Token-Expires-In"},
+            "sliding": true,
+            "absolute_deadline": {"json_pointer": "/session/absolute_expires_at"},
+            "send": {"header": "vmware-api-session-id"},
+            "keep_alive": {"url": keep_alive, "authenticated": true},
+            "logout": {"url": logout, "authenticated": true}
+        }))
+        .unwrap()
+    }
+
+    fn credentials(extra: &[(&str, &str)]) -> BTreeMap<String, SecretString> {
+        [("username", "alice"), ("password", PASSWORD)]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), SecretString::from(*v)))
+            .collect()
+    }
+
+    /// `http://alice:url-password-1@127.0.0.1:PORT`.
+    fn with_userinfo(server: &TestServer) -> String {
+        server
+            .url()
+            .replacen("http://", &format!("http://alice:{URL_PASSWORD}@"), 1)
+    }
+
+    fn assert_hidden(what: &str, shown: &str, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(!shown.contains(secret), "{what} shows {secret:?}: {shown}");
+        }
+    }
+
+    fn manager(login: Arc<SessionLogin>, clock: &ManualClock) -> (Manager, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let manager = Manager::builder_from_arc(login)
+            .clock(Arc::new(clock.clone()))
+            .policy(policy())
+            .listener(recorder.clone())
+            .build();
+        (manager, recorder)
+    }
+
+    #[test]
+    fn a_failed_login_names_the_url_template_never_the_password() {
+        let server = TestServer::start_background(ServerConfig::default()).unwrap();
+        let base = server.url();
+        let spec = spec(
+            &format!(
+                "{}/fault/status/500/login/{{{{password}}}}?p={{{{password}}}}",
+                with_userinfo(&server)
+            ),
+            &server.session_keepalive_url(),
+            &server.session_logout_url(),
+        );
+        let login = Arc::new(SessionLogin::new(spec.clone(), credentials(&[])).unwrap());
+        let clock = ManualClock::new();
+        let (manager, recorder) = manager(login.clone(), &clock);
+        let err = manager.token_blocking().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+        assert_eq!(
+            err.message(),
+            format!("session login at {base}/fault/status/500/login/{{{{password}}}} answered 500")
+        );
+        wait_until("failure event", || {
+            recorder.count(|e| matches!(e, Event::RefreshFailed { .. })) == 1
+        });
+        let secrets = [PASSWORD, URL_PASSWORD];
+        assert_hidden("error", &format!("{err} {err:?}"), &secrets);
+        assert_hidden("events", &format!("{:?}", recorder.events.lock()), &secrets);
+        assert_hidden("status", &format!("{:?}", manager.status()), &secrets);
+        assert_hidden("source", &format!("{login:?}"), &secrets);
+        assert_hidden("spec", &format!("{spec:?}"), &secrets);
+        assert_hidden("manager", &format!("{manager:?}"), &secrets);
+    }
+
+    #[test]
+    fn failed_keep_alive_and_logout_name_the_url_template_never_the_token() {
+        let server = TestServer::start_background(ServerConfig::default()).unwrap();
+        let base = server.url();
+        let spec = spec(
+            &format!(
+                "{}/session/login/{{{{password}}}}?p={{{{password}}}}",
+                with_userinfo(&server)
+            ),
+            &format!(
+                "{}/fault/status/500/keepalive/{{{{token}}}}?t={{{{token}}}}",
+                with_userinfo(&server)
+            ),
+            &format!("{base}/fault/status/404/logout/{{{{token}}}}"),
+        );
+        let login = Arc::new(SessionLogin::new(spec.clone(), credentials(&[])).unwrap());
+        let clock = ManualClock::new();
+        let (manager, recorder) = manager(login.clone(), &clock);
+        // The login works with the password in its path.
+        let token = manager.token_blocking().unwrap().into_arc();
+        assert_eq!(server.stats().session_logins, 1);
+        let value = token.value().expose().to_owned();
+        assert!(value.len() >= 16);
+
+        // Minute 10 of a 15-minute idle timeout: the keep-alive answers 500.
+        wait_until("timer armed", || {
+            clock.next_timer() == Some(token.refresh_at())
+        });
+        clock.advance(10 * MINUTE);
+        wait_until("keep-alive failed", || {
+            recorder.count(|e| matches!(e, Event::RefreshFailed { .. })) == 1
+        });
+        let keep_alive_message = recorder
+            .events
+            .lock()
+            .iter()
+            .find_map(|e| match e {
+                Event::RefreshFailed { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            keep_alive_message,
+            format!("session keep_alive at {base}/fault/status/500/keepalive/{{{{token}}}} answered 500")
+        );
+
+        // Logout answers 404.
+        let err = manager.revoke_blocking().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert_eq!(
+            err.message(),
+            format!("session logout at {base}/fault/status/404/logout/{{{{token}}}} answered 404")
+        );
+
+        let secrets = [value.as_str(), PASSWORD, URL_PASSWORD];
+        assert_hidden("error", &format!("{err} {err:?}"), &secrets);
+        assert_hidden("events", &format!("{:?}", recorder.events.lock()), &secrets);
+        assert_hidden("status", &format!("{:?}", manager.status()), &secrets);
+        assert_hidden("source", &format!("{login:?}"), &secrets);
+        assert_hidden("spec", &format!("{spec:?}"), &secrets);
+        assert_hidden("manager", &format!("{manager:?}"), &secrets);
+    }
+
+    #[test]
+    fn a_credential_rendered_into_the_url_cannot_change_the_host() {
+        let server = TestServer::start_background(ServerConfig::default()).unwrap();
+        // Rendered unencoded, this pin would make the URL's host 127.0.0.1:1 (nothing
+        // listens there) and send the credentials to it.
+        let pin = "x@127.0.0.1:1/";
+        let login_url = format!(
+            "http://alice:{{{{pin}}}}@127.0.0.1:{}/session/login/{{{{pin}}}}?pin={{{{pin}}}}",
+            server.port()
+        );
+        let spec = spec(
+            &login_url,
+            &server.session_keepalive_url(),
+            &server.session_logout_url(),
+        );
+        let login = SessionLogin::new(spec, credentials(&[("pin", pin)])).unwrap();
+        let manager = Manager::builder(login).policy(policy()).build();
+        manager
+            .token_blocking()
+            .expect("the login reached the test server");
+        assert_eq!(server.stats().session_logins, 1);
+    }
+}

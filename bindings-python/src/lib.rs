@@ -736,6 +736,10 @@ impl NativeManager {
             ("invalidations", c.invalidations),
             ("store_loads", c.store_loads),
             ("store_errors", c.store_errors),
+            ("keep_alives", c.keep_alives),
+            ("events_dropped", c.events_dropped),
+            ("store_timeouts", c.store_timeouts),
+            ("source_timeouts", c.source_timeouts),
         ] {
             counters.set_item(name, value)?;
         }

@@ -372,7 +372,9 @@ impl From<&Token> for TokenInfo {
 pub struct FetchedToken {
     /// The secret token value.
     pub value: SecretString,
-    /// Lifetime in ms, counted from the moment the source was called.
+    /// Lifetime in ms, counted from the moment the source was called; 0 means unknown
+    /// (the policy's default lifetime applies), as in the C ABI. Lifetimes over ten years
+    /// are refused as `Protocol` errors.
     pub expires_in_ms: u64,
     /// Token type.
     #[uniffi(default = "Bearer")]
@@ -428,6 +430,14 @@ pub struct ManagerCounters {
     pub store_loads: u64,
     /// Store failures.
     pub store_errors: u64,
+    /// Keep-alive requests for sliding sessions.
+    pub keep_alives: u64,
+    /// Events dropped because listeners fell behind (bounded queue).
+    pub events_dropped: u64,
+    /// Store calls abandoned after the store timeout.
+    pub store_timeouts: u64,
+    /// Source calls abandoned after the source timeout.
+    pub source_timeouts: u64,
 }
 
 /// A snapshot of a manager.
@@ -471,6 +481,10 @@ impl From<tokenlease::Status> for ManagerStatus {
                 invalidations: c.invalidations,
                 store_loads: c.store_loads,
                 store_errors: c.store_errors,
+                keep_alives: c.keep_alives,
+                events_dropped: c.events_dropped,
+                store_timeouts: c.store_timeouts,
+                source_timeouts: c.source_timeouts,
             },
         }
     }
@@ -693,10 +707,12 @@ impl fmt::Debug for ForeignSource {
 
 impl From<FetchedToken> for tokenlease::FetchedToken {
     fn from(fetched: FetchedToken) -> Self {
-        let mut token = Self::bearer(
-            fetched.value,
-            std::time::Duration::from_millis(fetched.expires_in_ms),
-        );
+        let lifetime = match fetched.expires_in_ms {
+            0 => tokenlease::Lifetime::Unknown,
+            ms => tokenlease::Lifetime::ExpiresIn(std::time::Duration::from_millis(ms)),
+        };
+        let mut token =
+            Self::bearer(fetched.value, std::time::Duration::ZERO).with_lifetime(lifetime);
         if !fetched.token_type.is_empty() {
             token.token_type = fetched.token_type;
         }
@@ -891,6 +907,14 @@ impl NativeTokenManager {
     /// The store key.
     pub fn key(&self) -> String {
         self.manager.key().to_owned()
+    }
+
+    /// Waits until the events queued so far were delivered to listeners, at most
+    /// `timeout_ms`; returns whether they were. Listeners run on tokenlease's event thread
+    /// (never the refresh thread), after the call that caused the event returns.
+    pub fn flush_events(&self, timeout_ms: u64) -> bool {
+        self.manager
+            .flush_events(std::time::Duration::from_millis(timeout_ms))
     }
 
     /// Adds an event listener.

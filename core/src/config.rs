@@ -741,7 +741,7 @@ impl SourceConfig {
                         ))
                     })
                     .collect::<Result<_>>()?;
-                let key = format!("server:{}", session.login.url);
+                let key = session.default_store_key();
                 let source = Arc::new(SessionLogin::new((**session).clone(), resolved)?);
                 Ok(BuiltSource {
                     source: source.clone(),

@@ -995,6 +995,23 @@ impl FileStore {
         }))
     }
 
+    /// Extends the lease to `ttl` from now while `fencing_token` still holds it.
+    fn renew_lease(&self, key: &str, fencing_token: u64, ttl: Duration) -> Result<()> {
+        let dir = self.open_dir()?;
+        let _guard = self.lock(&dir, key)?;
+        match self.read_lease(&dir, key)? {
+            Some(mut lease) if lease.fencing_token == fencing_token && !lease.released => {
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                lease.expires_at_ms = unix_ms(SystemTime::now()).saturating_add(ttl_ms);
+                self.write_lease(&dir, key, &lease)
+            }
+            _ => Err(store_error(format!(
+                "the refresh lease of {} passed to another holder (fencing token {fencing_token}); not renewed",
+                key_hash(key)
+            ))),
+        }
+    }
+
     fn release_lease(&self, key: &str, fencing_token: u64) -> Result<()> {
         let dir = self.open_dir()?;
         let _guard = self.lock(&dir, key)?;
@@ -1124,6 +1141,15 @@ impl Lease for FileLease {
         } = *self;
         crate::runtime::run_blocking("file store", move || {
             store.release_lease(&key, fencing_token)
+        })
+        .await
+    }
+
+    async fn renew(&self, ttl: Duration) -> Result<()> {
+        let (store, key, fencing_token) =
+            (self.store.clone(), self.key.clone(), self.fencing_token);
+        crate::runtime::run_blocking("file store", move || {
+            store.renew_lease(&key, fencing_token, ttl)
         })
         .await
     }

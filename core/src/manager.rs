@@ -902,16 +902,14 @@ impl Shared {
             Err(err) => {
                 self.store_failed("lease", &err);
                 // Without the lease, siblings could redeem the same refresh token at once
-                // and make the server revoke the whole family: serve the cached token and
-                // retry the lease with backoff instead. Without a refresh token a parallel
-                // fetch only costs an extra request, so carry on from the source.
+                // and make the server revoke the whole family: use the primary grant
+                // instead (it rotates nothing; a source without one fails, and the cached
+                // token is served while the lease is retried with backoff).
                 if self.flight.lock().refresh_token.is_some() {
-                    return Err(Error::transient(format!(
-                        "cannot take the refresh lease of {:?} ({}); not redeeming the shared \
-                         refresh token without it",
-                        self.key,
-                        err.kind()
-                    )));
+                    return self
+                        .refresh_from_source_under(None, generation_at_start, false)
+                        .await
+                        .0;
                 }
                 None
             }
@@ -927,7 +925,7 @@ impl Shared {
         let (outcome, handed_over) = match self.adopt_from_store(&store).await {
             Some(token) => (Ok(token), false),
             None => {
-                self.refresh_from_source_under(Some(&lease), generation_at_start)
+                self.refresh_from_source_under(Some(&lease), generation_at_start, true)
                     .await
             }
         };
@@ -975,7 +973,7 @@ impl Shared {
         lease: Option<&Arc<HeldLease>>,
         generation_at_start: u64,
     ) -> Outcome {
-        self.refresh_from_source_under(lease, generation_at_start)
+        self.refresh_from_source_under(lease, generation_at_start, true)
             .await
             .0
     }
@@ -987,10 +985,11 @@ impl Shared {
         self: &Arc<Self>,
         lease: Option<&Arc<HeldLease>>,
         generation_at_start: u64,
+        use_refresh_token: bool,
     ) -> (Outcome, bool) {
         let epoch = self.revocations.load(Ordering::SeqCst);
         let mut called = self
-            .call_source(true, lease, epoch, generation_at_start)
+            .call_source(use_refresh_token, lease, epoch, generation_at_start)
             .await;
         if let Called::Finished {
             result: Err(err),

@@ -10,8 +10,8 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
     basic_auth_header, cross_check_jwt_expiry, endpoint_name, endpoint_url, form_body, http_client,
-    parse_token_response, read_body, server_date, token_endpoint_error, transport_error,
-    MAX_BODY_BYTES,
+    parse_token_response, read_body, read_body_prefix, server_date, token_endpoint_error,
+    transport_error, MAX_BODY_BYTES, MAX_INSPECTED_ERROR_BODY_BYTES,
 };
 use crate::secret::SecretString;
 use crate::source::Source;
@@ -339,14 +339,22 @@ impl OAuth2Source {
         for (name, value) in &self.extra_params {
             form.push((name, value));
         }
-        let response = self.post_form(&token_url, form).await?;
+        let mut response = self.post_form(&token_url, form).await?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = read_body(response, &endpoint_name(&token_url), MAX_BODY_BYTES).await?;
         if status.is_success() {
+            let body = read_body(response, &endpoint_name(&token_url), MAX_BODY_BYTES).await?;
             let fetched = parse_token_response(&token_url, &body)?;
             Ok(cross_check_jwt_expiry(fetched, server_date(&headers)))
         } else {
+            // An error is judged by its status and the start of its body (an OAuth2 error
+            // object is small): a gateway's endless 503 page stays a transient error.
+            let (body, _complete) = read_body_prefix(
+                &mut response,
+                &endpoint_name(&token_url),
+                MAX_INSPECTED_ERROR_BODY_BYTES,
+            )
+            .await?;
             Err(token_endpoint_error(&token_url, status, &headers, &body))
         }
     }

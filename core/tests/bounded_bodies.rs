@@ -67,14 +67,23 @@ async fn an_endless_token_response_is_a_protocol_error_well_before_the_timeout()
     assert!(!err.to_string().contains("query-secret"), "{err}");
 }
 
+/// An error answer is judged by its status and the first 64 KiB of its body: an endless
+/// 503 page (a gateway) stays a transient error that is retried, an endless 400 is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endless_token_error_body_is_bounded_too() {
+async fn an_endless_token_error_body_is_judged_by_its_status_and_a_prefix() {
     let server = server();
     let endpoint = format!("{}/fault/stream/oauth/token", server.url());
-    let source = client_credentials(&server, &format!("{endpoint}?status=400"));
-    let started = Instant::now();
-    let err = source.fetch().await.unwrap_err();
-    assert_bounded(&err, started, &server, &endpoint, "1 MiB");
+    for (status, transient) in [(503, true), (400, false)] {
+        let source = client_credentials(&server, &format!("{endpoint}?status={status}"));
+        let started = Instant::now();
+        let err = source.fetch().await.unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(elapsed < QUICK, "took {elapsed:?}: {err}");
+        assert_eq!(err.is_transient(), transient, "{status}: {err}");
+        assert!(err.message().contains(&format!("answered {status}")), "{err}");
+    }
+    let streamed = server.stats().streamed_bytes;
+    assert!(streamed < STREAMED_AT_MOST, "server sent {streamed} bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,22 +315,41 @@ fn without_the_lease_a_rotating_refresh_token_is_not_redeemed() {
     // The first token has no refresh token to protect: fetched without the lease.
     let first = manager.token_blocking().unwrap().into_arc();
     clock.advance(Duration::from_secs(45)); // stale: a background refresh is due
-    let served = manager.token_blocking().unwrap();
-    assert_eq!(served.generation(), first.generation());
-    wait_until("the refresh attempt ended", || {
-        manager.status().counters.failures >= 1
+    manager.token_blocking().unwrap();
+    wait_until("the refresh ended", || {
+        manager.status().generation > first.generation()
     });
     assert_eq!(
         source.refreshes.load(Ordering::SeqCst),
         0,
         "the shared refresh token was not redeemed without the lease"
     );
-    assert_eq!(manager.status().last_error_kind, Some(ErrorKind::Transient));
-    // The cached token is still served while the lease is unavailable.
+    assert_eq!(
+        source.fetches.load(Ordering::SeqCst),
+        2,
+        "the primary grant was used instead"
+    );
+    // A source with nothing but its refresh token fails instead, and the cached token is
+    // still served.
+    *source.script.lock() = std::collections::VecDeque::from([tokenlease::Error::new(
+        ErrorKind::InvalidGrant,
+        "no primary grant",
+    )]);
+    let second = manager.token_blocking().unwrap().into_arc();
+    clock.advance(Duration::from_secs(45));
+    assert_eq!(
+        manager.token_blocking().unwrap().generation(),
+        second.generation()
+    );
+    wait_until("the refresh attempt ended", || {
+        manager.status().counters.failures >= 1
+    });
+    assert_eq!(source.refreshes.load(Ordering::SeqCst), 0);
     clock.advance(Duration::from_secs(8));
     assert_eq!(
         manager.token_blocking().unwrap().generation(),
-        first.generation()
+        second.generation(),
+        "the cached token is served while the lease is unavailable"
     );
 }
 

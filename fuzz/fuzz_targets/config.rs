@@ -19,11 +19,12 @@ const DETAILS: [&str; 3] = [
     "invalid type or value",
     "trailing characters after the JSON document",
 ];
-const STRUCTURAL: [&str; 4] = [
+const STRUCTURAL: [&str; 5] = [
     ": unknown field",
     ": missing field",
     ": unknown variant",
     ": duplicate field",
+    ": give `env` or `file`",
 ];
 
 fn check_error(err: &tokenlease::Error, text: &str) {

@@ -89,6 +89,11 @@ public final class TokenManager: @unchecked Sendable {
     /// Adds an event listener.
     public func addListener(listener: EventListener) { native.addListener(listener: listener) }
 
+    /// Waits (at most `timeoutMs`) until queued events reached their listeners, which run on
+    /// tokenlease's event thread after the call that caused them; true when they did.
+    @discardableResult
+    public func flushEvents(timeoutMs: UInt64 = 10_000) -> Bool { native.flushEvents(timeoutMs: timeoutMs) }
+
     /// Closes the manager now; later calls throw `TokenleaseError.Closed`.
     public func shutdown() {
         native.shutdown()

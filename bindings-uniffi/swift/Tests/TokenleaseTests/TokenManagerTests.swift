@@ -63,6 +63,7 @@ final class TokenManagerTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(source.calls.get(), 2, "background refresh happened")
         XCTAssertGreaterThan(manager.cached()?.generation ?? 0, first.generation)
+        XCTAssertTrue(manager.flushEvents(), "events delivered")
         let events = listener.events.get()
         XCTAssertTrue(events.contains { if case .refreshStarted(reason: .scheduled) = $0 { return true }; return false })
         XCTAssertFalse(events.contains { "\($0)".contains("synthetic-") }, "events carry no token values")

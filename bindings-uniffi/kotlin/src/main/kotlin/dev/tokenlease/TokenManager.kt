@@ -92,6 +92,12 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
     fun addListener(listener: EventListener) = native.addListener(listener)
 
     /**
+     * Waits (at most [timeoutMs]) until queued events reached their listeners, which run on
+     * tokenlease's event thread after the call that caused them; true when they did.
+     */
+    fun flushEvents(timeoutMs: Long = 10_000): Boolean = native.flushEvents(timeoutMs.toULong())
+
+    /**
      * Closes the manager now but keeps this object usable: later calls throw
      * [TokenleaseException.Closed]. [close] also frees the native object.
      */

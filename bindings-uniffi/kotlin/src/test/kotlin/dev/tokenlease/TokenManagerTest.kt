@@ -92,6 +92,7 @@ class TokenManagerTest {
             val next = manager.cached()
             assertNotNull(next)
             assertTrue(next!!.generation > first.generation)
+            assertTrue(manager.flushEvents(), "events delivered")
             assertTrue(listener.events.any { it is TokenEvent.RefreshStarted && it.reason == RefreshReason.SCHEDULED })
             assertTrue(listener.events.any { it is TokenEvent.RefreshSucceeded })
             assertTrue(listener.events.none { it.toString().contains("synthetic-") }, "events carry no token values")
@@ -123,6 +124,7 @@ class TokenManagerTest {
             assertEquals(200, TestServer.resource(adopted))
             manager.revoke()
             assertNull(store.records["kotlin-store"], "revoke deletes the record")
+            assertTrue(manager.flushEvents(), "events delivered")
             assertTrue(listener.events.any { it is TokenEvent.Revoked })
         }
         assertEquals(1L, TestServer.stat("token_requests"))

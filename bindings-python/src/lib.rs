@@ -4,9 +4,10 @@
 //! errors (core `ErrorKind` <-> one Python exception class per kind). Refresh, retry,
 //! caching and scheduling are core's `Manager`, running on core's one background runtime.
 //! The GIL is released around every call that may block; Python callbacks (sources,
-//! stores) run on core's blocking pool and take the GIL only for the call; listener events
-//! and `token_async` completions are handed to one dispatcher thread so the background
-//! runtime thread never waits for the GIL.
+//! stores) run on core's blocking pool and take the GIL only for the call; listeners run on
+//! core's event thread (shared by every binding, with its bounded queue) and `token_async`
+//! completions on one dispatcher thread, so the background runtime thread never waits for
+//! the GIL.
 //!
 //! The public, documented API is the pure-Python package `tokenlease`.
 
@@ -133,17 +134,22 @@ fn callback_error(py: Python<'_>, err: PyErr, what: &str, fallback: ErrorKind) -
         .name()
         .map(|name| name.to_string())
         .unwrap_or_else(|_| "Exception".to_owned());
+    // Exception text can carry a URL with credentials or a token: it is redacted the way
+    // core redacts every foreign message (the exception itself stays `__cause__`).
     let text = value.str().map(|text| text.to_string()).unwrap_or_default();
-    let mut text: String = text.chars().take(300).collect();
+    let mut text = tokenlease::redact_foreign_text(&text);
     if text.is_empty() {
         text = "(no message)".to_owned();
     }
+    // Core caps every Retry-After (policy::MAX_RETRY_AFTER); NaN, negative and infinite
+    // values are dropped here.
     let retry_after = if is_tokenlease {
         value
             .getattr("retry_after")
             .ok()
             .and_then(|after| after.extract::<f64>().ok())
             .and_then(|after| Duration::try_from_secs_f64(after).ok())
+            .map(|after| after.min(tokenlease::policy::MAX_RETRY_AFTER))
     } else {
         None
     };
@@ -342,15 +348,10 @@ impl BlockingStore for PyStore {
 }
 
 // ---------------------------------------------------------------------------------------
-// The dispatcher thread: listener events and token_async completions
+// The dispatcher thread: token_async completions
 // ---------------------------------------------------------------------------------------
 
 enum Job {
-    Event {
-        callback: Arc<Py<PyAny>>,
-        key: String,
-        event: Event,
-    },
     Complete {
         callback: Py<PyAny>,
         result: tokenlease::Result<Arc<Token>>,
@@ -400,17 +401,6 @@ fn dispatch_loop(receiver: &mpsc::Receiver<Job>) {
 
 fn run_job(py: Python<'_>, job: Job) {
     match job {
-        Job::Event {
-            callback,
-            key,
-            event,
-        } => {
-            let result =
-                event_dict(py, &event).and_then(|dict| callback.bind(py).call1((key, dict)));
-            if let Err(err) = result {
-                err.write_unraisable(py, Some(callback.bind(py)));
-            }
-        }
         Job::Complete {
             callback,
             result,
@@ -519,12 +509,17 @@ struct PyListener {
 
 impl EventListener for PyListener {
     fn on_event(&self, key: &str, event: &Event) {
-        // Called on whatever thread caused the event (often the background runtime's):
-        // never take the GIL here, hand the event to the dispatcher thread.
-        dispatch(Job::Event {
-            callback: self.callback.clone(),
-            key: key.to_owned(),
-            event: event.clone(),
+        // Core calls listeners on its event thread, never on the refresh thread, so taking
+        // the GIL here cannot stall a refresh; core's bounded queue absorbs a slow callback.
+        if STOPPED.load(Ordering::SeqCst) {
+            return;
+        }
+        Python::attach(|py| {
+            let result =
+                event_dict(py, event).and_then(|dict| self.callback.bind(py).call1((key, dict)));
+            if let Err(err) = result {
+                err.write_unraisable(py, Some(self.callback.bind(py)));
+            }
         });
     }
 }
@@ -616,7 +611,7 @@ impl NativeManager {
         })
     }
 
-    /// Sends every event of this manager to `callback(key, event_dict)` on the dispatcher
+    /// Sends every event of this manager to `callback(key, event_dict)` on core's event
     /// thread.
     fn add_listener(&self, callback: Py<PyAny>) {
         self.inner.add_listener(Arc::new(PyListener {
@@ -768,12 +763,14 @@ fn _register_errors(
     Ok(())
 }
 
-/// Waits (GIL released) until every event and completion queued so far was delivered.
+/// Waits (GIL released) until every event (core's event thread) and completion (this
+/// binding's dispatcher) queued so far was delivered.
 #[pyfunction]
 fn flush_events(py: Python<'_>) {
     let (sender, receiver) = mpsc::channel();
     dispatch(Job::Flush(sender));
     py.detach(move || {
+        tokenlease::events::flush(Duration::from_secs(10));
         let _ = receiver.recv_timeout(Duration::from_secs(10));
     });
 }

@@ -253,9 +253,127 @@ impl std::error::Error for Error {
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Longest foreign error text kept, in characters.
+pub const MAX_FOREIGN_TEXT_CHARS: usize = 300;
+
+/// Makes text that foreign code produced (a Python exception's message, a C callback's
+/// error message, a Kotlin or Swift error) fit to appear in tokenlease's errors, events and
+/// logs: URL passwords, query strings and fragments, `Bearer`/`Basic` credentials, values of
+/// `token=`/`secret=`/`password=`-like pairs and long token-like words are replaced by
+/// `[redacted]`, control characters by spaces, and the text is cut to
+/// [`MAX_FOREIGN_TEXT_CHARS`] characters. Every binding passes foreign text through this.
+pub fn redact_foreign_text(text: &str) -> String {
+    const SENSITIVE_KEYS: [&str; 8] = [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "assertion",
+        "apikey",
+        "api_key",
+    ];
+    let cleaned: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out = Vec::new();
+    let mut redact_next = false;
+    for word in cleaned.split(' ') {
+        if redact_next && !word.is_empty() {
+            out.push("[redacted]".to_owned());
+            redact_next = false;
+            continue;
+        }
+        let lower = word.to_ascii_lowercase();
+        let names_a_secret = (lower.ends_with(':') || lower.ends_with('='))
+            && SENSITIVE_KEYS.iter().any(|key| lower.contains(key));
+        if lower == "bearer" || lower == "basic" || lower == "dpop" || names_a_secret {
+            redact_next = true;
+            out.push(word.to_owned());
+            continue;
+        }
+        out.push(redact_word(word, &SENSITIVE_KEYS));
+    }
+    let joined = out.join(" ");
+    let mut kept: String = joined.chars().take(MAX_FOREIGN_TEXT_CHARS).collect();
+    if joined.chars().count() > MAX_FOREIGN_TEXT_CHARS {
+        kept.push_str("...");
+    }
+    kept
+}
+
+fn redact_word(word: &str, sensitive_keys: &[&str]) -> String {
+    if let Some(scheme_end) = word.find("://") {
+        let (scheme, rest) = word.split_at(scheme_end + 3);
+        let cut = rest.find(['?', '#']).unwrap_or(rest.len());
+        let (mut authority_and_path, dropped) = (rest[..cut].to_owned(), cut < rest.len());
+        let authority_end = authority_and_path
+            .find('/')
+            .unwrap_or(authority_and_path.len());
+        if let Some(at) = authority_and_path[..authority_end].rfind('@') {
+            authority_and_path = format!("[redacted]@{}", &authority_and_path[at + 1..]);
+        }
+        let suffix = if dropped { "?[redacted]" } else { "" };
+        return format!("{scheme}{authority_and_path}{suffix}");
+    }
+    for separator in ['=', ':'] {
+        if let Some(at) = word.find(separator) {
+            let key = word[..at].to_ascii_lowercase();
+            let key = key.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+            if !key.is_empty()
+                && at + 1 < word.len()
+                && sensitive_keys
+                    .iter()
+                    .any(|sensitive| key.contains(sensitive))
+            {
+                return format!("{}[redacted]", &word[..=at]);
+            }
+        }
+    }
+    let core = word.trim_matches(|c: char| "\"'(),;[]{}<>".contains(c));
+    let token_like = core.len() >= 24
+        && core
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~+/=".contains(c))
+        && core.chars().any(|c| c.is_ascii_digit())
+        && core.chars().any(|c| c.is_ascii_alphabetic());
+    if token_like {
+        return word.replace(core, "[redacted]");
+    }
+    word.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_text_is_redacted_and_bounded() {
+        let text = "HTTPError: 401 for url https://user:hunter2@idp.example/token?code=abc123 \
+                    with Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig and token=opaque-value \
+                    password: pw1 refresh 8f2a9c1e7b3d4f6a0c5e8b2d1a7f3c9e\n\0next";
+        let redacted = redact_foreign_text(text);
+        for secret in [
+            "hunter2",
+            "code=abc123",
+            "eyJhbGci",
+            "opaque-value",
+            "8f2a9c1e7b3d",
+            "pw1",
+        ] {
+            assert!(!redacted.contains(secret), "{secret} in {redacted}");
+        }
+        assert!(
+            redacted.contains("https://[redacted]@idp.example/token?[redacted]"),
+            "{redacted}"
+        );
+        assert!(redacted.contains("token=[redacted]"), "{redacted}");
+        assert!(redacted.contains("HTTPError: 401"), "{redacted}");
+        assert!(!redacted.contains('\0') && !redacted.contains('\n'));
+        let long = redact_foreign_text(&"word ".repeat(200));
+        assert!(long.chars().count() <= MAX_FOREIGN_TEXT_CHARS + 3);
+    }
 
     #[test]
     fn codes_are_stable_and_round_trip() {

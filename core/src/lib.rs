@@ -48,7 +48,7 @@ pub mod store;
 mod token;
 
 pub use clock::{Clock, MonoTime, SystemClock};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{redact_foreign_text, Error, ErrorKind, Result, MAX_FOREIGN_TEXT_CHARS};
 pub use events::{Counters, Event, EventListener, RefreshReason, Status, TokenState};
 #[cfg(unix)]
 pub use file_store::{EncryptionKey, FileStore, LeaseInfo};

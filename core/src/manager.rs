@@ -805,15 +805,20 @@ impl Shared {
                 }
                 Err(err) => {
                     flight.consecutive_failures = flight.consecutive_failures.saturating_add(1);
+                    // A Retry-After (from a server or a foreign callback) is honoured up to
+                    // a bound, so one answer can never lock the manager out for long.
+                    let retry_after = err
+                        .retry_after()
+                        .map(|after| after.min(crate::policy::MAX_RETRY_AFTER));
                     let delay = if err.is_transient() {
                         self.policy
-                            .backoff(flight.consecutive_failures, err.retry_after())
+                            .backoff(flight.consecutive_failures, retry_after)
                     } else {
                         // Terminal: don't hammer the server; callers get this error at once
                         // until the backoff ceiling has passed.
                         self.policy
                             .backoff_ceiling(flight.consecutive_failures)
-                            .max(err.retry_after().unwrap_or_default())
+                            .max(retry_after.unwrap_or_default())
                     };
                     let now = self.clock.now();
                     flight.retry_at = now + delay;

@@ -43,6 +43,9 @@ pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(36);
 /// top of its lease wait). A store that does not answer in time counts as a failed store:
 /// the manager carries on from memory and the source.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest Retry-After honoured (from a server's header or a foreign callback's error):
+/// five minutes. A longer one is shortened to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Longest lifetime accepted from any source (server, callback, store record): ten years.
 /// Longer lifetimes, like negative numbers cast to unsigned ones, are refused as `Protocol`
 /// errors, so a token that would never refresh is never cached or shared.

@@ -256,7 +256,7 @@ class Manager:
                 future.set_result(value)
 
         def deliver(value: Any, error: Optional[BaseException]) -> None:
-            # Runs on tokenlease's dispatcher thread.
+            # Runs on tokenlease's dispatcher thread (completions).
             try:
                 loop.call_soon_threadsafe(settle, value, error)
             except RuntimeError:

@@ -213,9 +213,11 @@ impl From<CoreError> for TokenleaseError {
     }
 }
 
+/// A foreign callback's error: its kind is kept, its text redacted like every foreign
+/// message (core's `redact_foreign_text`).
 impl From<TokenleaseError> for CoreError {
     fn from(err: TokenleaseError) -> Self {
-        CoreError::new(err.kind(), err.reason().to_owned())
+        CoreError::new(err.kind(), tokenlease::redact_foreign_text(err.reason()))
     }
 }
 
@@ -223,7 +225,10 @@ impl From<TokenleaseError> for CoreError {
 impl From<uniffi::UnexpectedUniFFICallbackError> for TokenleaseError {
     fn from(err: uniffi::UnexpectedUniFFICallbackError) -> Self {
         Self::Internal {
-            reason: format!("a foreign callback failed unexpectedly: {}", err.reason),
+            reason: format!(
+                "a foreign callback failed unexpectedly: {}",
+                tokenlease::redact_foreign_text(&err.reason)
+            ),
         }
     }
 }

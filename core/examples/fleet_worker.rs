@@ -15,7 +15,9 @@
 //! bytes) set, records are encrypted (and so keep their refresh token).
 //!
 //! Output, one line each: `fleet-worker key=value ...` (counts), `fleet-token HASH
-//! EXPIRES_MS` per distinct token seen (a hash, never the value), `fleet-error KIND
+//! EXPIRES_MS` per distinct token seen (a hash, never the value), `fleet-requested HASH
+//! EXPIRES_MS` per token this process received from the token endpoint (served or not: a
+//! background refresh that ends as the run stops is never served), `fleet-error KIND
 //! MESSAGE` for the first errors. The integration tests (`tests/fleet.rs`) and the fleet
 //! benchmark include this file as a module and run it in child processes.
 
@@ -130,6 +132,8 @@ pub struct WorkerReport {
     pub first_token_us: u64,
     /// Distinct tokens seen: hash of the value → expiry (wall ms).
     pub tokens: HashMap<u64, u64>,
+    /// Tokens this process received from the token endpoint: hash → expiry (wall ms).
+    pub requested: HashMap<u64, u64>,
     /// The first few errors, as `KIND message`.
     pub error_samples: Vec<String>,
 }
@@ -155,6 +159,13 @@ impl WorkerReport {
             tokens
                 .into_iter()
                 .map(|(hash, expires)| format!("fleet-token {hash:016x} {expires}")),
+        );
+        let mut requested: Vec<_> = self.requested.iter().collect();
+        requested.sort_by_key(|(_, expires)| **expires);
+        lines.extend(
+            requested
+                .into_iter()
+                .map(|(hash, expires)| format!("fleet-requested {hash:016x} {expires}")),
         );
         lines.extend(
             self.error_samples
@@ -190,6 +201,12 @@ impl WorkerReport {
             } else if let Some(rest) = line.strip_prefix("fleet-token ") {
                 let (hash, expires) = rest.split_once(' ')?;
                 report.tokens.insert(
+                    u64::from_str_radix(hash, 16).ok()?,
+                    expires.trim().parse().ok()?,
+                );
+            } else if let Some(rest) = line.strip_prefix("fleet-requested ") {
+                let (hash, expires) = rest.split_once(' ')?;
+                report.requested.insert(
                     u64::from_str_radix(hash, 16).ok()?,
                     expires.trim().parse().ok()?,
                 );
@@ -235,25 +252,91 @@ fn open_store(spec: &str) -> tokenlease::Result<Arc<dyn Store>> {
     ))
 }
 
+fn value_hash(value: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The worker's source: the OAuth2 client-credentials source, recording every token the
+/// token endpoint handed out to this process (whether or not a caller ever gets it).
+#[derive(Debug)]
+pub struct RecordingSource {
+    inner: tokenlease::oauth2::OAuth2Source,
+    /// Hash of the value → expiry (wall ms, when the endpoint said).
+    pub requested: Mutex<HashMap<u64, u64>>,
+    /// Source calls running now.
+    pub running: AtomicU64,
+}
+
+impl RecordingSource {
+    fn record(
+        &self,
+        result: tokenlease::Result<tokenlease::FetchedToken>,
+    ) -> tokenlease::Result<tokenlease::FetchedToken> {
+        if let Ok(token) = &result {
+            let expires = match token.lifetime {
+                tokenlease::Lifetime::ExpiresIn(lifetime) => wall_ms(SystemTime::now() + lifetime),
+                tokenlease::Lifetime::ExpiresAt(at) => wall_ms(at),
+                tokenlease::Lifetime::Unknown => 0,
+            };
+            self.requested
+                .lock()
+                .unwrap()
+                .insert(value_hash(token.value.expose()), expires);
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl tokenlease::Source for RecordingSource {
+    async fn fetch(&self) -> tokenlease::Result<tokenlease::FetchedToken> {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        self.record(self.inner.fetch().await)
+    }
+
+    async fn refresh(
+        &self,
+        refresh_token: &tokenlease::SecretString,
+    ) -> tokenlease::Result<tokenlease::FetchedToken> {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        self.record(self.inner.refresh(refresh_token).await)
+    }
+}
+
 /// Builds the manager a worker uses.
 pub fn build_manager(options: &WorkerOptions) -> tokenlease::Result<Manager> {
-    let source = ClientCredentials::new(&options.token_url, "demo-client", "demo-secret")?;
+    Ok(build_recording_manager(options)?.0)
+}
+
+/// Builds the manager a worker uses, with its recording source.
+pub fn build_recording_manager(
+    options: &WorkerOptions,
+) -> tokenlease::Result<(Manager, Arc<RecordingSource>)> {
+    let source = Arc::new(RecordingSource {
+        inner: ClientCredentials::new(&options.token_url, "demo-client", "demo-secret")?,
+        requested: Mutex::new(HashMap::new()),
+        running: AtomicU64::new(0),
+    });
     let policy = Policy::builder()
         .advisory_window(0.25, options.advisory, options.advisory)
         .mandatory_window(0.1, options.mandatory, options.mandatory)
         .lease(options.lease_ttl, options.lease_wait)
         .build()?;
-    Ok(Manager::builder(source)
+    let manager = Manager::builder_from_arc(source.clone())
         .key(options.key.clone())
         .policy(policy)
         .store(open_store(&options.store)?)
-        .build())
+        .build();
+    Ok((manager, source))
 }
 
 /// Runs the worker: threads calling `token_blocking()` until the duration has passed.
 pub fn run_worker(options: &WorkerOptions) -> tokenlease::Result<WorkerReport> {
     let started = Instant::now();
-    let manager = build_manager(options)?;
+    let (manager, source) = build_recording_manager(options)?;
     let ok = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
     let errors_with_valid_token = AtomicU64::new(0);
@@ -305,8 +388,14 @@ pub fn run_worker(options: &WorkerOptions) -> tokenlease::Result<WorkerReport> {
             });
         }
     });
-    let counters = manager.status().counters;
+    // No new refresh after this; one already under way finishes (and is recorded) first.
     manager.close();
+    let settle = Instant::now() + Duration::from_secs(15);
+    while source.running.load(Ordering::SeqCst) > 0 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let counters = manager.status().counters;
+    let requested = source.requested.lock().unwrap().clone();
     Ok(WorkerReport {
         pid: std::process::id(),
         ok: ok.into_inner(),
@@ -318,6 +407,7 @@ pub fn run_worker(options: &WorkerOptions) -> tokenlease::Result<WorkerReport> {
         store_errors: counters.store_errors,
         first_token_us: first_token_us.into_inner(),
         tokens: tokens.into_inner().unwrap(),
+        requested,
         error_samples: samples.into_inner().unwrap(),
     })
 }

@@ -386,7 +386,7 @@ pub unsafe extern "C" fn tl_fetch_output_set_error_message(
     with_output(out, |out| {
         // SAFETY: NULL or NUL-terminated per the contract.
         let message = unsafe { str_arg(message, "message") }?;
-        out.message = Some(message.to_owned());
+        out.message = Some(tl_core::redact_foreign_text(message));
         Ok(())
     })
 }

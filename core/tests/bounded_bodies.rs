@@ -80,7 +80,10 @@ async fn an_endless_token_error_body_is_judged_by_its_status_and_a_prefix() {
         let elapsed = started.elapsed();
         assert!(elapsed < QUICK, "took {elapsed:?}: {err}");
         assert_eq!(err.is_transient(), transient, "{status}: {err}");
-        assert!(err.message().contains(&format!("answered {status}")), "{err}");
+        assert!(
+            err.message().contains(&format!("answered {status}")),
+            "{err}"
+        );
     }
     let streamed = server.stats().streamed_bytes;
     assert!(streamed < STREAMED_AT_MOST, "server sent {streamed} bytes");

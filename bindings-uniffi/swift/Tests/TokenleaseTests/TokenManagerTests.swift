@@ -270,6 +270,34 @@ final class TokenManagerTests: XCTestCase {
             XCTFail("unexpected \(error)", file: file, line: line)
         }
     }
+
+    func testASlowSwiftListenerNeverDelaysAnotherManager() throws {
+        final class SlowListener: EventListener, @unchecked Sendable {
+            let sleeping = DispatchSemaphore(value: 0)
+            func onEvent(key: String, event: TokenEvent) {
+                if case .refreshStarted = event {
+                    sleeping.signal()
+                    Thread.sleep(forTimeInterval: 2)
+                }
+            }
+        }
+        let listener = SlowListener()
+        let slow = TokenManager.withSource(source: CountingSource())
+        slow.addListener(listener: listener)
+        _ = try slow.tokenBlocking()
+        XCTAssertEqual(listener.sleeping.wait(timeout: .now() + 5), .success, "the listener is asleep")
+        // The other manager's token endpoint takes 3 s; its 100 ms waiter timeout must fire
+        // on time although the first manager's listener sleeps.
+        _ = TestServer.control(#"{"latency_ms": 3000}"#)
+        defer { TestServer.reset() }
+        let other = try TokenManager.fromConfig(config: TestServer.config(policy: #"{"waiter_timeout_ms": 100}"#))
+        let started = Date()
+        XCTAssertThrowsError(try other.tokenBlocking()) { error in
+            guard case TokenleaseError.Timeout = error else { return XCTFail("got \(error)") }
+        }
+        let waited = Date().timeIntervalSince(started)
+        XCTAssertLessThan(waited, 1.5, "waited \(waited) s behind another manager's listener")
+    }
 }
 
 final class CachedTokenBenchmark: XCTestCase {
@@ -307,4 +335,5 @@ final class CachedTokenBenchmark: XCTestCase {
         report("NativeTokenManager.isClosed() (UniFFI primitive call floor)", await median(1_000) { if native.isClosed() { sink &+= 1 } })
         XCTAssertNotEqual(sink, 42)
     }
+
 }

@@ -378,4 +378,35 @@ class TokenManagerTest {
         }
         assertNull(source.get(), "the source was released")
     }
+
+    @Test
+    fun `a slow Kotlin listener never delays another manager`() = runBlocking<Unit> {
+        val sleeping = CountDownLatch(1)
+        val slowListener = object : EventListener {
+            override fun onEvent(key: String, event: TokenEvent) {
+                if (event is TokenEvent.RefreshStarted) {
+                    sleeping.countDown()
+                    Thread.sleep(2_000)
+                }
+            }
+        }
+        // A token endpoint that accepts connections and never answers.
+        java.net.ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress()).use { silent ->
+            TokenManager.withSource(CountingSource()).use { slow ->
+                slow.addListener(slowListener)
+                slow.token()
+                assertTrue(sleeping.await(5, TimeUnit.SECONDS), "the listener is asleep")
+                val config = """{"source": {"type": "oauth2_client_credentials",
+                    "token_url": "http://127.0.0.1:${silent.localPort}/token",
+                    "client_id": "c", "client_secret": "s"},
+                    "policy": {"waiter_timeout_ms": 100}}"""
+                TokenManager.fromConfig(config).use { other ->
+                    val started = System.nanoTime()
+                    assertThrows<TokenleaseException.Timeout> { other.tokenBlocking() }
+                    val waitedMs = (System.nanoTime() - started) / 1_000_000
+                    assertTrue(waitedMs < 1_500, "waited $waitedMs ms behind another manager's listener")
+                }
+            }
+        }
+    }
 }

@@ -51,3 +51,47 @@ def test_fetched_token_repr_hides_secrets():
     token = FetchedToken(value="very-secret-access", refresh_token="very-secret-refresh", expires_in=5)
     assert "very-secret" not in repr(token)
     assert "very-secret" not in str(token)
+
+
+def test_session_login_secrets_never_reach_errors_events_logs_or_keys(server, caplog):
+    """A password rendered into a login URL's path and query, and a password in the URL's
+    userinfo, appear in no error, event, log record, status, repr or store key."""
+    caplog.set_level(logging.DEBUG, logger="tokenlease")
+    password = "py-session-password-7f3a"
+    url_password = "py-url-password-91c2"
+    host = server.url.split("://", 1)[1]
+    config = {
+        "source": {
+            "type": "session_login",
+            "credentials": {"username": "svc", "password": password},
+            "session": {
+                "login": {
+                    "url": f"http://svc:{url_password}@{host}/fault/status/500/login/"
+                    "{{password}}?p={{password}}",
+                    "json": {"username": "{{username}}", "password": "{{password}}"},
+                },
+                "token": {"json_pointer": "/session/id"},
+                "lifetime_s": 900,
+                "send": {"header": "vmware-api-session-id"},
+            },
+        },
+        "policy": {"jitter_fraction": 0.0},
+    }
+    events = []
+    with Manager.from_config(config, listener=events.append) as manager:
+        with pytest.raises(tokenlease.TokenleaseError) as info:
+            manager.token()
+        tokenlease.flush_events()
+        texts = [
+            str(info.value),
+            repr(info.value),
+            repr(manager),
+            str(manager.status()),
+            manager.key,
+            str(events),
+            " ".join(record.getMessage() for record in caplog.records),
+        ]
+    assert "{{password}}" in str(info.value), info.value
+    for text in texts:
+        assert password not in text, text
+        assert url_password not in text, text

@@ -345,6 +345,63 @@ static void test_errors_keep_their_kind(void) {
     tl_manager_free(mgr);
 }
 
+/* ---- session login secrets never reach errors, events or keys ---- */
+
+struct message_log {
+    pthread_mutex_t lock;
+    char text[4096];
+};
+
+static void collect_messages(void *userdata, const tl_event *event) {
+    struct message_log *log = userdata;
+    pthread_mutex_lock(&log->lock);
+    size_t used = strlen(log->text);
+    snprintf(log->text + used, sizeof log->text - used, "%s|%s|", event->key ? event->key : "",
+             event->message ? event->message : "");
+    pthread_mutex_unlock(&log->lock);
+}
+
+static void test_session_login_secrets_stay_secret(void) {
+    const char *password = "c-session-password-5e1d";
+    const char *url_password = "c-url-password-0b7f";
+    const char *host = strstr(server_url(), "://") + 3;
+    char config[2048];
+    snprintf(config, sizeof config,
+             "{\"source\": {\"type\": \"session_login\","
+             " \"credentials\": {\"username\": \"svc\", \"password\": \"%s\"},"
+             " \"session\": {\"login\": {\"url\": \"http://svc:%s@%s/fault/status/500/login/"
+             "{{password}}?p={{password}}\", \"json\": {\"password\": \"{{password}}\"}},"
+             " \"token\": {\"json_pointer\": \"/session/id\"}, \"lifetime_s\": 900,"
+             " \"send\": {\"header\": \"vmware-api-session-id\"}}}}",
+             password, url_password, host);
+    tl_manager *mgr = NULL;
+    CHECK_RC(tl_manager_from_config(config, &mgr), TL_OK);
+    if (!mgr) return;
+    static struct message_log log;
+    memset(&log, 0, sizeof log);
+    pthread_mutex_init(&log.lock, NULL);
+    CHECK_RC(tl_manager_set_event_callback(mgr, collect_messages, &log), TL_OK);
+    char token[256];
+    size_t written = 0;
+    CHECK(tl_manager_token(mgr, token, sizeof token, &written, NULL) != TL_OK);
+    CHECK_RC(tl_manager_flush_events(mgr, 10000), TL_OK);
+    char detail[1024];
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    char key[512];
+    CHECK_RC(tl_manager_key(mgr, key, sizeof key, &written), TL_OK);
+    CHECK(strstr(detail, "{{password}}") != NULL);
+    const char *texts[] = {detail, key, log.text};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        if (strstr(texts[i], password) || strstr(texts[i], url_password)) {
+            fprintf(stderr, "secret leaked: %s\n", texts[i]);
+        }
+        CHECK(strstr(texts[i], password) == NULL);
+        CHECK(strstr(texts[i], url_password) == NULL);
+    }
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+    pthread_mutex_destroy(&log.lock);
+}
+
 int main(void) {
     printf("# tokenlease %s against %s\n", tl_version(), server_url());
     RUN(test_fetch_and_cache);
@@ -353,5 +410,6 @@ int main(void) {
     RUN(test_events_and_revoke);
     RUN(test_background_refresh);
     RUN(test_errors_keep_their_kind);
+    RUN(test_session_login_secrets_stay_secret);
     return finish();
 }

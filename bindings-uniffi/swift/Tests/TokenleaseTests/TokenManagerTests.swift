@@ -298,6 +298,26 @@ final class TokenManagerTests: XCTestCase {
         let waited = Date().timeIntervalSince(started)
         XCTAssertLessThan(waited, 1.5, "waited \(waited) s behind another manager's listener")
     }
+
+    func testExpiresInMsZeroMeansUnknownAndBadValuesAreProtocolErrors() throws {
+        final class FixedSource: TokenSource, @unchecked Sendable {
+            let value: String
+            let expiresInMs: UInt64
+            init(_ value: String, _ expiresInMs: UInt64) { self.value = value; self.expiresInMs = expiresInMs }
+            func fetch() throws -> FetchedToken {
+                FetchedToken(value: SecretString(value), expiresInMs: expiresInMs)
+            }
+        }
+        let token = try TokenManager.withSource(source: FixedSource("no-lifetime-said", 0)).tokenBlocking()
+        let lifetimeMs = Double(token.expiresAtUnixMs) - Date().timeIntervalSince1970 * 1000
+        // The policy's default lifetime (1 h), as `expires_in_ms` 0 in C.
+        XCTAssertTrue((3_500_000...3_600_000).contains(lifetimeMs), "lifetime \(lifetimeMs) ms")
+        for (value, expiresInMs) in [("", UInt64(60_000)), ("a\u{0}b", 60_000), ("ok", UInt64.max)] {
+            XCTAssertThrowsError(try TokenManager.withSource(source: FixedSource(value, expiresInMs)).tokenBlocking()) { error in
+                guard case TokenleaseError.Protocol = error else { return XCTFail("got \(error)") }
+            }
+        }
+    }
 }
 
 final class CachedTokenBenchmark: XCTestCase {

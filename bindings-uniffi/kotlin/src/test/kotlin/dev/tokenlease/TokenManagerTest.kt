@@ -409,4 +409,22 @@ class TokenManagerTest {
             }
         }
     }
+
+    @Test
+    fun `expiresInMs 0 means unknown and bad values are protocol errors`() = runBlocking<Unit> {
+        fun sourceOf(value: String, expiresInMs: ULong) = object : TokenSource {
+            override fun fetch() = FetchedToken(value = SecretString(value), expiresInMs = expiresInMs)
+        }
+        TokenManager.withSource(sourceOf("no-lifetime-said", 0uL)).use { manager ->
+            val token = manager.token()
+            val lifetimeMs = token.expiresAtUnixMs.toLong() - System.currentTimeMillis()
+            // The policy's default lifetime (1 h), as `expires_in_ms` 0 in C.
+            assertTrue(lifetimeMs in 3_500_000..3_600_000, "lifetime $lifetimeMs ms")
+        }
+        for ((value, expiresInMs) in listOf("" to 60_000uL, "a\u0000b" to 60_000uL, "ok" to ULong.MAX_VALUE)) {
+            TokenManager.withSource(sourceOf(value, expiresInMs)).use { manager ->
+                assertThrows<TokenleaseException.Protocol> { manager.tokenBlocking() }
+            }
+        }
+    }
 }

@@ -908,6 +908,24 @@ impl AuthorizedClient {
 mod tests {
     use super::*;
 
+    #[test]
+    fn policy_config_sets_store_timeout_and_lease_and_checks_them() {
+        let policy: PolicyConfig = serde_json::from_str(
+            r#"{"store_timeout_ms": 750, "lease_ttl_ms": 4000, "lease_wait_ms": 9000}"#,
+        )
+        .unwrap();
+        let policy = policy.to_policy().unwrap();
+        assert_eq!(policy.store_timeout(), Duration::from_millis(750));
+        assert_eq!(policy.lease_ttl(), Duration::from_millis(4000));
+        assert_eq!(policy.lease_wait(), Duration::from_millis(9000));
+        let too_short: PolicyConfig = serde_json::from_str(r#"{"lease_ttl_ms": 100}"#).unwrap();
+        let err = too_short.to_policy().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().contains("policy.lease_ttl"), "{err}");
+        let zero: PolicyConfig = serde_json::from_str(r#"{"store_timeout_ms": 0}"#).unwrap();
+        assert!(zero.to_policy().unwrap_err().message().contains("store_timeout"));
+    }
+
     const JSON: &str = r#"{
         "source": {"type": "oauth2_client_credentials", "token_url": "http://127.0.0.1:1/token",
                    "client_id": "c", "client_secret": "inline-secret-value", "scopes": ["a"]},

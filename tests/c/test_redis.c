@@ -12,6 +12,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 static pid_t g_redis_pid = -1;
 static int g_redis_port = 0;
@@ -66,6 +69,10 @@ static int start_redis(void) {
     pid_t pid = fork();
     if (pid < 0) return 0;
     if (pid == 0) {
+#ifdef __linux__
+        /* Killed with this test (e.g. by a timeout), not left running. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
         execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",

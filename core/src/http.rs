@@ -1,12 +1,26 @@
 //! HTTP plumbing shared by the HTTP sources (feature `http`): endpoint rules, the
 //! classification of token-endpoint and resource responses, and the time model.
 //!
-//! Error mapping (RFC 6749 §5.2): `invalid_client` → `InvalidCredentials`,
-//! `invalid_grant` → `InvalidGrant`, `invalid_scope`/`invalid_request`/
-//! `unauthorized_client`/`unsupported_grant_type` → `Configuration`, 429 → `RateLimited`
-//! with Retry-After, 5xx/`temporarily_unavailable`/connection errors → `Transient`,
-//! timeouts → `Timeout`, an unreadable success → `Protocol`. Messages name the endpoint
-//! and the kind, never a token or secret.
+//! Error mapping of token and revocation endpoints ([`token_error_kind`]; the full table is
+//! in docs/interop.md): the HTTP status decides first, the OAuth2 `error` code (RFC 6749
+//! §5.2) only within a 400/403 or another unlisted 4xx. 401 → `InvalidCredentials` whatever
+//! the code (client authentication failed: `unauthorized_client`, `invalid_grant` too),
+//! 429 → `RateLimited` (with Retry-After when given), 5xx → `Transient`, 408 → `Timeout`,
+//! 404/405/410 and 3xx (redirects are not followed) → `Configuration`; then
+//! `invalid_client` → `InvalidCredentials`, `invalid_grant` → `InvalidGrant`,
+//! `invalid_scope`/`invalid_request`/`unauthorized_client`/`unsupported_grant_type`/
+//! `invalid_target`/`unsupported_token_type`/`access_denied` → `Configuration`,
+//! `temporarily_unavailable`/`server_error` → `Transient`, `slow_down` → `RateLimited`;
+//! a 403 without a known code → `Configuration`, anything else → `Protocol`. HTML pages and
+//! empty bodies carry no code, so only their status counts. Connection errors →
+//! `Transient`, timeouts → `Timeout`, an unreadable success → `Protocol`. Messages name
+//! the endpoint, the status and the code, never a token, a secret or the server's
+//! description.
+//!
+//! Discovery helpers: [`openid_configuration_url`] (OpenID Connect Discovery 1.0 §4) and
+//! [`oauth_authorization_server_url`] (RFC 8414 §3) build the two well-known URLs of an
+//! issuer, [`discovery_issuer`] checks an issuer, [`same_issuer`] compares it with the
+//! one a document names (§4.3 / RFC 8414 §3.3).
 //!
 //! Every response body tokenlease reads is bounded: [`MAX_BODY_BYTES`] for token,
 //! revocation, discovery and session endpoints, [`MAX_INSPECTED_ERROR_BODY_BYTES`] for the
@@ -428,7 +442,62 @@ pub fn cross_check_jwt_expiry(
     fetched
 }
 
-/// Maps a failed token- or revocation-endpoint response to an error kind.
+/// The OAuth2 `error` code (RFC 6749 §5.2) of an error response body, if it is a JSON
+/// object with a short printable-ASCII string `error`. HTML pages, empty bodies, other JSON
+/// shapes and over-long or odd codes give `None` (only the status is then judged).
+pub fn oauth_error_code(body: &[u8]) -> Option<String> {
+    // serde would also read a JSON array as the struct; an error response is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<ErrorResponse>(body)
+        .ok()
+        .map(|response| response.error)
+        .filter(|code| {
+            !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic())
+        })
+}
+
+/// What a failed token- or revocation-endpoint answer means: the status decides first,
+/// the OAuth2 `error` code only where the status leaves it open (see the module docs and
+/// the table in docs/interop.md).
+pub fn token_error_kind(status: StatusCode, code: Option<&str>) -> ErrorKind {
+    match status.as_u16() {
+        // RFC 6749 §5.2: a 401 says client authentication failed, whatever code comes with
+        // it (Keycloak answers a bad secret with 401 `unauthorized_client`; some servers
+        // 401 `invalid_grant` when the client, not the grant, was refused).
+        401 => ErrorKind::InvalidCredentials,
+        429 => ErrorKind::RateLimited,
+        500..=599 => ErrorKind::Transient,
+        408 => ErrorKind::Timeout,
+        // No such endpoint (or not for POST): the URL is wrong, whatever a gateway's body says.
+        404 | 405 | 410 => ErrorKind::Configuration,
+        // Redirects are never followed with credentials: configure the final URL.
+        300..=399 => ErrorKind::Configuration,
+        _ => match code {
+            Some("invalid_client") => ErrorKind::InvalidCredentials,
+            Some("invalid_grant") => ErrorKind::InvalidGrant,
+            Some(
+                "invalid_scope"
+                | "invalid_request"
+                | "unauthorized_client"
+                | "unsupported_grant_type"
+                | "invalid_target"
+                | "unsupported_token_type"
+                | "access_denied",
+            ) => ErrorKind::Configuration,
+            Some("temporarily_unavailable" | "server_error") => ErrorKind::Transient,
+            Some("slow_down") => ErrorKind::RateLimited,
+            // A 403 without a code we know: a WAF, an IP allow-list or a disabled client.
+            // Terminal; retrying cannot help.
+            _ if status == StatusCode::FORBIDDEN => ErrorKind::Configuration,
+            _ => ErrorKind::Protocol,
+        },
+    }
+}
+
+/// Maps a failed token- or revocation-endpoint response to an error ([`token_error_kind`]),
+/// carrying the server's Retry-After.
 pub fn token_endpoint_error(
     url: &url::Url,
     status: StatusCode,
@@ -436,31 +505,110 @@ pub fn token_endpoint_error(
     body: &[u8],
 ) -> Error {
     let endpoint = endpoint_name(url);
-    let code = serde_json::from_slice::<ErrorResponse>(body)
-        .ok()
-        .map(|response| response.error)
-        .filter(|code| {
-            !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_graphic())
-        });
+    let code = oauth_error_code(body);
     let retry_after = retry_after(headers);
     let described = match &code {
         Some(code) => format!("{endpoint} answered {} ({code})", status.as_u16()),
         None => format!("{endpoint} answered {}", status.as_u16()),
     };
-    let kind = match code.as_deref() {
-        Some("invalid_client") => ErrorKind::InvalidCredentials,
-        Some("invalid_grant") => ErrorKind::InvalidGrant,
-        Some(
-            "invalid_scope" | "invalid_request" | "unauthorized_client" | "unsupported_grant_type",
-        ) => ErrorKind::Configuration,
-        Some("temporarily_unavailable" | "server_error") => ErrorKind::Transient,
-        Some("slow_down") => ErrorKind::RateLimited,
-        _ if status == StatusCode::TOO_MANY_REQUESTS => ErrorKind::RateLimited,
-        _ if status.is_server_error() => ErrorKind::Transient,
-        _ if status == StatusCode::UNAUTHORIZED => ErrorKind::InvalidCredentials,
-        _ => ErrorKind::Protocol,
+    let kind = token_error_kind(status, code.as_deref());
+    let described = match (kind, status.as_u16()) {
+        (ErrorKind::InvalidCredentials, _) => {
+            format!("{described}: client authentication failed (check client_id, client_secret and client_auth)")
+        }
+        (ErrorKind::Configuration, 404 | 405 | 410) => {
+            format!("{described}: no such endpoint (check the URL)")
+        }
+        (ErrorKind::Configuration, 300..=399) => {
+            format!("{described}: redirects are not followed (configure the final URL)")
+        }
+        _ => described,
     };
     Error::new(kind, described).with_retry_after(retry_after)
+}
+
+/// Checks an issuer identifier for discovery (OpenID Connect Discovery 1.0 §2, RFC 8414
+/// §2): an HTTPS URL (HTTP on loopback only) without query, fragment or credentials.
+pub fn discovery_issuer(issuer: &str) -> Result<url::Url> {
+    let url = endpoint_url("issuer", issuer)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::new(
+            ErrorKind::Configuration,
+            "issuer: an issuer has no query or fragment (OpenID Connect Discovery 1.0 §2, RFC 8414 §2)",
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::new(
+            ErrorKind::Configuration,
+            "issuer: an issuer has no user name or password",
+        ));
+    }
+    Ok(url)
+}
+
+/// The issuer's path without its terminating `/` (`""` for an issuer without a path).
+fn issuer_path(issuer: &url::Url) -> &str {
+    issuer.path().trim_end_matches('/')
+}
+
+/// OpenID Connect Discovery 1.0 §4: `/.well-known/openid-configuration` appended to the
+/// issuer *including its path* (any terminating `/` removed first):
+/// `https://idp.example/realms/x` → `https://idp.example/realms/x/.well-known/openid-configuration`.
+pub fn openid_configuration_url(issuer: &url::Url) -> url::Url {
+    let mut url = issuer.clone();
+    let path = format!("{}/.well-known/openid-configuration", issuer_path(issuer));
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    url
+}
+
+/// RFC 8414 §3: `/.well-known/oauth-authorization-server` inserted between the host and the
+/// issuer's path (any terminating `/` removed first):
+/// `https://idp.example/realms/x` → `https://idp.example/.well-known/oauth-authorization-server/realms/x`.
+pub fn oauth_authorization_server_url(issuer: &url::Url) -> url::Url {
+    let mut url = issuer.clone();
+    let path = format!(
+        "/.well-known/oauth-authorization-server{}",
+        issuer_path(issuer)
+    );
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    url
+}
+
+/// Whether `named` (the `issuer` of a discovery document) is the configured `issuer`
+/// (OpenID Connect Discovery 1.0 §4.3, RFC 8414 §3.3). Compared as URLs: scheme, host and
+/// port as the URL standard normalises them (case, default port), and the path exactly
+/// except for one terminating `/` (`https://tenant.auth0.com/` and
+/// `https://tenant.auth0.com` are the same issuer; `/realms/a` and `/realms/b` are not).
+pub fn same_issuer(issuer: &url::Url, named: &str) -> bool {
+    let Ok(named) = url::Url::parse(named) else {
+        return false;
+    };
+    named.scheme() == issuer.scheme()
+        && named.host() == issuer.host()
+        && named.port_or_known_default() == issuer.port_or_known_default()
+        && named.username() == issuer.username()
+        && named.password() == issuer.password()
+        && named.query().is_none()
+        && named.fragment().is_none()
+        && issuer_path(&named) == issuer_path(issuer)
+}
+
+/// A value a server sent, made safe to quote in an error message: control characters
+/// replaced, cut to 200 characters.
+pub(crate) fn quoted_server_value(value: &str) -> String {
+    let mut shown: String = value
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if value.chars().count() > 200 {
+        shown.push('…');
+    }
+    format!("{shown:?}")
 }
 
 /// The server's Retry-After in seconds (capped at an hour); HTTP dates are ignored.
@@ -544,6 +692,146 @@ mod tests {
         assert_eq!(kind(502, "<html>bad gateway</html>"), ErrorKind::Transient);
         assert_eq!(kind(429, ""), ErrorKind::RateLimited);
         assert_eq!(kind(418, "teapot"), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn the_status_decides_before_the_error_code() {
+        let kind = |status: u16, code: Option<&str>| {
+            token_error_kind(StatusCode::from_u16(status).unwrap(), code)
+        };
+        // 401: client authentication failed, whatever the code says.
+        for code in [
+            Some("unauthorized_client"),
+            Some("invalid_grant"),
+            Some("invalid_request"),
+            Some("server_error"),
+            None,
+        ] {
+            assert_eq!(kind(401, code), ErrorKind::InvalidCredentials, "{code:?}");
+        }
+        for code in [Some("invalid_client"), Some("invalid_grant"), None] {
+            assert_eq!(kind(429, code), ErrorKind::RateLimited, "{code:?}");
+            assert_eq!(kind(500, code), ErrorKind::Transient, "{code:?}");
+            assert_eq!(kind(503, code), ErrorKind::Transient, "{code:?}");
+            assert_eq!(kind(404, code), ErrorKind::Configuration, "{code:?}");
+            assert_eq!(kind(302, code), ErrorKind::Configuration, "{code:?}");
+            assert_eq!(kind(408, code), ErrorKind::Timeout, "{code:?}");
+        }
+        assert_eq!(
+            kind(400, Some("invalid_client")),
+            ErrorKind::InvalidCredentials
+        );
+        assert_eq!(
+            kind(400, Some("unauthorized_client")),
+            ErrorKind::Configuration
+        );
+        assert_eq!(
+            kind(400, Some("unsupported_token_type")),
+            ErrorKind::Configuration
+        );
+        assert_eq!(kind(400, None), ErrorKind::Protocol);
+        assert_eq!(
+            kind(403, Some("invalid_client")),
+            ErrorKind::InvalidCredentials
+        );
+        assert_eq!(kind(403, Some("invalid_grant")), ErrorKind::InvalidGrant);
+        assert_eq!(kind(403, None), ErrorKind::Configuration);
+        assert_eq!(kind(403, Some("made_up")), ErrorKind::Configuration);
+        assert_eq!(kind(422, Some("made_up")), ErrorKind::Protocol);
+        // Codes come from JSON objects only.
+        assert_eq!(
+            oauth_error_code(br#"{"error":"invalid_client"}"#).as_deref(),
+            Some("invalid_client")
+        );
+        for body in [
+            &b""[..],
+            b"<html>401</html>",
+            br#"{"error":{"code":1}}"#,
+            br#"{"error":"a b"}"#,
+            br#"["invalid_client"]"#,
+        ] {
+            assert_eq!(oauth_error_code(body), None, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn well_known_urls_follow_oidc_discovery_and_rfc_8414() {
+        let issuer = |text: &str| discovery_issuer(text).unwrap();
+        for (given, oidc, rfc8414) in [
+            (
+                "https://idp.example/realms/tl",
+                "https://idp.example/realms/tl/.well-known/openid-configuration",
+                "https://idp.example/.well-known/oauth-authorization-server/realms/tl",
+            ),
+            (
+                "https://idp.example/realms/tl/",
+                "https://idp.example/realms/tl/.well-known/openid-configuration",
+                "https://idp.example/.well-known/oauth-authorization-server/realms/tl",
+            ),
+            (
+                "https://idp.example",
+                "https://idp.example/.well-known/openid-configuration",
+                "https://idp.example/.well-known/oauth-authorization-server",
+            ),
+            (
+                "https://idp.example/",
+                "https://idp.example/.well-known/openid-configuration",
+                "https://idp.example/.well-known/oauth-authorization-server",
+            ),
+            (
+                "https://login.example:8443/0a1b-tenant/v2.0",
+                "https://login.example:8443/0a1b-tenant/v2.0/.well-known/openid-configuration",
+                "https://login.example:8443/.well-known/oauth-authorization-server/0a1b-tenant/v2.0",
+            ),
+        ] {
+            assert_eq!(openid_configuration_url(&issuer(given)).as_str(), oidc, "{given}");
+            assert_eq!(oauth_authorization_server_url(&issuer(given)).as_str(), rfc8414, "{given}");
+        }
+        for bad in [
+            "https://idp.example/x?q=1",
+            "https://idp.example/x#f",
+            "https://u:p@idp.example/x",
+            "http://idp.example/x",
+            "ftp://idp.example/",
+        ] {
+            assert_eq!(
+                discovery_issuer(bad).unwrap_err().kind(),
+                ErrorKind::Configuration,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn issuers_are_compared_as_urls_up_to_a_terminating_slash() {
+        let issuer = discovery_issuer("https://idp.example/realms/tl").unwrap();
+        for same in [
+            "https://idp.example/realms/tl",
+            "https://idp.example/realms/tl/",
+            "https://IDP.example:443/realms/tl",
+        ] {
+            assert!(same_issuer(&issuer, same), "{same}");
+        }
+        for other in [
+            "https://idp.example/realms/TL",
+            "https://idp.example/realms/other",
+            "https://idp.example/realms",
+            "https://idp.example/realms/tl/x",
+            "http://idp.example/realms/tl",
+            "https://idp.example:8443/realms/tl",
+            "https://evil.example/realms/tl",
+            "https://idp.example/realms/tl?x=1",
+            "https://idp.example/{tenantid}/v2.0",
+            "not a url",
+            "",
+        ] {
+            assert!(!same_issuer(&issuer, other), "{other}");
+        }
+        let root = discovery_issuer("https://tenant.example").unwrap();
+        assert!(same_issuer(&root, "https://tenant.example/"));
+        assert!(same_issuer(&root, "https://tenant.example"));
+        assert_eq!(quoted_server_value("a\nb"), "\"a?b\"");
+        assert_eq!(quoted_server_value(&"x".repeat(300)).chars().count(), 203);
     }
 
     #[test]

@@ -480,6 +480,10 @@ pub enum StoreConfig {
         /// As for `file`.
         #[serde(default)]
         encryption_key: Option<SecretValue>,
+        /// PEM file of the CA that signed the server's certificate (`rediss://` with a
+        /// private CA); without it the Mozilla (webpki) roots are trusted.
+        #[serde(default)]
+        ca_file: Option<String>,
     },
 }
 
@@ -513,14 +517,20 @@ impl StoreConfig {
                 url,
                 prefix,
                 encryption_key: key,
+                ca_file,
             } => {
                 let url = url.resolve("store.url")?;
-                Arc::new(match encryption_key(key.as_ref())? {
-                    Some(key) => {
-                        crate::RedisStore::open_encrypted(url.expose(), prefix.as_deref(), key)?
-                    }
-                    None => crate::RedisStore::open(url.expose(), prefix.as_deref())?,
-                })
+                let mut options = crate::redis_store::RedisOptions::new();
+                if let Some(prefix) = prefix {
+                    options = options.prefix(prefix.clone());
+                }
+                if let Some(key) = encryption_key(key.as_ref())? {
+                    options = options.encryption_key(key);
+                }
+                if let Some(ca_file) = ca_file {
+                    options = options.ca_file(ca_file);
+                }
+                Arc::new(crate::RedisStore::open_with_options(url.expose(), options)?)
             }
         })
     }
@@ -923,7 +933,11 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Configuration);
         assert!(err.message().contains("policy.lease_ttl"), "{err}");
         let zero: PolicyConfig = serde_json::from_str(r#"{"store_timeout_ms": 0}"#).unwrap();
-        assert!(zero.to_policy().unwrap_err().message().contains("store_timeout"));
+        assert!(zero
+            .to_policy()
+            .unwrap_err()
+            .message()
+            .contains("store_timeout"));
     }
 
     const JSON: &str = r#"{

@@ -55,7 +55,7 @@ pub use file_store::{EncryptionKey, FileStore, LeaseInfo};
 pub use manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
 pub use policy::Policy;
 #[cfg(feature = "redis")]
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisOptions, RedisStore};
 pub use secret::SecretString;
 pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Source};
 pub use store::{

@@ -7,10 +7,7 @@
 //! return. The helper is the one of `tests/fleet.rs`, with a TLS mode.
 #![cfg(feature = "redis")]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +16,10 @@ use tokenlease::redis_store::RedisOptions;
 use tokenlease::{ErrorKind, Manager, RedisStore, Store, TokenRecord};
 use tokenlease_test_server::{ServerConfig, TestServer};
 
-fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 /// A private temp directory, removed on drop.
 struct TempDir(PathBuf);
@@ -49,123 +43,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn installed() -> bool {
-    let installed = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !installed {
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !!! SKIPPED: redis-server is not installed; the Redis TLS tests did    !!!\n\
-             !!! not run. Install it with: apt-get install -y redis-server           !!!\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-        );
-    }
-    installed
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A throwaway `redis-server` on 127.0.0.1 (no persistence), stopped on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    tls: bool,
-}
-
-impl RedisServer {
-    /// A plain-text server; `None` (after a loud message) without `redis-server`.
-    fn start() -> Option<Self> {
-        installed().then(|| {
-            let port = free_port();
-            Self::spawn(port, false, &["--port".to_owned(), port.to_string()])
-        })
-    }
-
-    /// A server speaking only TLS (`--port 0`), with the certificates of `certs`; clients
-    /// need no certificate of their own. `None` as for [`RedisServer::start`].
-    fn start_tls(certs: &TestCerts) -> Option<Self> {
-        if !installed() {
-            return None;
-        }
-        let port = free_port();
-        let path = |name: &str| certs.dir.path().join(name).display().to_string();
-        let args = [
-            "--port".to_owned(),
-            "0".to_owned(),
-            "--tls-port".to_owned(),
-            port.to_string(),
-            "--tls-cert-file".to_owned(),
-            path("server.pem"),
-            "--tls-key-file".to_owned(),
-            path("server.key"),
-            "--tls-ca-cert-file".to_owned(),
-            path("ca.pem"),
-            "--tls-auth-clients".to_owned(),
-            "no".to_owned(),
-        ];
-        Some(Self::spawn(port, true, &args))
-    }
-
-    fn spawn(port: u16, tls: bool, listen: &[String]) -> Self {
-        let child = Command::new("redis-server")
-            .args(listen)
-            .args(["--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let mut server = RedisServer { child, port, tls };
-        wait_for("redis-server to answer", Duration::from_secs(10), || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("redis-server exited at start ({status}); built without TLS?");
-            }
-            server.ready()
-        });
-        server
-    }
-
-    /// PING answered (plain), or the TLS port accepting connections.
-    fn ready(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        if self.tls {
-            return true;
-        }
-        let mut answer = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut answer).is_ok()
-            && &answer == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        format!("{scheme}://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -261,7 +138,7 @@ fn store_error_within(store: &RedisStore, limit: Duration) -> String {
 #[test]
 fn managers_share_a_token_through_redis_over_tls() {
     let certs = TestCerts::new();
-    let Some(redis) = RedisServer::start_tls(&certs) else {
+    let Some(redis) = RedisServer::start_tls(certs.dir.path()) else {
         return;
     };
     let url = redis.url();
@@ -310,7 +187,7 @@ fn managers_share_a_token_through_redis_over_tls() {
 #[test]
 fn redis_over_tls_refuses_the_wrong_peer_and_plain_text_promptly() {
     let certs = TestCerts::new();
-    let Some(redis) = RedisServer::start_tls(&certs) else {
+    let Some(redis) = RedisServer::start_tls(certs.dir.path()) else {
         return;
     };
     let limit = Duration::from_secs(5);
@@ -355,7 +232,7 @@ fn redis_over_tls_refuses_the_wrong_peer_and_plain_text_promptly() {
 #[test]
 fn a_manager_on_a_rediss_store_it_cannot_trust_still_serves_tokens() {
     let certs = TestCerts::new();
-    let Some(redis) = RedisServer::start_tls(&certs) else {
+    let Some(redis) = RedisServer::start_tls(certs.dir.path()) else {
         return;
     };
     let server = token_server();
@@ -372,4 +249,35 @@ fn a_manager_on_a_rediss_store_it_cannot_trust_still_serves_tokens() {
     assert!(counters.store_errors >= 1, "{counters:?}");
     assert_eq!(server.stats().token_requests, 1);
     manager.close();
+}
+
+#[test]
+fn a_configured_rediss_store_with_its_ca_file_shares_the_token() {
+    let certs = TestCerts::new();
+    let Some(redis) = RedisServer::start_tls(certs.dir.path()) else {
+        return;
+    };
+    let server = token_server();
+    let config = serde_json::json!({
+        "source": {"type": "oauth2_client_credentials", "token_url": server.token_url(),
+                   "client_id": "demo-client", "client_secret": "demo-secret"},
+        "store": {"type": "redis", "url": redis.url(), "prefix": "cfg:",
+                  "ca_file": certs.ca_file().display().to_string()},
+        "key": "configured"
+    })
+    .to_string();
+    let first = tokenlease::config::ManagerConfig::parse(&config)
+        .and_then(|config| config.build())
+        .unwrap();
+    let token = first.token_blocking().unwrap().value().clone();
+    let second = tokenlease::config::ManagerConfig::parse(&config)
+        .and_then(|config| config.build())
+        .unwrap();
+    assert_eq!(second.token_blocking().unwrap().value(), &token);
+    assert_eq!(
+        server.stats().token_requests,
+        1,
+        "the second manager adopted over TLS"
+    );
+    assert_eq!(second.status().counters.store_errors, 0);
 }

@@ -3,13 +3,25 @@
 // which we did not write, on loopback http.
 //
 //   node tests/oidc/server.js [--lifetime SECONDS] [--token-delay-ms MS] [--exit-with-stdin]
+//                             [--mount /PATH] [--no-openid-configuration]
 //
 // Listens on 127.0.0.1 with a port the OS picks and prints, once listening, one line
-//   OIDC_PROVIDER_URL=http://127.0.0.1:PORT
-// on stdout (the issuer; discovery is at /.well-known/openid-configuration). Exits by
-// itself after --lifetime seconds (default 300), on SIGTERM/SIGINT, and with
-// --exit-with-stdin when its standard input closes (the test process that spawned it is
-// gone).
+//   OIDC_PROVIDER_URL=http://127.0.0.1:PORT[/PATH]
+// on stdout: the issuer. Exits by itself after --lifetime seconds (default 300), on
+// SIGTERM/SIGINT, and with --exit-with-stdin when its standard input closes (the test
+// process that spawned it is gone).
+//
+// --mount /PATH mounts oidc-provider under that path, as oidc-provider documents for a
+// mounted provider (the issuer is http://127.0.0.1:PORT/PATH, the shape of Keycloak's
+// /realms/NAME, Okta's /oauth2/ID or Entra ID's /TENANT/v2.0); anything outside the mount is
+// a 404. Discovery then answers at both well-known URLs the specs define:
+// - <issuer>/.well-known/openid-configuration (OpenID Connect Discovery 1.0 §4), and
+// - http://127.0.0.1:PORT/.well-known/oauth-authorization-server/PATH (RFC 8414 §3: the
+//   well-known segment inserted between host and path). oidc-provider serves its metadata
+//   under its mount only, so this server routes that host-level URL to it, as the reverse
+//   proxy in front of a mounted provider does; the document is oidc-provider's own.
+// --no-openid-configuration answers 404 at <issuer>/.well-known/openid-configuration, like
+// an OAuth2-only server that publishes RFC 8414 metadata alone.
 //
 // What it serves (all of it oidc-provider's own code, except the one grant marked below):
 // - clients `tokenlease-basic` (client_secret_basic) and `tokenlease-post`
@@ -30,8 +42,10 @@
 //   the authorization_code grant does, so tokenlease's Grant::Password gets a refresh
 //   token without a browser. Everything after that first token (refresh, rotation, reuse
 //   detection, revocation, introspection) is oidc-provider's built-in code.
-// - GET /__stats: request counters, JSON (token_requests counts every POST to the token
-//   endpoint, successful or not; grants/errors count by grant type / error code).
+// - GET /__stats (at the host's root, also with --mount): request counters, JSON
+//   (token_requests counts every POST to the token endpoint, successful or not;
+//   grants/errors count by grant type / error code; paths counts every request but these
+//   by "METHOD /path").
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -52,6 +66,19 @@ function option(name, fallback) {
 const LIFETIME_SECONDS = option('--lifetime', 300);
 const TOKEN_DELAY_MS = option('--token-delay-ms', 0);
 const EXIT_WITH_STDIN = process.argv.includes('--exit-with-stdin');
+const NO_OPENID_CONFIGURATION = process.argv.includes('--no-openid-configuration');
+
+function mountOption() {
+  const at = process.argv.indexOf('--mount');
+  if (at === -1) return '';
+  const value = process.argv[at + 1] || '';
+  if (!/^(\/[A-Za-z0-9._~-]+)+$/.test(value)) {
+    console.error('--mount needs a path such as /realms/tl');
+    process.exit(2);
+  }
+  return value;
+}
+const MOUNT = mountOption();
 
 const CLIENT_SECRET = 'tokenlease-secret';
 const RESOURCE = 'urn:tokenlease:api';
@@ -66,6 +93,7 @@ const stats = {
   grants: {},
   errors: {},
   revoked_grants: 0,
+  paths: {},
 };
 
 function bump(counter, key) {
@@ -196,23 +224,58 @@ function sendJson(res, status, body) {
   res.end(JSON.stringify(body));
 }
 
+const OIDC_DISCOVERY = '/.well-known/openid-configuration';
+const RFC8414_DISCOVERY = '/.well-known/oauth-authorization-server';
+
 let callback = (_req, res) => sendJson(res, 503, { error: 'temporarily_unavailable' });
-const server = http.createServer((req, res) => {
-  const path = new URL(req.url, 'http://127.0.0.1').pathname;
-  if (req.method === 'GET' && path === '/__stats') {
-    sendJson(res, 200, stats);
-    return;
-  }
-  if (req.method === 'POST' && path === '/token') {
+
+// Hands a request for `innerPath` (a path of the provider's own routes) to oidc-provider
+// mounted at MOUNT: req.url is the path inside the mount, req.originalUrl the full one
+// (oidc-provider reads the mount path from the two, as under express/connect).
+function toProvider(req, res, innerPath, search) {
+  req.originalUrl = `${MOUNT}${innerPath}${search}`;
+  req.url = `${innerPath}${search}`;
+  bump(stats.paths, `${req.method} ${MOUNT}${innerPath}`);
+  if (req.method === 'POST' && innerPath === '/token') {
     stats.token_requests += 1;
     if (TOKEN_DELAY_MS > 0) {
       setTimeout(() => callback(req, res), TOKEN_DELAY_MS);
       return;
     }
   }
-  if (req.method === 'POST' && path === '/token/revocation') stats.revocation_requests += 1;
-  if (req.method === 'POST' && path === '/token/introspection') stats.introspection_requests += 1;
+  if (req.method === 'POST' && innerPath === '/token/revocation') stats.revocation_requests += 1;
+  if (req.method === 'POST' && innerPath === '/token/introspection') stats.introspection_requests += 1;
   callback(req, res);
+}
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://127.0.0.1');
+  const path = url.pathname;
+  if (req.method === 'GET' && path === '/__stats') {
+    sendJson(res, 200, stats);
+    return;
+  }
+  // RFC 8414 §3: the host-level well-known URL of an issuer with a path.
+  if (MOUNT && path === `${RFC8414_DISCOVERY}${MOUNT}`) {
+    toProvider(req, res, RFC8414_DISCOVERY, url.search);
+    return;
+  }
+  let inner;
+  if (!MOUNT) {
+    inner = path;
+  } else if (path === MOUNT || path.startsWith(`${MOUNT}/`)) {
+    inner = path.slice(MOUNT.length) || '/';
+  } else {
+    bump(stats.paths, `${req.method} ${path}`);
+    sendJson(res, 404, { error: 'not_found', error_description: 'outside the provider mount' });
+    return;
+  }
+  if (NO_OPENID_CONFIGURATION && inner === OIDC_DISCOVERY) {
+    bump(stats.paths, `${req.method} ${path}`);
+    sendJson(res, 404, { error: 'not_found' });
+    return;
+  }
+  toProvider(req, res, inner, url.search);
 });
 
 function shutdown(code) {
@@ -235,7 +298,7 @@ if (EXIT_WITH_STDIN) {
 
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `http://127.0.0.1:${port}${MOUNT}`;
   const provider = new Provider(issuer, configuration());
   registerPasswordGrant(provider);
   provider.on('grant.success', (ctx) => bump(stats.grants, ctx.oidc.params.grant_type));

@@ -19,7 +19,7 @@
 //! request that never reached a server, so this is safe for a refresh token too). An
 //! expired document that cannot be fetched again keeps being used.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -135,7 +135,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<Discovered>>>>;
 pub struct DiscoveryCache {
     clock: Arc<dyn Clock>,
     max_age: Duration,
-    slots: parking_lot::Mutex<HashMap<String, Slot>>,
+    // A B-tree, not a hash map: its nodes are referenced from their start, so the
+    // process-wide cache reads as reachable (not "possibly lost") to leak checkers.
+    slots: parking_lot::Mutex<BTreeMap<String, Slot>>,
 }
 
 impl fmt::Debug for DiscoveryCache {

@@ -99,20 +99,20 @@ fn no_caller_errors(reports: &[WorkerReport]) {
 #[test]
 fn a_refresh_slower_than_the_lease_ttl_is_not_repeated_by_a_sibling() {
     let _serial = serial();
-    let server = rotating_server(Duration::from_secs(6));
+    let server = rotating_server(Duration::from_secs(10));
     let dir = TempDir::new("slow");
     let key = EncryptionKey::generate().to_base64().expose().to_owned();
     let options = WorkerOptions {
         token_url: server.token_url(),
         store: format!("file:{}", dir.0.display()),
         threads: 4,
-        duration: Duration::from_secs(12),
-        advisory: Duration::from_secs(4),
+        duration: Duration::from_secs(16),
+        advisory: Duration::from_secs(7),
         mandatory: Duration::from_millis(500),
-        // Three renewals fit in each refresh; without them a sibling would take the lease
-        // 600 ms into a 2 s refresh and redeem the same refresh token.
-        lease_ttl: Duration::from_millis(600),
-        lease_wait: Duration::from_secs(10),
+        // Renewed every ~670 ms through each 5 s refresh; without renewal a sibling would
+        // take the lease 2 s into the refresh and redeem the same refresh token.
+        lease_ttl: Duration::from_secs(2),
+        lease_wait: Duration::from_secs(12),
         ..Default::default()
     };
     let children = spawn_all(&options, 4, &key);
@@ -125,7 +125,7 @@ fn a_refresh_slower_than_the_lease_ttl_is_not_repeated_by_a_sibling() {
             .is_some()
     });
     server.control(Control {
-        latency_ms: Some(2000),
+        latency_ms: Some(5000),
         ..Default::default()
     });
     let reports: Vec<WorkerReport> = children.into_iter().map(collect).collect();
@@ -166,11 +166,13 @@ fn lease_errors_never_lead_to_concurrent_rotation() {
             .is_some()
     });
     // From now on every lease request fails: the lease file is a FIFO the store refuses.
+    // (Made aside and renamed over the lease file: the workers keep rewriting it.)
     let lease = store.lease_path(&options.key);
-    let _ = std::fs::remove_file(&lease);
-    let fifo = std::ffi::CString::new(lease.to_str().unwrap()).unwrap();
+    let aside = lease.with_extension("fifo-aside");
+    let fifo = std::ffi::CString::new(aside.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::rename(&aside, &lease).expect("the FIFO replaces the lease file");
     let reports: Vec<WorkerReport> = children.into_iter().map(collect).collect();
     let stats = server.stats();
     no_caller_errors(&reports);

@@ -844,7 +844,6 @@ async fn oidc_provider_an_issuer_spelled_differently_is_a_configuration_error_na
 
 struct MockOAuth2 {
     process: Spawned,
-    http: reqwest::Client,
 }
 
 /// The mock-oauth2-server of this test process, started on first use. It exits when this
@@ -877,21 +876,17 @@ fn mock_oauth2() -> Option<&'static MockOAuth2> {
                 "MOCK_OAUTH2_SERVER_URL",
                 "tests/mock-oauth2/launch (mock-oauth2-server)",
             );
-            Some(MockOAuth2 {
-                process,
-                http: reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .unwrap(),
-            })
+            Some(MockOAuth2 { process })
         })
         .as_ref()
 }
 
-/// One issuer of the shared mock-oauth2-server.
+/// One issuer of the shared mock-oauth2-server, with the test's own HTTP client (a client's
+/// pooled connections belong to the runtime of the test that made them).
 struct MockIssuer {
     server: &'static MockOAuth2,
     path: String,
+    http: reqwest::Client,
 }
 
 impl MockIssuer {
@@ -899,6 +894,10 @@ impl MockIssuer {
         Some(Self {
             server: mock_oauth2()?,
             path: format!("/{name}"),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
         })
     }
 
@@ -913,7 +912,6 @@ impl MockIssuer {
     /// How often "METHOD <endpoint under this issuer>" was requested.
     async fn requests(&self, method: &str, endpoint: &str) -> u64 {
         let stats: Value = self
-            .server
             .http
             .get(format!("{}/__stats", self.server.process.url))
             .send()
@@ -929,7 +927,6 @@ impl MockIssuer {
 
     async fn introspect(&self, token: &SecretString) -> Value {
         let response = self
-            .server
             .http
             .post(self.url("/introspect"))
             .basic_auth("introspecting-client", Some(SECRET))
@@ -946,7 +943,6 @@ impl MockIssuer {
     async fn browser_login(&self, client_id: &str) -> (String, String, u64) {
         let redirect_uri = "http://127.0.0.1:9/callback";
         let response = self
-            .server
             .http
             .get(self.url("/authorize"))
             .query(&[
@@ -976,7 +972,6 @@ impl MockIssuer {
             .1
             .into_owned();
         let tokens: Value = self
-            .server
             .http
             .post(self.url("/token"))
             .basic_auth(client_id, Some(SECRET))

@@ -392,7 +392,10 @@ pub fn run_worker(options: &WorkerOptions) -> tokenlease::Result<WorkerReport> {
     // No new refresh after this; one already under way finishes (and is recorded) first.
     manager.close();
     let settle = Instant::now() + Duration::from_secs(15);
-    while source.running.load(Ordering::SeqCst) > 0 && Instant::now() < settle {
+    // ...and so does its save (exiting mid-write would leave a temp file behind).
+    while (source.running.load(Ordering::SeqCst) > 0 || manager.status().refreshing)
+        && Instant::now() < settle
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     let counters = manager.status().counters;

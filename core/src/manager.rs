@@ -885,23 +885,40 @@ impl Shared {
             return Ok(token);
         }
         let waiting_since = self.clock.now();
-        let requested = self
-            .store_call(
-                "lease",
-                self.policy.lease_wait(),
-                store.acquire_lease(&self.key, self.policy.lease_ttl(), self.policy.lease_wait()),
-            )
-            .await;
+        let give_up = waiting_since + self.policy.lease_wait();
+        // The lease is asked for in short slices, and the store re-read between them: as
+        // soon as the holder (or any sibling) saves a usable token, it is adopted, however
+        // many siblings are queueing for the lease.
+        let requested = loop {
+            let slice = LEASE_SLICE.min(give_up.saturating_duration_since(self.clock.now()));
+            let requested = self
+                .store_call(
+                    "lease",
+                    slice,
+                    store.acquire_lease(&self.key, self.policy.lease_ttl(), slice),
+                )
+                .await;
+            if !matches!(requested, Ok(LeaseOutcome::Busy)) {
+                break requested;
+            }
+            if let Some(token) = self.adopt_from_store(&store).await {
+                return Ok(token);
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(closed_error());
+            }
+            if self.clock.now() >= give_up {
+                break requested;
+            }
+        };
         let lease = match requested {
             Ok(LeaseOutcome::Acquired(lease)) => Some(lease),
             Ok(LeaseOutcome::Unsupported) => None,
             Ok(LeaseOutcome::Busy) => {
-                if let Some(token) = self.adopt_from_store(&store).await {
-                    return Ok(token);
-                }
                 return Err(Error::transient(format!(
-                    "another process holds the refresh lease of {:?}",
-                    self.key
+                    "another process held the refresh lease of {:?} for {:?}",
+                    self.key,
+                    self.policy.lease_wait()
                 )));
             }
             Err(err) => {
@@ -1067,6 +1084,26 @@ impl Shared {
                     return Called::Superseded(token);
                 }
             }
+        }
+        // A closed manager calls its source no more, nor does a refresh a revoke overtook.
+        if self.closed.load(Ordering::SeqCst) {
+            return Called::GaveUp {
+                error: closed_error(),
+                straggler: false,
+            };
+        }
+        if self.revocations.load(Ordering::SeqCst) != epoch {
+            return Called::GaveUp {
+                error: Error::new(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "{OVERTAKEN_BY_REVOKE}: the token of {:?} was revoked before this \
+                         refresh called the source",
+                        self.key
+                    ),
+                ),
+                straggler: false,
+            };
         }
         let refresh_token = if use_refresh_token {
             self.flight.lock().refresh_token.clone()
@@ -1589,6 +1626,9 @@ impl Shared {
         }
     }
 }
+
+/// How long one lease request waits before the store is re-read for a sibling's token.
+const LEASE_SLICE: Duration = Duration::from_millis(250);
 
 /// Marks the error of a refresh that a revoke overtook.
 const OVERTAKEN_BY_REVOKE: &str = "overtaken by revoke";

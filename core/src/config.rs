@@ -96,9 +96,14 @@ pub struct OAuth2Config {
     /// Token endpoint (or give `issuer` for discovery).
     #[serde(default)]
     pub token_url: Option<String>,
-    /// Issuer whose `/.well-known/openid-configuration` names the endpoints.
+    /// Issuer whose metadata names the endpoints (see `discovery`).
     #[serde(default)]
     pub issuer: Option<String>,
+    /// Which metadata document `issuer` is discovered from: `auto` (default: OpenID
+    /// Connect's `<issuer>/.well-known/openid-configuration`, then RFC 8414's
+    /// `/.well-known/oauth-authorization-server/<path>`), `openid` or `oauth`.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     /// Client id.
     pub client_id: String,
     /// Client secret (omit for public clients).
@@ -156,6 +161,19 @@ pub enum GrantConfig {
         #[serde(default)]
         requested_token_type: Option<String>,
     },
+}
+
+/// Which discovery document an `issuer` is read from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryConfig {
+    /// OpenID Connect's form, then RFC 8414's when that is missing.
+    #[default]
+    Auto,
+    /// Only `<issuer>/.well-known/openid-configuration`.
+    Openid,
+    /// Only `/.well-known/oauth-authorization-server/<issuer path>`.
+    Oauth,
 }
 
 /// Client authentication method.
@@ -639,6 +657,7 @@ impl SourceConfig {
                 let OAuth2Config {
                     token_url,
                     issuer,
+                    discovery,
                     client_id,
                     client_secret,
                     grant,
@@ -668,9 +687,18 @@ impl SourceConfig {
                             source
                         }
                     }
-                    (None, Some(issuer)) => {
-                        OAuth2Source::discover(issuer, client_id.clone(), secret)?
-                    }
+                    (None, Some(issuer)) => OAuth2Source::discover(
+                        issuer,
+                        client_id.clone(),
+                        secret,
+                    )?
+                    .discovery_mode(match discovery {
+                        DiscoveryConfig::Auto => crate::oauth2::DiscoveryMode::Auto,
+                        DiscoveryConfig::Openid => crate::oauth2::DiscoveryMode::OpenIdConnect,
+                        DiscoveryConfig::Oauth => {
+                            crate::oauth2::DiscoveryMode::OAuthAuthorizationServer
+                        }
+                    }),
                     _ => {
                         return Err(Error::new(
                             ErrorKind::Configuration,
@@ -917,6 +945,23 @@ impl AuthorizedClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_discovery_form_is_a_named_choice() {
+        let parse = |discovery: &str| {
+            ManagerConfig::parse(&format!(
+                r#"{{"source": {{"type": "oauth2", "issuer": "https://idp.example/realms/x",
+                    "discovery": "{discovery}", "client_id": "c", "client_secret": "s",
+                    "grant": {{"type": "client_credentials"}}}}}}"#
+            ))
+        };
+        for good in ["auto", "openid", "oauth"] {
+            assert!(parse(good).is_ok(), "{good}");
+        }
+        let err = parse("sneaky-secret-value").unwrap_err();
+        assert!(err.message().contains("discovery"), "{err}");
+        assert!(!err.message().contains("sneaky-secret-value"), "{err}");
+    }
 
     #[test]
     fn policy_config_sets_store_timeout_and_lease_and_checks_them() {

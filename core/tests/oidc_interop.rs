@@ -1272,3 +1272,38 @@ async fn mock_oauth2_a_config_with_a_path_issuer() {
         "config-client"
     );
 }
+
+/// mock-oauth2-server serves only the OpenID Connect form: `"discovery": "openid"` works,
+/// `"discovery": "oauth"` (RFC 8414 only) is a configuration error naming the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_oauth2_the_discovery_form_is_chosen_in_the_config() {
+    let Some(issuer) = MockIssuer::new("forms") else {
+        return;
+    };
+    let config = |discovery: &str| {
+        serde_json::json!({
+            "source": {
+                "type": "oauth2",
+                "issuer": issuer.issuer(),
+                "discovery": discovery,
+                "client_id": "config-client",
+                "client_secret": SECRET,
+                "client_auth": "post",
+                "grant": {"type": "client_credentials"}
+            }
+        })
+        .to_string()
+    };
+    let manager = Manager::from_config(&config("openid")).unwrap();
+    assert!(manager.token().await.is_ok());
+    let manager = Manager::from_config(&config("oauth")).unwrap();
+    let err = manager.token().await.map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+    assert!(
+        err.message().contains("oauth-authorization-server"),
+        "{err}"
+    );
+    let err = Manager::from_config(&config("both")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration);
+    assert!(err.message().contains("discovery"), "{err}");
+}

@@ -467,7 +467,9 @@ impl Manager {
 
     /// Logs out: revokes the token at the source, clears memory and store, emits
     /// [`Event::Revoked`]. Memory and store are cleared even when the source fails; its
-    /// error is returned. The next `token()` call fetches a new token.
+    /// error is returned. A refresh in flight is overtaken: its token is neither handed out
+    /// nor persisted (and is revoked at the source too), and callers waiting for it get
+    /// `Cancelled`. The next `token()` call fetches a new token.
     pub async fn revoke(&self) -> Result<()> {
         let shared = self.shared.clone();
         AbortOnDrop(runtime::spawn(async move { shared.revoke().await })).await
@@ -479,7 +481,8 @@ impl Manager {
     }
 
     /// Closes the manager: cancels its timer, drops the cached token; later calls fail with
-    /// `Closed`.
+    /// `Closed`. A refresh in flight calls the source no more and never publishes or
+    /// persists what it got.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         if let Some(timer) = self.shared.timer.get() {

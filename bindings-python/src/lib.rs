@@ -149,7 +149,6 @@ fn callback_error(py: Python<'_>, err: PyErr, what: &str, fallback: ErrorKind) -
             .ok()
             .and_then(|after| after.extract::<f64>().ok())
             .and_then(|after| Duration::try_from_secs_f64(after).ok())
-            .map(|after| after.min(tokenlease::policy::MAX_RETRY_AFTER))
     } else {
         None
     };

@@ -1317,11 +1317,14 @@ mod tests {
             }
         })
         .await;
-        let source = OAuth2Source::new(&server.url("/token"), "client", "secret")
-            .unwrap()
-            .revocation_url(&server.url("/revoke"))
-            .unwrap();
-        let manager = Manager::builder(source).build();
+        let revoking_at = |server: &Scripted| {
+            let source = OAuth2Source::new(&server.url("/token"), "client", "secret")
+                .unwrap()
+                .revocation_url(&server.url("/revoke"))
+                .unwrap();
+            Manager::builder(source).build()
+        };
+        let manager = revoking_at(&server);
         manager.token().await.unwrap();
         manager.revoke().await.unwrap();
         assert_eq!(server.count("POST /revoke"), 2);
@@ -1334,11 +1337,7 @@ mod tests {
             }
         })
         .await;
-        let source = OAuth2Source::new(&refusing.url("/token"), "client", "secret")
-            .unwrap()
-            .revocation_url(&refusing.url("/revoke"))
-            .unwrap();
-        let manager = Manager::builder(source).build();
+        let manager = revoking_at(&refusing);
         manager.token().await.unwrap();
         let err = manager.revoke().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");

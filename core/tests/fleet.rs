@@ -7,62 +7,25 @@
 //! The tests run one at a time (they would compete for the CPU otherwise).
 
 #[allow(dead_code)]
+#[path = "support/fleet_harness.rs"]
+mod fleet_harness;
+#[allow(dead_code)]
 #[path = "../examples/fleet_worker.rs"]
 mod fleet_worker;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use fleet_harness::{serial, TempDir, WORKER_HARNESS_ARGS};
 use fleet_worker::{collect, run_if_worker, spawn_self_as_worker, WorkerOptions, WorkerReport};
 use tokenlease::{BlockingStore, EncryptionKey, FileStore};
 use tokenlease_test_server::{Control, ServerConfig, Stats, TestServer};
-
-/// Arguments that make a re-executed test binary run only [`worker_entry`].
-const WORKER_HARNESS_ARGS: &[&str] = &["worker_entry", "--exact", "--nocapture", "--quiet"];
 
 /// Not a test: the entry point of worker processes (returns at once in a normal run).
 #[test]
 fn worker_entry() {
     run_if_worker();
-}
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A private temp directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "tokenlease-fleet-{name}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn spec(&self) -> String {
-        format!("file:{}", self.0.display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn server(ttl: Duration) -> TestServer {

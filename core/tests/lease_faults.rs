@@ -7,51 +7,26 @@
 //! Workers are this test binary started again (see `examples/fleet_worker.rs`).
 
 #[allow(dead_code)]
+#[path = "support/fleet_harness.rs"]
+mod fleet_harness;
+#[allow(dead_code)]
 #[path = "../examples/fleet_worker.rs"]
 mod fleet_worker;
 
-use std::path::PathBuf;
 use std::process::Child;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_harness::{serial, TempDir, WORKER_HARNESS_ARGS};
 use fleet_worker::{collect, run_if_worker, spawn_self_as_worker, WorkerOptions, WorkerReport};
 use tokenlease::http::ClientCredentials;
 use tokenlease::{BlockingStore, EncryptionKey, ErrorKind, FileStore, Manager, Policy};
 use tokenlease_test_server::{Control, ServerConfig, TestServer};
 
-const WORKER_HARNESS_ARGS: &[&str] = &["worker_entry", "--exact", "--nocapture", "--quiet"];
-
 /// Not a test: the entry point of worker processes (returns at once in a normal run).
 #[test]
 fn worker_entry() {
     run_if_worker();
-}
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        TempDir(std::env::temp_dir().join(format!(
-            "tokenlease-lease-{name}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        )))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn rotating_server(ttl: Duration) -> TestServer {
@@ -104,7 +79,7 @@ fn a_refresh_slower_than_the_lease_ttl_is_not_repeated_by_a_sibling() {
     let key = EncryptionKey::generate().to_base64().expose().to_owned();
     let options = WorkerOptions {
         token_url: server.token_url(),
-        store: format!("file:{}", dir.0.display()),
+        store: dir.spec(),
         threads: 4,
         // A 5 s refresh of a 16 s token, 7 s before its expiry: the new token arrives with
         // 11 s left, so each lifetime has one refresh.
@@ -119,8 +94,9 @@ fn a_refresh_slower_than_the_lease_ttl_is_not_repeated_by_a_sibling() {
         ..Default::default()
     };
     let children = spawn_all(&options, 4, &key);
-    let store = FileStore::open_encrypted(&dir.0, EncryptionKey::from_base64(&key).expect("key"))
-        .expect("store");
+    let store =
+        FileStore::open_encrypted(dir.path(), EncryptionKey::from_base64(&key).expect("key"))
+            .expect("store");
     wait_for("the first token", Duration::from_secs(10), || {
         BlockingStore::load(&store, &options.key)
             .ok()
@@ -152,7 +128,7 @@ fn lease_errors_never_lead_to_concurrent_rotation() {
     let key = EncryptionKey::generate().to_base64().expose().to_owned();
     let options = WorkerOptions {
         token_url: server.token_url(),
-        store: format!("file:{}", dir.0.display()),
+        store: dir.spec(),
         threads: 4,
         duration: Duration::from_secs(10),
         advisory: Duration::from_secs(2),
@@ -160,8 +136,9 @@ fn lease_errors_never_lead_to_concurrent_rotation() {
         ..Default::default()
     };
     // Every lease request fails from the start: the lease file is a FIFO the store refuses.
-    let store = FileStore::open_encrypted(&dir.0, EncryptionKey::from_base64(&key).expect("key"))
-        .expect("store");
+    let store =
+        FileStore::open_encrypted(dir.path(), EncryptionKey::from_base64(&key).expect("key"))
+            .expect("store");
     let lease = store.lease_path(&options.key);
     let fifo = std::ffi::CString::new(lease.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
@@ -196,7 +173,7 @@ fn a_revoke_during_a_refresh_sticks() {
     let server = rotating_server(Duration::from_secs(60));
     let dir = TempDir::new("revoke");
     let store =
-        Arc::new(FileStore::open_encrypted(&dir.0, EncryptionKey::generate()).expect("store"));
+        Arc::new(FileStore::open_encrypted(dir.path(), EncryptionKey::generate()).expect("store"));
     let source = ClientCredentials::new(&server.token_url(), "demo-client", "demo-secret")
         .unwrap()
         .revocation_url(&server.revoke_url())

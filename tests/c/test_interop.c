@@ -135,49 +135,6 @@ static void stop_server(spawned *server) {
     server->pid = -1;
 }
 
-/* One HTTP/1.1 request to 127.0.0.1:port; returns the status, copies the body. */
-static int http_to(int port, const char *method, const char *path, const char *extra_headers,
-                   const char *content_type, const char *body, char *out, size_t out_len) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons((unsigned short)port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
-        close(fd);
-        return -1;
-    }
-    char request[4096];
-    int n = snprintf(request, sizeof request,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s"
-                     "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n%s",
-                     method, path, port, extra_headers ? extra_headers : "",
-                     content_type ? content_type : "application/json",
-                     body ? strlen(body) : (size_t)0, body ? body : "");
-    if (n <= 0 || (size_t)n >= sizeof request || write(fd, request, (size_t)n) != n) {
-        close(fd);
-        return -1;
-    }
-    static char response[65536];
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof response - 1 &&
-           (r = read(fd, response + got, sizeof response - 1 - got)) > 0) {
-        got += (size_t)r;
-    }
-    close(fd);
-    response[got] = '\0';
-    int status = -1;
-    if (sscanf(response, "HTTP/1.1 %d", &status) != 1) return -1;
-    if (out != NULL && out_len > 0) {
-        const char *start = strstr(response, "\r\n\r\n");
-        snprintf(out, out_len, "%s", start ? start + 4 : "");
-    }
-    return status;
-}
-
 /* A number after "KEY": in the oidc server's /__stats JSON (0 when absent, -1 on failure). */
 static long oidc_stat(const char *key) {
     char body[16384];

@@ -75,16 +75,15 @@ static inline int server_port(void) {
     return colon ? atoi(colon + 1) : 0;
 }
 
-/* Sends one HTTP request to the test server; returns the status code and copies the body
- * into `body` (NUL-terminated, truncated to `body_len`). -1 on connection failure. */
-static inline int http_request(const char *method, const char *path, const char *bearer,
-                        const char *json, char *body, size_t body_len) {
+/* One HTTP/1.1 request to 127.0.0.1:port; returns the status, copies the body. */
+static inline int http_to(int port, const char *method, const char *path, const char *extra_headers,
+                   const char *content_type, const char *body, char *out, size_t out_len) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
-    addr.sin_port = htons((unsigned short)server_port());
+    addr.sin_port = htons((unsigned short)port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
         close(fd);
@@ -92,10 +91,11 @@ static inline int http_request(const char *method, const char *path, const char 
     }
     char request[4096];
     int n = snprintf(request, sizeof request,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s%s%s"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                     method, path, bearer ? "Authorization: Bearer " : "", bearer ? bearer : "",
-                     bearer ? "\r\n" : "", json ? strlen(json) : (size_t)0, json ? json : "");
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s"
+                     "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n%s",
+                     method, path, port, extra_headers ? extra_headers : "",
+                     content_type ? content_type : "application/json",
+                     body ? strlen(body) : (size_t)0, body ? body : "");
     if (n <= 0 || (size_t)n >= sizeof request || write(fd, request, (size_t)n) != n) {
         close(fd);
         return -1;
@@ -103,19 +103,28 @@ static inline int http_request(const char *method, const char *path, const char 
     static char response[65536];
     size_t got = 0;
     ssize_t r;
-    while (got < sizeof response - 1 && (r = read(fd, response + got, sizeof response - 1 - got)) > 0) {
+    while (got < sizeof response - 1 &&
+           (r = read(fd, response + got, sizeof response - 1 - got)) > 0) {
         got += (size_t)r;
     }
     close(fd);
     response[got] = '\0';
     int status = -1;
     if (sscanf(response, "HTTP/1.1 %d", &status) != 1) return -1;
-    if (body != NULL && body_len > 0) {
+    if (out != NULL && out_len > 0) {
         const char *start = strstr(response, "\r\n\r\n");
-        start = start ? start + 4 : "";
-        snprintf(body, body_len, "%s", start);
+        snprintf(out, out_len, "%s", start ? start + 4 : "");
     }
     return status;
+}
+
+/* Sends one HTTP request to the test token server; returns the status code and copies the
+ * body into `body` (NUL-terminated, truncated to `body_len`). -1 on connection failure. */
+static inline int http_request(const char *method, const char *path, const char *bearer,
+                               const char *json, char *body, size_t body_len) {
+    char auth[2048] = "";
+    if (bearer != NULL) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", bearer);
+    return http_to(server_port(), method, path, auth, "application/json", json, body, body_len);
 }
 
 /* A numeric field of the server's /stats JSON (e.g. "token_requests"); -1 on failure. */

@@ -52,6 +52,13 @@ import http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
 
+// Start-up phases go to stderr with their time since the process began, so a harness that
+// gives up waiting can say where the server stood.
+function phase(what) {
+  console.error(`oidc test server: +${Math.round(performance.now())} ms ${what}`);
+}
+phase('modules loaded');
+
 function option(name, fallback) {
   const at = process.argv.indexOf(name);
   if (at === -1) return fallback;
@@ -102,6 +109,7 @@ function bump(counter, key) {
 
 // Fresh signing keys and cookie keys per run (none of oidc-provider's development keys).
 const signingKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+phase('signing key generated');
 const jwks = { keys: [{ ...signingKey.export({ format: 'jwk' }), kid: 'test-rs256', use: 'sig', alg: 'RS256' }] };
 
 function staticClient(clientId, method) {
@@ -311,5 +319,6 @@ server.listen(0, '127.0.0.1', () => {
     stats.revoked_grants += 1;
   });
   callback = provider.callback();
+  phase('listening');
   process.stdout.write(`OIDC_PROVIDER_URL=${issuer}\n`);
 });

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokenlease::http::ClientCredentials;
+use tokenlease::oauth2::ClientCredentials;
 use tokenlease::{Manager, Policy, Store};
 
 /// What one worker process does.

@@ -22,37 +22,43 @@
 
 #![warn(missing_docs)]
 
-#[cfg(feature = "http")]
-pub mod client;
+// Foundations every layer uses.
 pub mod clock;
-#[cfg(feature = "config")]
-pub mod config;
 mod error;
-pub mod events;
-#[cfg(unix)]
-pub mod file_store;
-#[cfg(feature = "http")]
-pub mod http;
-mod manager;
-#[cfg(feature = "http")]
-pub mod oauth2;
-pub mod policy;
-#[cfg(feature = "redis")]
-pub mod redis_store;
 pub mod runtime;
 mod secret;
-#[cfg(feature = "http")]
-pub mod session;
-mod source;
+
+// The lifecycle: the pure state machine and the manager that drives it.
+pub mod lifecycle;
+// Where tokens come from.
+pub mod source;
+// Where tokens live between runs and between processes.
 pub mod store;
-mod token;
+// HTTP plumbing shared by the sources and the authorized client.
+#[cfg(feature = "http")]
+pub mod http;
+// The configuration file every binding reads.
+#[cfg(feature = "config")]
+pub mod config;
+
+// Short paths for the modules users name most.
+#[cfg(feature = "http")]
+pub use http::client;
+pub use lifecycle::{events, policy};
+#[cfg(feature = "http")]
+pub use source::{oauth2, session};
+#[cfg(unix)]
+pub use store::file as file_store;
+#[cfg(feature = "redis")]
+pub use store::redis as redis_store;
 
 pub use clock::{Clock, MonoTime, SystemClock};
 pub use error::{redact_foreign_text, Error, ErrorKind, Result, MAX_FOREIGN_TEXT_CHARS};
 pub use events::{Counters, Event, EventListener, RefreshReason, Status, TokenState};
 #[cfg(unix)]
 pub use file_store::{EncryptionKey, FileStore, LeaseInfo};
-pub use manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
+pub use lifecycle::manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
+pub use lifecycle::token::{check_token_text, FetchedToken, Lifetime, Token, MAX_TOKEN_BYTES};
 pub use policy::Policy;
 #[cfg(feature = "redis")]
 pub use redis_store::{RedisOptions, RedisStore};
@@ -61,4 +67,3 @@ pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Sou
 pub use store::{
     BlockingStore, BlockingStoreAdapter, Lease, LeaseOutcome, MemoryStore, Store, TokenRecord,
 };
-pub use token::{check_token_text, FetchedToken, Lifetime, Token, MAX_TOKEN_BYTES};

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokenlease::client::{Attempts, AuthorizedClient, BearerAuthorizer, ErrorBodyTruncated};
-use tokenlease::http::{
-    ClientCredentials, OAuth2Source, MAX_BODY_BYTES, MAX_INSPECTED_ERROR_BODY_BYTES,
-};
+use tokenlease::http::{MAX_BODY_BYTES, MAX_INSPECTED_ERROR_BODY_BYTES};
+use tokenlease::oauth2::{ClientCredentials, OAuth2Source};
 use tokenlease::session::{SessionLogin, SessionSpec};
 use tokenlease::{Error, ErrorKind, Manager, SecretString, Source};
 use tokenlease_test_server::{ServerConfig, TestServer};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use fleet_harness::{serial, TempDir, WORKER_HARNESS_ARGS};
 use fleet_worker::{collect, run_if_worker, spawn_self_as_worker, WorkerOptions, WorkerReport};
-use tokenlease::http::ClientCredentials;
+use tokenlease::oauth2::ClientCredentials;
 use tokenlease::{BlockingStore, EncryptionKey, ErrorKind, FileStore, Manager, Policy};
 use tokenlease_test_server::{Control, ServerConfig, TestServer};
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokenlease::http::ClientCredentials;
+use tokenlease::oauth2::ClientCredentials;
 use tokenlease::redis_store::RedisOptions;
 use tokenlease::{ErrorKind, Manager, RedisStore, Store, TokenRecord};
 use tokenlease_test_server::{ServerConfig, TestServer};

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use tokenlease::clock::ManualClock;
-use tokenlease::http::{is_token_rejected, ClientAuth, ClientCredentials};
+use tokenlease::http::is_token_rejected;
+use tokenlease::oauth2::{ClientAuth, ClientCredentials};
 use tokenlease::{ErrorKind, Event, Manager, Rejection, RetryError, Token};
 use tokenlease_test_server::{
     Control, FailNext, Outage, OutageMode, RateLimit, ServerConfig, TestServer,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use tokenlease::clock::ManualClock;
-use tokenlease::http::ClientCredentials;
+use tokenlease::oauth2::ClientCredentials;
 use tokenlease::{
     Error, ErrorKind, FetchedToken, Manager, MemoryStore, SecretString, Source, Store, TokenRecord,
 };

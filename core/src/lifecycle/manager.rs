@@ -18,13 +18,15 @@ use tracing::Instrument;
 
 use crate::clock::{system_clock, Clock, MonoTime};
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{self, Counters, Event, EventListener, RefreshReason, Status, TokenState};
-use crate::policy::Policy;
+use crate::lifecycle::events::{
+    self, Counters, Event, EventListener, RefreshReason, Status, TokenState,
+};
+use crate::lifecycle::policy::Policy;
+use crate::lifecycle::token::{FetchedToken, IdleWindows, Lifetime, Token};
 use crate::runtime;
 use crate::secret::SecretString;
 use crate::source::Source;
 use crate::store::{unix_ms, Lease, LeaseOutcome, Store, TokenRecord};
-use crate::token::{FetchedToken, IdleWindows, Lifetime, Token};
 
 /// A token borrowed from a manager's cache.
 ///
@@ -812,7 +814,7 @@ impl Shared {
                     // a bound, so one answer can never lock the manager out for long.
                     let retry_after = err
                         .retry_after()
-                        .map(|after| after.min(crate::policy::MAX_RETRY_AFTER));
+                        .map(|after| after.min(crate::lifecycle::policy::MAX_RETRY_AFTER));
                     let delay = if err.is_transient() {
                         self.policy
                             .backoff(flight.consecutive_failures, retry_after)
@@ -1298,7 +1300,7 @@ impl Shared {
             Lifetime::ExpiresIn(lifetime) => sent_at + lifetime,
             Lifetime::ExpiresAt(wall) => {
                 let expires_at = self.clock.mono_of_wall(wall);
-                if expires_at > now + crate::policy::MAX_TOKEN_LIFETIME {
+                if expires_at > now + crate::lifecycle::policy::MAX_TOKEN_LIFETIME {
                     return Err(Error::new(
                         ErrorKind::Protocol,
                         "the token source returned an expiry beyond the ten-year bound",

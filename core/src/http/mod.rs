@@ -24,10 +24,13 @@
 //!
 //! Every response body tokenlease reads is bounded: [`MAX_BODY_BYTES`] for token,
 //! revocation, discovery and session endpoints, [`MAX_INSPECTED_ERROR_BODY_BYTES`] for the
-//! prefix of an API error body [`crate::client::AuthorizedClient`] inspects. A body over
+//! prefix of an API error body [`crate::http::client::AuthorizedClient`] inspects. A body over
 //! its bound is a `Protocol` error naming the endpoint and the bound, raised as soon as the
 //! bound is crossed (a broken endpoint streaming without end costs at most the bound in
 //! memory, not the 30 s request timeout's worth of data).
+
+pub mod authorize;
+pub mod client;
 
 use std::time::Duration;
 
@@ -38,8 +41,8 @@ use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lifecycle::token::{FetchedToken, Lifetime};
 use crate::secret::SecretString;
-use crate::token::{FetchedToken, Lifetime};
 
 /// The largest response body read from a token, revocation, discovery or session
 /// (login, keep-alive, logout) endpoint: 1 MiB. Real answers are a few hundred bytes to a
@@ -47,7 +50,7 @@ use crate::token::{FetchedToken, Lifetime};
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The largest prefix of an API error response body that
-/// [`crate::client::AuthorizedClient`] reads to decide whether the token was rejected
+/// [`crate::http::client::AuthorizedClient`] reads to decide whether the token was rejected
 /// (e.g. a `"Token Expired"` text): 64 KiB. Successful responses are never read.
 pub const MAX_INSPECTED_ERROR_BODY_BYTES: usize = 64 * 1024;
 
@@ -55,11 +58,6 @@ pub const MAX_INSPECTED_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// it arrives as a JSON number or as a string. Larger values are protocol errors, not
 /// "forever": they would overflow instant arithmetic downstream.
 pub const MAX_EXPIRES_IN_SECS: f64 = 1e10;
-
-pub use crate::oauth2::{ClientAuth, Grant, OAuth2Source};
-
-/// The OAuth2 source with the client-credentials grant (the common case).
-pub type ClientCredentials = OAuth2Source;
 
 /// Parses an endpoint URL and requires HTTPS unless the host is loopback.
 pub fn endpoint_url(field: &str, value: &str) -> Result<url::Url> {

@@ -1,13 +1,18 @@
 //! Where tokens come from.
 
+#[cfg(feature = "http")]
+pub mod oauth2;
+#[cfg(feature = "http")]
+pub mod session;
+
 use std::fmt;
 use std::future::Future;
 
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::lifecycle::token::{FetchedToken, Lifetime, Token};
 use crate::secret::SecretString;
-use crate::token::{FetchedToken, Lifetime, Token};
 
 /// Gets, refreshes, revokes and keeps alive tokens for one credential.
 ///

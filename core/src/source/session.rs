@@ -26,15 +26,16 @@ use serde::Deserialize;
 
 use zeroize::Zeroizing;
 
-use crate::client::HeaderAuthorizer;
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::authorize::{Authorizer, HeaderAuthorizer};
+pub use crate::http::authorize::{ExpiredSpec, SendSpec};
 use crate::http::{
     endpoint_name, endpoint_url, form_body, http_client, jwt_expiry, read_body, retry_after,
     server_date, transport_error_at, zeroize_json, MAX_BODY_BYTES,
 };
+use crate::lifecycle::token::{FetchedToken, Lifetime, Token};
 use crate::secret::SecretString;
 use crate::source::Source;
-use crate::token::{FetchedToken, Lifetime, Token};
 
 /// Where a value is found in a response.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -156,48 +157,6 @@ fn without_password(template: &str) -> String {
     match cut {
         Some(cut) if url::Url::parse(&cut).is_ok_and(|url| url.password().is_none()) => cut,
         _ => redacted_url(template),
-    }
-}
-
-/// How the token is attached to API requests.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SendSpec {
-    /// Header name, e.g. `Authorization` or `vmware-api-session-id`.
-    pub header: String,
-    /// Prefix before the token, e.g. `"Bearer "` or `"ZSession "` (default none).
-    #[serde(default)]
-    pub prefix: String,
-}
-
-/// Which responses mean "the session expired or was rejected".
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExpiredSpec {
-    /// Statuses that can mean expiry (default `[401]`).
-    #[serde(default = "default_expired_statuses")]
-    pub statuses: Vec<u16>,
-    /// When non-empty, a status match also needs the body to contain one of these
-    /// (e.g. `"Token Expired"`, `"INVALID_SESSION"`); a body match alone also counts
-    /// for APIs that report expiry with another status (SOAP faults with 500).
-    #[serde(default)]
-    pub body_contains: Vec<String>,
-    /// A response header whose presence means expiry.
-    #[serde(default)]
-    pub header: Option<String>,
-}
-
-fn default_expired_statuses() -> Vec<u16> {
-    vec![401]
-}
-
-impl Default for ExpiredSpec {
-    fn default() -> Self {
-        Self {
-            statuses: default_expired_statuses(),
-            body_contains: Vec::new(),
-            header: None,
-        }
     }
 }
 
@@ -871,6 +830,20 @@ impl Source for SessionLogin {
 
     fn supports_keep_alive(&self) -> bool {
         self.spec.keep_alive.is_some()
+    }
+}
+
+impl Authorizer for SessionLogin {
+    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
+        self.authorizer().authorize(token, headers)
+    }
+
+    fn may_be_rejection(&self, status: StatusCode) -> bool {
+        self.authorizer().may_be_rejection(status)
+    }
+
+    fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
+        self.authorizer().is_rejection(status, headers, body)
     }
 }
 

@@ -36,9 +36,9 @@ use crate::http::{
     read_body_prefix, same_issuer, server_date, token_endpoint_error, transport_error,
     MAX_BODY_BYTES, MAX_INSPECTED_ERROR_BODY_BYTES,
 };
+use crate::lifecycle::token::{FetchedToken, Token};
 use crate::secret::SecretString;
 use crate::source::Source;
-use crate::token::{FetchedToken, Token};
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -258,6 +258,9 @@ impl Endpoint {
         }
     }
 }
+
+/// The OAuth2 source with the client-credentials grant (the common case).
+pub type ClientCredentials = OAuth2Source;
 
 /// An OAuth2 token source.
 #[derive(Clone)]

@@ -249,7 +249,7 @@ impl FetchedToken {
     /// Checks what any source (server, foreign callback) handed over, the same way for every
     /// binding: a non-empty value and refresh token of at most [`MAX_TOKEN_BYTES`] bytes
     /// without control characters (they would break or inject into an HTTP header), a sane
-    /// token type, and relative lifetimes within [`crate::policy::MAX_TOKEN_LIFETIME`].
+    /// token type, and relative lifetimes within [`crate::lifecycle::policy::MAX_TOKEN_LIFETIME`].
     /// The manager runs it on every fetched token; a `Protocol` error names the field,
     /// never its content.
     pub fn validate(&self) -> crate::Result<()> {
@@ -270,7 +270,7 @@ impl FetchedToken {
         if self.token_type.len() > 64 || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
             return bad("a token type that is not a short word of visible ASCII".to_owned());
         }
-        let max = crate::policy::MAX_TOKEN_LIFETIME;
+        let max = crate::lifecycle::policy::MAX_TOKEN_LIFETIME;
         if let Lifetime::ExpiresIn(lifetime) = self.lifetime {
             if lifetime > max {
                 return bad(format!(

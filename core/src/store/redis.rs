@@ -40,7 +40,7 @@ use redis::{
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::file_store::{key_hash, EncryptionKey, RecordCodec};
+use crate::store::file::{key_hash, EncryptionKey, RecordCodec};
 use crate::store::{Lease, LeaseOutcome, Store, TokenRecord};
 
 /// Bound on one Redis operation (connecting included).

@@ -1,12 +1,18 @@
 //! Where token records live between runs and between processes.
 
-use std::collections::HashMap;
+#[cfg(unix)]
+pub mod file;
+mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+pub use memory::MemoryStore;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -53,7 +59,7 @@ impl TokenRecord {
 
     /// Checks what a record from outside (a file, Redis, a foreign store callback) claims:
     /// a non-empty value of visible characters and an expiry within
-    /// [`crate::policy::MAX_TOKEN_LIFETIME`] of when it was obtained. A `Store` error names
+    /// [`crate::lifecycle::policy::MAX_TOKEN_LIFETIME`] of when it was obtained. A `Store` error names
     /// what is wrong, never the content.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| {
@@ -62,16 +68,17 @@ impl TokenRecord {
                 format!("token record: {what}"),
             ))
         };
-        if let Err(problem) = crate::token::check_token_text(self.value.expose()) {
+        if let Err(problem) = crate::lifecycle::token::check_token_text(self.value.expose()) {
             return bad(&format!("value {problem}"));
         }
         if let Some(refresh_token) = &self.refresh_token {
-            if let Err(problem) = crate::token::check_token_text(refresh_token.expose()) {
+            if let Err(problem) = crate::lifecycle::token::check_token_text(refresh_token.expose())
+            {
                 return bad(&format!("refresh_token {problem}"));
             }
         }
-        let max_ms =
-            u64::try_from(crate::policy::MAX_TOKEN_LIFETIME.as_millis()).unwrap_or(u64::MAX);
+        let max_ms = u64::try_from(crate::lifecycle::policy::MAX_TOKEN_LIFETIME.as_millis())
+            .unwrap_or(u64::MAX);
         if self.expires_at_ms.saturating_sub(self.obtained_at_ms) > max_ms {
             return bad("lifetime is longer than the ten-year bound");
         }
@@ -274,171 +281,6 @@ impl<S: BlockingStore> Store for BlockingStoreAdapter<S> {
         self.gate
             .run_blocking("token store", move || store.delete(&key))
             .await
-    }
-}
-
-/// An in-process store; shared between managers of one process through `Arc`, with an
-/// in-process lease so managers sharing it refresh a key once.
-#[derive(Default)]
-pub struct MemoryStore {
-    records: Mutex<HashMap<String, TokenRecord>>,
-    leases: Arc<Mutex<HashMap<String, MemoryLeaseState>>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct MemoryLeaseState {
-    fencing_token: u64,
-    held_until: Option<std::time::Instant>,
-}
-
-#[derive(Debug)]
-struct MemoryLease {
-    key: String,
-    fencing_token: u64,
-    leases: Arc<Mutex<HashMap<String, MemoryLeaseState>>>,
-}
-
-#[async_trait]
-impl Lease for MemoryLease {
-    fn fencing_token(&self) -> u64 {
-        self.fencing_token
-    }
-
-    async fn release(self: Box<Self>) -> Result<()> {
-        let mut leases = self.leases.lock();
-        if let Some(state) = leases.get_mut(&self.key) {
-            if state.fencing_token == self.fencing_token {
-                state.held_until = None;
-            }
-        }
-        Ok(())
-    }
-
-    async fn renew(&self, ttl: Duration) -> Result<()> {
-        let mut leases = self.leases.lock();
-        match leases.get_mut(&self.key) {
-            Some(state) if state.fencing_token == self.fencing_token => {
-                state.held_until = Some(std::time::Instant::now() + ttl);
-                Ok(())
-            }
-            _ => Err(Error::new(
-                ErrorKind::Store,
-                format!("lease of {:?} passed to another holder", self.key),
-            )),
-        }
-    }
-}
-
-/// How often a waiting lease taker looks again.
-const LEASE_POLL: Duration = Duration::from_millis(5);
-
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.records.lock().len()
-    }
-
-    /// Whether the store holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.records.lock().is_empty()
-    }
-
-    /// The record under `key`, synchronously (handy in tests).
-    pub fn get(&self, key: &str) -> Option<TokenRecord> {
-        self.records.lock().get(key).cloned()
-    }
-}
-
-impl fmt::Debug for MemoryStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStore")
-            .field("records", &self.records.lock().len())
-            .finish()
-    }
-}
-
-impl BlockingStore for MemoryStore {
-    fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
-        Ok(self.records.lock().get(key).cloned())
-    }
-
-    fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
-        self.records.lock().insert(key.to_owned(), record.clone());
-        Ok(())
-    }
-
-    fn delete(&self, key: &str) -> Result<()> {
-        self.records.lock().remove(key);
-        Ok(())
-    }
-}
-
-impl MemoryStore {
-    fn try_lease(&self, key: &str, ttl: Duration) -> Option<MemoryLease> {
-        let now = std::time::Instant::now();
-        let mut leases = self.leases.lock();
-        let state = leases.entry(key.to_owned()).or_insert(MemoryLeaseState {
-            fencing_token: 0,
-            held_until: None,
-        });
-        if state.held_until.is_some_and(|until| until > now) {
-            return None;
-        }
-        state.fencing_token += 1;
-        state.held_until = Some(now + ttl);
-        Some(MemoryLease {
-            key: key.to_owned(),
-            fencing_token: state.fencing_token,
-            leases: self.leases.clone(),
-        })
-    }
-}
-
-// The memory store never blocks, so it is also a direct async store.
-#[async_trait]
-impl Store for MemoryStore {
-    async fn load(&self, key: &str) -> Result<Option<TokenRecord>> {
-        BlockingStore::load(self, key)
-    }
-    async fn save(&self, key: &str, record: &TokenRecord) -> Result<()> {
-        BlockingStore::save(self, key, record)
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        BlockingStore::delete(self, key)
-    }
-
-    async fn acquire_lease(
-        &self,
-        key: &str,
-        ttl: Duration,
-        wait: Duration,
-    ) -> Result<LeaseOutcome> {
-        let give_up = std::time::Instant::now() + wait;
-        loop {
-            if let Some(lease) = self.try_lease(key, ttl) {
-                return Ok(LeaseOutcome::Acquired(Box::new(lease)));
-            }
-            if std::time::Instant::now() >= give_up {
-                return Ok(LeaseOutcome::Busy);
-            }
-            tokio::time::sleep(LEASE_POLL).await;
-        }
-    }
-
-    async fn save_fenced(&self, key: &str, record: &TokenRecord, lease: &dyn Lease) -> Result<()> {
-        let current = self.leases.lock().get(key).map(|state| state.fencing_token);
-        if current != Some(lease.fencing_token()) {
-            return Err(Error::new(
-                ErrorKind::Store,
-                format!("lease of {key:?} passed to another holder; write refused"),
-            ));
-        }
-        BlockingStore::save(self, key, record)
     }
 }
 

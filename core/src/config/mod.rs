@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::{AuthorizedClient, Authorizer, BearerAuthorizer, HeaderAuthorizer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::manager::Manager;
-use crate::oauth2::{ClientAuth, Grant, OAuth2Source};
-use crate::policy::Policy;
+use crate::http::client::{AuthorizedClient, Authorizer, BearerAuthorizer, HeaderAuthorizer};
+use crate::lifecycle::manager::Manager;
+use crate::lifecycle::policy::Policy;
 use crate::secret::SecretString;
-use crate::session::SessionLogin;
+use crate::source::oauth2::{ClientAuth, Grant, OAuth2Source};
+use crate::source::session::SessionLogin;
 use crate::source::Source;
 use crate::store::{MemoryStore, Store};
 
@@ -79,13 +79,13 @@ pub enum SourceConfig {
     },
     /// OAuth2 with any grant, fixed endpoints or OIDC discovery.
     Oauth2(Box<OAuth2Config>),
-    /// A declarative HTTP session login (see [`crate::session`]).
+    /// A declarative HTTP session login (see [`crate::source::session`]).
     SessionLogin {
         /// Credentials the request templates refer to as `{{name}}`.
         #[serde(default)]
         credentials: std::collections::BTreeMap<String, SecretValue>,
         /// The session API description.
-        session: Box<crate::session::SessionSpec>,
+        session: Box<crate::source::session::SessionSpec>,
     },
 }
 
@@ -132,10 +132,10 @@ pub struct OAuth2Config {
     /// Send the token in another header than `Authorization: Bearer` (e.g. an
     /// exchanged session token in `X-Session-Token`).
     #[serde(default)]
-    pub send: Option<crate::session::SendSpec>,
+    pub send: Option<crate::source::session::SendSpec>,
     /// With `send`: which responses mean the token expired (default: 401).
     #[serde(default)]
-    pub expired: Option<crate::session::ExpiredSpec>,
+    pub expired: Option<crate::source::session::ExpiredSpec>,
 }
 
 /// The primary grant of an `oauth2` source.
@@ -325,7 +325,7 @@ impl SecretValue {
 fn read_secret_file(
     path: &std::path::Path,
 ) -> std::result::Result<zeroize::Zeroizing<String>, String> {
-    crate::file_store::read_secret_file(path)
+    crate::store::file::read_secret_file(path)
 }
 
 /// A secret file's text, at most 64 KiB; the error is the detail.
@@ -538,7 +538,7 @@ impl StoreConfig {
                 ca_file,
             } => {
                 let url = url.resolve("store.url")?;
-                let mut options = crate::redis_store::RedisOptions::new();
+                let mut options = crate::store::redis::RedisOptions::new();
                 if let Some(prefix) = prefix {
                     options = options.prefix(prefix.clone());
                 }
@@ -687,18 +687,19 @@ impl SourceConfig {
                             source
                         }
                     }
-                    (None, Some(issuer)) => OAuth2Source::discover(
-                        issuer,
-                        client_id.clone(),
-                        secret,
-                    )?
-                    .discovery_mode(match discovery {
-                        DiscoveryConfig::Auto => crate::oauth2::DiscoveryMode::Auto,
-                        DiscoveryConfig::Openid => crate::oauth2::DiscoveryMode::OpenIdConnect,
-                        DiscoveryConfig::Oauth => {
-                            crate::oauth2::DiscoveryMode::OAuthAuthorizationServer
-                        }
-                    }),
+                    (None, Some(issuer)) => {
+                        OAuth2Source::discover(issuer, client_id.clone(), secret)?.discovery_mode(
+                            match discovery {
+                                DiscoveryConfig::Auto => crate::source::oauth2::DiscoveryMode::Auto,
+                                DiscoveryConfig::Openid => {
+                                    crate::source::oauth2::DiscoveryMode::OpenIdConnect
+                                }
+                                DiscoveryConfig::Oauth => {
+                                    crate::source::oauth2::DiscoveryMode::OAuthAuthorizationServer
+                                }
+                            },
+                        )
+                    }
                     _ => {
                         return Err(Error::new(
                             ErrorKind::Configuration,

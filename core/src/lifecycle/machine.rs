@@ -1,0 +1,1 @@
+//! The pure lifecycle state machine (placeholder while moving files).

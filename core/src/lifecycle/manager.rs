@@ -21,6 +21,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lifecycle::events::{
     self, Counters, Event, EventListener, RefreshReason, Status, TokenState,
 };
+use crate::lifecycle::machine::{
+    Action, Adoption, Called, Feedback, Input, LeaseAnswer, Lifecycle, RefreshRun, Refusal,
+    RunStep, SourceAdmission, StoredOffer, TokenHandle,
+};
 use crate::lifecycle::policy::Policy;
 use crate::lifecycle::token::{FetchedToken, IdleWindows, Lifetime, Token};
 use crate::runtime;
@@ -83,7 +87,7 @@ impl fmt::Debug for Manager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Manager")
             .field("key", &self.shared.key)
-            .field("state", &self.shared.state_at(self.shared.clock.now()))
+            .field("state", &self.shared.state_now())
             .finish()
     }
 }
@@ -143,6 +147,8 @@ impl ManagerBuilder {
     /// Builds the manager. Nothing is fetched until the first `token()` call.
     pub fn build(self) -> Manager {
         let clock = self.clock.unwrap_or_else(system_clock);
+        let key_for_machine = self.key.clone();
+        let policy_for_machine = self.policy.clone();
         Manager {
             shared: Arc::new(Shared {
                 event_key: Arc::from(self.key.as_str()),
@@ -154,17 +160,18 @@ impl ManagerBuilder {
                 store: self.store,
                 policy: self.policy,
                 listeners: ArcSwap::from_pointee(self.listeners),
-                flight: Mutex::new(Flight::default()),
+                state: Mutex::new(State {
+                    machine: Lifecycle::new(key_for_machine, policy_for_machine),
+                    flight: None,
+                }),
                 refreshing: AtomicBool::new(false),
                 retry_at_nanos: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
-                next_generation: AtomicU64::new(0),
                 timer_wakeup: Arc::new(Notify::new()),
                 timer: OnceLock::new(),
                 counters: AtomicCounters::default(),
                 source_gate: Arc::new(tokio::sync::Mutex::new(())),
                 install_lock: tokio::sync::Mutex::new(()),
-                revocations: AtomicU64::new(0),
             }),
         }
     }
@@ -177,48 +184,73 @@ struct Shared {
     /// The key as events carry it (shared, not copied per event).
     event_key: Arc<str>,
     coarse_lag: Duration,
-    /// The cached token: the lock-free read path loads this and nothing else.
+    /// The published token: the lock-free read path loads this and nothing else. It
+    /// mirrors `state.machine.current()` and changes only under the state lock.
     current: ArcSwapOption<Token>,
     clock: Arc<dyn Clock>,
     source: Arc<dyn Source>,
     store: Option<Arc<dyn Store>>,
     policy: Policy,
     listeners: ArcSwap<Vec<Arc<dyn EventListener>>>,
-    flight: Mutex<Flight>,
-    /// Mirrors `flight.inflight.is_some()` so a stale read can skip the mutex.
+    state: Mutex<State>,
+    /// Mirrors `machine.is_refreshing()` so a stale read can skip the mutex.
     refreshing: AtomicBool,
-    /// Mirrors `flight.retry_at` for the same reason.
+    /// Mirrors `machine.retry_at()` for the same reason.
     retry_at_nanos: AtomicU64,
+    /// Mirrors `machine.is_closed()`.
     closed: AtomicBool,
-    next_generation: AtomicU64,
     timer_wakeup: Arc<Notify>,
     timer: OnceLock<tokio::task::AbortHandle>,
     counters: AtomicCounters,
     /// One fetch/refresh/keep-alive/revoke call at a time, held until the call really
     /// ends (also when its caller gave up waiting).
     source_gate: Arc<tokio::sync::Mutex<()>>,
-    /// Serialises "save and publish a new token" against revoke.
+    /// Held from an install's admission to its publication (across the store save), and
+    /// by revoke while it clears the store, so a revoke comes before an install or after.
     install_lock: tokio::sync::Mutex<()>,
-    /// Bumped by every revoke; a refresh that started before one discards its token.
-    revocations: AtomicU64,
 }
 
-/// Refresh coordination; guarded by `Shared::flight`, never held across an await.
-#[derive(Default)]
-struct Flight {
-    inflight: Option<watch::Receiver<Option<Outcome>>>,
-    consecutive_failures: u32,
-    retry_at: MonoTime,
-    last_error: Option<Error>,
-    /// Kept apart from the cached token so an invalidated token's refresh token still works.
-    refresh_token: Option<SecretString>,
-    /// The value of the last invalidated token, so it is never adopted back from a store.
-    rejected_value: Option<SecretString>,
-    last_refresh: Option<SystemTime>,
-    served_stale_generation: u64,
-    expired_generation: u64,
-    /// When the last attempt failed (cleared on success).
-    last_failure_at: Option<MonoTime>,
+/// The decisions and the refresh in flight; never held across an await.
+struct State {
+    machine: Lifecycle<Arc<Token>>,
+    /// Waiters of the refresh in flight.
+    flight: Option<watch::Receiver<Option<Outcome>>>,
+}
+
+impl TokenHandle for Arc<Token> {
+    type Value = SecretString;
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn value(&self) -> &SecretString {
+        &self.value
+    }
+
+    fn refresh_token(&self) -> Option<&SecretString> {
+        self.refresh_token.as_ref()
+    }
+
+    fn refresh_at(&self) -> MonoTime {
+        Token::refresh_at(self)
+    }
+
+    fn mandatory_at(&self) -> MonoTime {
+        Token::mandatory_at(self)
+    }
+
+    fn expires_at(&self) -> MonoTime {
+        Token::expires_at(self)
+    }
+
+    fn expires_at_wall(&self) -> SystemTime {
+        self.expires_at_wall
+    }
+
+    fn idle_is_due_first(&self) -> bool {
+        Token::idle_is_due_first(self)
+    }
 }
 
 #[derive(Default)]
@@ -269,8 +301,8 @@ impl Drop for Shared {
     }
 }
 
-/// What a caller should do, decided under the flight lock.
-enum Next {
+/// What the machine told a caller to do.
+enum Verdict {
     Serve(Arc<Token>),
     Wait(watch::Receiver<Option<Outcome>>),
     Fail(Error),
@@ -486,12 +518,11 @@ impl Manager {
     /// `Closed`. A refresh in flight calls the source no more and never publishes or
     /// persists what it got.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        if let Some(timer) = self.shared.timer.get() {
-            timer.abort();
-        }
-        self.shared.current.store(None);
-        self.shared.flight.lock().refresh_token = None;
+        let shared = &self.shared;
+        shared.closed.store(true, Ordering::SeqCst);
+        let mut state = shared.state.lock();
+        let actions = state.machine.handle(Input::Close, shared.clock.now());
+        shared.execute(&mut state, actions);
     }
 
     /// Whether [`Manager::close`] was called.
@@ -502,19 +533,17 @@ impl Manager {
     /// A snapshot of state, deadlines, last error and counters.
     pub fn status(&self) -> Status {
         let shared = &*self.shared;
-        let flight = shared.flight.lock();
-        let token = shared.current.load_full();
+        let state = shared.state.lock();
+        let machine = &state.machine;
+        let token = machine.current();
         Status {
-            state: shared.state_at(shared.clock.now()),
-            expires_at: token.as_ref().map(|token| token.expires_at_wall),
-            generation: token.as_ref().map_or(0, |token| token.generation),
-            last_refresh: flight.last_refresh,
-            last_error_kind: flight.last_error.as_ref().map(Error::kind),
-            last_error_message: flight
-                .last_error
-                .as_ref()
-                .map(|err| err.message().to_owned()),
-            refreshing: flight.inflight.is_some(),
+            state: machine.state_at(shared.clock.now()),
+            expires_at: token.map(|token| token.expires_at_wall),
+            generation: token.map_or(0, |token| token.generation),
+            last_refresh: machine.last_refresh(),
+            last_error_kind: machine.last_error().map(Error::kind),
+            last_error_message: machine.last_error().map(|err| err.message().to_owned()),
+            refreshing: machine.is_refreshing(),
             counters: shared.counters.snapshot(),
         }
     }
@@ -566,14 +595,8 @@ impl<T> Future for AbortOnDrop<Result<T>> {
 }
 
 impl Shared {
-    fn state_at(&self, now: MonoTime) -> TokenState {
-        match self.current.load().as_deref() {
-            None => TokenState::Empty,
-            Some(token) if now < token.refresh_at() => TokenState::Fresh,
-            Some(token) if now < token.mandatory_at() => TokenState::Stale,
-            Some(token) if now < token.expires_at() => TokenState::Mandatory,
-            Some(_) => TokenState::Expired,
-        }
+    fn state_now(&self) -> TokenState {
+        self.state.lock().machine.state_at(self.clock.now())
     }
 
     /// Queues an event for the listeners; never runs a listener on this thread.
@@ -587,6 +610,86 @@ impl Shared {
         );
     }
 
+    /// Feeds one input to the machine and executes what it says.
+    fn handle(self: &Arc<Self>, input: Input) -> (Option<Verdict>, Vec<Action<Arc<Token>>>) {
+        let mut state = self.state.lock();
+        let actions = state.machine.handle(input, self.clock.now());
+        self.execute(&mut state, actions)
+    }
+
+    /// Executes the machine's actions that need no waiting, under the state lock, in
+    /// order. Returns the caller's verdict and, from the first action that needs an await
+    /// on (a store or source call), the rest of the actions in order.
+    fn execute(
+        self: &Arc<Self>,
+        state: &mut State,
+        actions: Vec<Action<Arc<Token>>>,
+    ) -> (Option<Verdict>, Vec<Action<Arc<Token>>>) {
+        let mut verdict = None;
+        let mut actions = actions.into_iter();
+        let mut deferred = Vec::new();
+        for action in actions.by_ref() {
+            match action {
+                Action::StartRefresh(reason) => self.start_refresh(state, reason),
+                Action::Serve(token) => verdict = Some(Verdict::Serve(token)),
+                Action::Wait => {
+                    let receiver = state.flight.clone();
+                    verdict = Some(match receiver {
+                        Some(receiver) => Verdict::Wait(receiver),
+                        None => Verdict::Fail(Error::new(
+                            ErrorKind::Internal,
+                            "told to wait without a refresh in flight",
+                        )),
+                    });
+                }
+                Action::Fail(err) => verdict = Some(Verdict::Fail(err)),
+                Action::CountServedStale => bump(&self.counters.served_stale),
+                Action::CountInvalidation => bump(&self.counters.invalidations),
+                Action::CountFailure => bump(&self.counters.failures),
+                Action::Unpublish => self.current.store(None),
+                Action::Emit(event) => self.emit(event),
+                Action::RefreshFailed {
+                    error,
+                    consecutive_failures,
+                    retry_at,
+                } => {
+                    tracing::warn!(key = %self.key, "tokenlease refresh failed");
+                    self.emit(Event::RefreshFailed {
+                        kind: error.kind(),
+                        message: error.message().to_owned(),
+                        consecutive_failures,
+                        next_retry_at: Some(self.clock.wall_of_mono(retry_at)),
+                    });
+                }
+                Action::RearmTimer => self.timer_wakeup.notify_one(),
+                Action::StopTimer => {
+                    if let Some(timer) = self.timer.get() {
+                        timer.abort();
+                    }
+                }
+                action @ (Action::DeleteStored | Action::RevokeAtSource(_)) => {
+                    deferred.push(action);
+                    break;
+                }
+            }
+        }
+        deferred.extend(actions);
+        self.mirror(state);
+        (verdict, deferred)
+    }
+
+    /// Copies what the lock-free paths look at from the machine.
+    fn mirror(&self, state: &State) {
+        let machine = &state.machine;
+        self.refreshing
+            .store(machine.is_refreshing(), Ordering::Release);
+        self.retry_at_nanos
+            .store(machine.retry_at().as_nanos(), Ordering::Release);
+        if machine.is_closed() {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Starts a background refresh from the read path unless one is running or a backoff
     /// is in effect; both checks are atomic loads, so stale reads don't serialise.
     fn kick_background_refresh(self: &Arc<Self>, now: MonoTime) {
@@ -595,43 +698,29 @@ impl Shared {
         {
             return;
         }
-        let mut flight = self.flight.lock();
-        // The reader may have been paused while a refresh installed a newer token: only a
-        // token that is still stale (tokens are published under this lock) needs one.
-        let still_stale = self
-            .current
-            .load()
-            .as_deref()
-            .is_some_and(|token| now >= token.refresh_at());
-        if still_stale && flight.inflight.is_none() && now >= flight.retry_at {
-            self.start_refresh(&mut flight, RefreshReason::Stale);
-        }
+        let mut state = self.state.lock();
+        let actions = state.machine.handle(Input::StaleRead, now);
+        self.execute(&mut state, actions);
     }
 
-    /// Starts the one refresh; the caller holds the flight lock.
-    fn start_refresh(
-        self: &Arc<Self>,
-        flight: &mut Flight,
-        reason: RefreshReason,
-    ) -> watch::Receiver<Option<Outcome>> {
+    /// Spawns the one refresh the machine started; the caller holds the state lock.
+    fn start_refresh(self: &Arc<Self>, state: &mut State, reason: RefreshReason) {
         let (sender, receiver) = watch::channel(None);
-        flight.inflight = Some(receiver.clone());
-        self.refreshing.store(true, Ordering::Release);
+        state.flight = Some(receiver);
         let shared = self.clone();
         let span = tracing::info_span!("tokenlease.refresh", key = %self.key, reason = ?reason);
         runtime::spawn(async move { shared.run_refresh(sender, reason).await }.instrument(span));
-        receiver
     }
 
     /// The slow path of `token()`: runs on the background runtime.
     /// A caller waiting for a refresh that a revoke overtook gets `Cancelled`: logout
     /// sticks, and the next call logs in again.
     async fn acquire(self: Arc<Self>) -> Outcome {
-        let next = self.decide();
-        let receiver = match next {
-            Next::Serve(token) => return Ok(token),
-            Next::Fail(err) => return Err(err),
-            Next::Wait(receiver) => receiver,
+        let receiver = match self.handle(Input::Acquire).0 {
+            Some(Verdict::Serve(token)) => return Ok(token),
+            Some(Verdict::Wait(receiver)) => receiver,
+            Some(Verdict::Fail(err)) => return Err(err),
+            None => return Err(Error::new(ErrorKind::Internal, "no verdict for a caller")),
         };
         bump(&self.counters.waits);
         let deadline = self.clock.now() + self.policy.waiter_timeout();
@@ -649,134 +738,12 @@ impl Shared {
         };
         match outcome {
             Ok(token) => Ok(token),
-            Err(err) if is_overtaken_by_revoke(&err) => Err(err),
-            Err(err) => {
-                // A failed or slow refresh still leaves a usable token if the old one is valid.
-                let now = self.clock.now();
-                match self.current.load_full() {
-                    Some(token) if now < token.expires_at() => {
-                        self.note_served_stale(&token);
-                        Ok(token)
-                    }
-                    _ => Err(self.caller_error(err)),
-                }
-            }
-        }
-    }
-
-    /// Decides, under the flight lock, whether to serve, wait or fail.
-    fn decide(self: &Arc<Self>) -> Next {
-        if self.closed.load(Ordering::SeqCst) {
-            return Next::Fail(closed_error());
-        }
-        let mut flight = self.flight.lock();
-        let now = self.clock.now();
-        let current = self.current.load_full();
-        if let Some(token) = &current {
-            if now < token.mandatory_at() {
-                if now >= token.refresh_at() && flight.inflight.is_none() && now >= flight.retry_at
-                {
-                    self.start_refresh(&mut flight, RefreshReason::Stale);
-                }
-                return Next::Serve(token.clone());
-            }
-        }
-        if let Some(receiver) = &flight.inflight {
-            return Next::Wait(receiver.clone());
-        }
-        let valid = current
-            .as_ref()
-            .filter(|token| now < token.expires_at())
-            .cloned();
-        if now >= flight.retry_at || (valid.is_none() && self.may_retry_early(&flight, now)) {
-            let reason = match &current {
-                None if flight.last_refresh.is_none() => RefreshReason::Initial,
-                None => RefreshReason::Invalidated,
-                Some(_) => RefreshReason::Mandatory,
-            };
-            return Next::Wait(self.start_refresh(&mut flight, reason));
-        }
-        // Backing off after a failure: serve a still-valid token, else the last error.
-        match valid {
-            Some(token) => {
-                drop(flight);
-                self.note_served_stale(&token);
-                Next::Serve(token)
-            }
-            None => {
-                let err = flight
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| Error::transient("token refresh is backing off"));
-                drop(flight);
-                Next::Fail(self.caller_error(err))
-            }
-        }
-    }
-
-    /// A caller with no valid token left does not wait out a transient backoff: once the
-    /// last attempt is [`Policy::caller_retry_interval`] old, it tries again (single-flight
-    /// still holds). A server's Retry-After and terminal errors are respected.
-    fn may_retry_early(&self, flight: &Flight, now: MonoTime) -> bool {
-        let transient = flight
-            .last_error
-            .as_ref()
-            .is_some_and(|err| err.is_transient() && err.retry_after().is_none());
-        transient
-            && flight
-                .last_failure_at
-                .is_some_and(|at| now >= at + self.policy.caller_retry_interval())
-    }
-
-    /// The error a caller gets when no valid token exists: terminal errors as they are;
-    /// transient ones become `Expired` (with the cause) once a token has died.
-    fn caller_error(&self, err: Error) -> Error {
-        if err.kind() == ErrorKind::Closed || !err.is_transient() {
-            return err;
-        }
-        let now = self.clock.now();
-        match self.current.load_full() {
-            Some(token) if now >= token.expires_at() => {
-                if self.first_report(|flight| &mut flight.expired_generation, token.generation) {
-                    self.emit(Event::Expired {
-                        generation: token.generation,
-                    });
-                }
-                Error::new(
-                    ErrorKind::Expired,
-                    format!(
-                        "the token of {:?} expired and could not be refreshed",
-                        self.key
-                    ),
-                )
-                .with_cause(err)
-            }
-            _ => err,
-        }
-    }
-
-    /// Whether an event about `generation` is reported for the first time (events that
-    /// could fire on every call are emitted once per token).
-    fn first_report(
-        &self,
-        last_reported: impl FnOnce(&mut Flight) -> &mut u64,
-        generation: u64,
-    ) -> bool {
-        let mut flight = self.flight.lock();
-        let last = last_reported(&mut flight);
-        std::mem::replace(last, generation) != generation
-    }
-
-    fn note_served_stale(&self, token: &Token) {
-        bump(&self.counters.served_stale);
-        if self.first_report(
-            |flight| &mut flight.served_stale_generation,
-            token.generation,
-        ) {
-            self.emit(Event::ServedStale {
-                generation: token.generation,
-                expires_at: token.expires_at_wall,
-            });
+            // A failed or slow refresh still leaves a usable token if the old one is valid.
+            Err(err) => match self.handle(Input::WaitFailed(err)).0 {
+                Some(Verdict::Serve(token)) => Ok(token),
+                Some(Verdict::Fail(err)) => Err(err),
+                _ => Err(Error::new(ErrorKind::Internal, "no verdict for a caller")),
+            },
         }
     }
 
@@ -795,281 +762,130 @@ impl Shared {
                     "the token source panicked during a refresh",
                 ))
             });
-        let failure_event = {
-            let mut flight = self.flight.lock();
-            flight.inflight = None;
-            let event = match &outcome {
-                Ok(_) => {
-                    self.clear_failures(&mut flight);
-                    None
-                }
-                // A revoke overtook this refresh: not a failure of the source.
-                Err(err) if is_overtaken_by_revoke(err) => {
-                    self.clear_failures(&mut flight);
-                    None
-                }
-                Err(err) => {
-                    flight.consecutive_failures = flight.consecutive_failures.saturating_add(1);
-                    // A Retry-After (from a server or a foreign callback) is honoured up to
-                    // a bound, so one answer can never lock the manager out for long.
-                    let retry_after = err
-                        .retry_after()
-                        .map(|after| after.min(crate::lifecycle::policy::MAX_RETRY_AFTER));
-                    let delay = if err.is_transient() {
-                        self.policy
-                            .backoff(flight.consecutive_failures, retry_after)
-                    } else {
-                        // Terminal: don't hammer the server; callers get this error at once
-                        // until the backoff ceiling has passed.
-                        self.policy
-                            .backoff_ceiling(flight.consecutive_failures)
-                            .max(retry_after.unwrap_or_default())
-                    };
-                    let now = self.clock.now();
-                    flight.retry_at = now + delay;
-                    flight.last_failure_at = Some(now);
-                    if err.is_transient() && err.retry_after().is_none() {
-                        // Never let a backoff skip past the cached token's last chances: one
-                        // attempt at the mandatory point and one at expiry, so a server that
-                        // recovers before the token dies is noticed before callers fail.
-                        if let Some(edge) = self.current.load().as_deref().and_then(|token| {
-                            [token.mandatory_at(), token.expires_at()]
-                                .into_iter()
-                                .find(|edge| now < *edge)
-                        }) {
-                            flight.retry_at = flight.retry_at.min(edge);
-                        }
-                    }
-                    flight.last_error = Some(err.clone());
-                    bump(&self.counters.failures);
-                    Some(Event::RefreshFailed {
-                        kind: err.kind(),
-                        message: err.message().to_owned(),
-                        consecutive_failures: flight.consecutive_failures,
-                        next_retry_at: Some(self.clock.wall_of_mono(flight.retry_at)),
-                    })
-                }
-            };
-            self.retry_at_nanos
-                .store(flight.retry_at.as_nanos(), Ordering::Release);
-            self.refreshing.store(false, Ordering::Release);
-            event
-        };
-        if let Some(event) = failure_event {
-            tracing::warn!(key = %self.key, "tokenlease refresh failed");
-            self.emit(event);
+        {
+            let mut state = self.state.lock();
+            state.flight = None;
+            let ended = outcome.as_ref().map(|_| ()).map_err(Error::clone);
+            let actions = state
+                .machine
+                .handle(Input::RefreshEnded(ended), self.clock.now());
+            self.execute(&mut state, actions);
         }
         // Waiters may all have gone away; that is fine.
         let _ = sender.send(Some(outcome));
         self.timer_wakeup.notify_one();
     }
 
-    fn clear_failures(&self, flight: &mut Flight) {
-        flight.consecutive_failures = 0;
-        flight.retry_at = MonoTime::ZERO;
-        flight.last_error = None;
-        flight.last_failure_at = None;
-        self.retry_at_nanos.store(0, Ordering::Release);
-    }
-
+    /// Runs the steps of one refresh as the machine gives them.
     async fn perform_refresh(self: &Arc<Self>) -> Outcome {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(closed_error());
-        }
-        if let Some(outcome) = self.keep_alive_if_idle().await {
-            return outcome;
-        }
-        // Tokens installed after this point (a straggler's late answer, a lease holder's
-        // token adopted from the store) make this refresh unnecessary.
-        let generation_at_start = self.next_generation.load(Ordering::SeqCst);
-        let Some(store) = self.store.clone() else {
-            return self.refresh_from_source(None, generation_at_start).await;
-        };
-        // A predecessor (restart) or a sibling may have saved a token we can use.
-        if let Some(token) = self.adopt_from_store(&store).await {
-            return Ok(token);
-        }
-        let waiting_since = self.clock.now();
-        let give_up = waiting_since + self.policy.lease_wait();
-        // The lease is asked for in short slices, and the store re-read between them: as
-        // soon as the holder (or any sibling) saves a usable token, it is adopted, however
-        // many siblings are queueing for the lease.
-        let requested = loop {
-            let slice = LEASE_SLICE.min(give_up.saturating_duration_since(self.clock.now()));
-            let requested = self
-                .store_call(
-                    "lease",
-                    slice,
-                    store.acquire_lease(&self.key, self.policy.lease_ttl(), slice),
-                )
-                .await;
-            if !matches!(requested, Ok(LeaseOutcome::Busy)) {
-                break requested;
-            }
-            if let Some(token) = self.adopt_from_store(&store).await {
-                return Ok(token);
-            }
-            if self.closed.load(Ordering::SeqCst) {
-                return Err(closed_error());
-            }
-            if self.clock.now() >= give_up {
-                break requested;
-            }
-        };
-        let lease = match requested {
-            Ok(LeaseOutcome::Acquired(lease)) => Some(lease),
-            Ok(LeaseOutcome::Unsupported) => None,
-            Ok(LeaseOutcome::Busy) => {
-                return Err(Error::transient(format!(
-                    "another process held the refresh lease of {:?} for {:?}",
-                    self.key,
-                    self.policy.lease_wait()
-                )));
-            }
-            Err(err) => {
-                self.store_failed("lease", &err);
-                // Without the lease, siblings could redeem the same refresh token at once
-                // and make the server revoke the whole family: use the primary grant
-                // instead (it rotates nothing; a source without one fails, and the cached
-                // token is served while the lease is retried with backoff).
-                if self.flight.lock().refresh_token.is_some() {
-                    return self
-                        .refresh_from_source_under(None, generation_at_start, false)
-                        .await
-                        .0;
+        let (mut run, mut step) = self.state.lock().machine.begin_refresh(
+            self.source.supports_keep_alive(),
+            self.store.is_some(),
+            self.clock.now(),
+        );
+        let mut lease: Option<Arc<HeldLease>> = None;
+        let mut waiting_since = None;
+        loop {
+            let feedback = match step {
+                RunStep::Done(outcome) => return outcome,
+                RunStep::KeepAlive(token) => Feedback::KeptAlive(self.keep_alive(token).await),
+                RunStep::Load => Feedback::Loaded(self.load_and_offer(run.epoch()).await),
+                RunStep::RequestLease { wait } => {
+                    let since = *waiting_since.get_or_insert_with(|| self.clock.now());
+                    let answer = self.request_lease(wait, since).await;
+                    Feedback::Lease(match answer {
+                        Ok(Some(held)) => {
+                            lease = Some(held);
+                            LeaseAnswer::Acquired
+                        }
+                        Ok(None) => LeaseAnswer::Busy,
+                        Err(answer) => answer,
+                    })
                 }
-                None
-            }
-        };
-        let Some(lease) = lease else {
-            return self.refresh_from_source(None, generation_at_start).await;
-        };
-        self.emit(Event::LeaseAcquired {
-            waited: self.clock.now().saturating_duration_since(waiting_since),
-        });
-        let lease = HeldLease::start(self, lease);
-        // Whoever held the lease before us may have just saved a fresh token.
-        let (outcome, handed_over) = match self.adopt_from_store(&store).await {
-            Some(token) => (Ok(token), false),
-            None => {
-                self.refresh_from_source_under(Some(&lease), generation_at_start, true)
-                    .await
-            }
-        };
-        if !handed_over {
-            lease.release(self).await;
+                RunStep::CallSource {
+                    use_refresh_token,
+                    fenced,
+                } => {
+                    let lease = if fenced { lease.as_ref() } else { None };
+                    Feedback::Called(self.call_source(&run, use_refresh_token, lease).await)
+                }
+                RunStep::ReleaseLease => {
+                    if let Some(lease) = lease.take() {
+                        lease.release(self).await;
+                    }
+                    Feedback::Released
+                }
+            };
+            let mut state = self.state.lock();
+            step = run.step(&mut state.machine, feedback, self.clock.now());
+            self.mirror(&state);
         }
-        outcome
     }
 
-    /// A sliding session whose idle timeout comes before its refresh point is kept alive
-    /// instead of replaced, when the source can. `None`: do a full refresh instead.
-    async fn keep_alive_if_idle(self: &Arc<Self>) -> Option<Outcome> {
-        let token = self.current.load_full()?;
-        let now = self.clock.now();
-        if !token.idle_is_due_first()
-            || now >= token.expires_at()
-            || !self.source.supports_keep_alive()
-        {
-            return None;
-        }
+    /// Keeps a sliding session alive through the source.
+    async fn keep_alive(self: &Arc<Self>, token: Arc<Token>) -> Result<()> {
         bump(&self.counters.keep_alives);
+        let now = self.clock.now();
         let call_token = Token::clone(&token);
         let result = self
             .gated_source_call("keep-alive", move |source| {
                 Box::pin(async move { source.keep_alive(&call_token).await.map(|_| ()) })
             })
             .await;
-        match result {
-            Ok(()) => {
-                token.mark_used(now);
-                self.emit(Event::KeptAlive {
-                    generation: token.generation,
-                });
-                Some(Ok(token))
-            }
-            // The server may be down: keep the session while it lasts, retry with backoff.
-            Err(err) if err.is_transient() => Some(Err(err)),
-            // The session is gone (expired, revoked): log in again.
-            Err(_) => None,
+        if result.is_ok() {
+            token.mark_used(now);
+            self.emit(Event::KeptAlive {
+                generation: token.generation,
+            });
         }
+        result
     }
 
-    async fn refresh_from_source(
+    /// Asks the store for the lease: `Ok(Some)` acquired, `Ok(None)` busy.
+    async fn request_lease(
         self: &Arc<Self>,
-        lease: Option<&Arc<HeldLease>>,
-        generation_at_start: u64,
-    ) -> Outcome {
-        self.refresh_from_source_under(lease, generation_at_start, true)
-            .await
-            .0
-    }
-
-    /// Refreshes with the refresh token when there is one (else the primary grant) and
-    /// installs the result. The flag says whether a source call that outlived its timeout
-    /// took over the lease (it releases it once its late result is handled).
-    async fn refresh_from_source_under(
-        self: &Arc<Self>,
-        lease: Option<&Arc<HeldLease>>,
-        generation_at_start: u64,
-        use_refresh_token: bool,
-    ) -> (Outcome, bool) {
-        let epoch = self.revocations.load(Ordering::SeqCst);
-        let mut called = self
-            .call_source(use_refresh_token, lease, epoch, generation_at_start)
+        wait: Duration,
+        waiting_since: MonoTime,
+    ) -> std::result::Result<Option<Arc<HeldLease>>, LeaseAnswer> {
+        let Some(store) = self.store.clone() else {
+            return Err(LeaseAnswer::Unsupported);
+        };
+        let requested = self
+            .store_call(
+                "lease",
+                wait,
+                store.acquire_lease(&self.key, self.policy.lease_ttl(), wait),
+            )
             .await;
-        if let Called::Finished {
-            result: Err(err),
-            refresh_token: Some(_),
-            ..
-        } = &called
-        {
-            if err.kind() == ErrorKind::InvalidGrant {
-                // A sibling may have rotated the refresh token under us: adopt its
-                // token rather than logging in again.
-                if let Some(store) = self.store.clone() {
-                    if let Some(token) = self.adopt_from_store(&store).await {
-                        return (Ok(token), false);
-                    }
-                }
-                // The refresh token is dead: fall back to the primary grant.
-                self.flight.lock().refresh_token = None;
-                called = self
-                    .call_source(false, lease, epoch, generation_at_start)
-                    .await;
+        match requested {
+            Ok(LeaseOutcome::Acquired(lease)) => {
+                self.emit(Event::LeaseAcquired {
+                    waited: self.clock.now().saturating_duration_since(waiting_since),
+                });
+                Ok(Some(HeldLease::start(self, lease)))
             }
-        }
-        match called {
-            Called::Superseded(token) => (Ok(token), false),
-            Called::GaveUp { error, straggler } => (Err(error), straggler && lease.is_some()),
-            Called::Finished {
-                result,
-                sent_at,
-                refresh_token,
-            } => match result {
-                Ok(fetched) => (
-                    self.install(fetched, sent_at, refresh_token, lease, epoch)
-                        .await,
-                    false,
-                ),
-                Err(err) => (Err(err), false),
-            },
+            Ok(LeaseOutcome::Busy) => Ok(None),
+            Ok(LeaseOutcome::Unsupported) => Err(LeaseAnswer::Unsupported),
+            Err(err) => {
+                self.store_failed("lease", &err);
+                Err(LeaseAnswer::Failed)
+            }
         }
     }
 
-    /// Calls `fetch` (or `refresh` with the current refresh token when `use_refresh_token`),
-    /// one call at a time per manager, within the source timeout. The refresh token is read
-    /// only once the previous call has ended, so a late rotation is never redeemed twice.
-    /// A call that outlives the timeout goes on as a straggler: its token, when it comes,
-    /// is installed and persisted (or discarded after a revoke or close), so a rotated
-    /// refresh token is never lost.
+    /// Calls `fetch` (or `refresh` with the current refresh token when `use_refresh_token`)
+    /// and installs the result; one call at a time per manager, within the source timeout.
+    /// The machine admits the call only once the previous call has ended, so a late
+    /// rotation is never redeemed twice. A call that outlives the timeout goes on as a
+    /// straggler: its token, when it comes, is installed and persisted (or discarded after
+    /// a revoke or close), so a rotated refresh token is never lost.
     async fn call_source(
         self: &Arc<Self>,
+        run: &RefreshRun<Arc<Token>>,
         use_refresh_token: bool,
         lease: Option<&Arc<HeldLease>>,
-        epoch: u64,
-        generation_before: u64,
-    ) -> Called {
+    ) -> Called<Arc<Token>> {
+        let epoch = run.epoch();
         let deadline = self.clock.now() + self.policy.source_timeout();
         let gate = tokio::select! {
             gate = self.source_gate.clone().lock_owned() => gate,
@@ -1081,44 +897,26 @@ impl Shared {
                 };
             }
         };
-        // A straggler (or a lease holder, through the store) may have installed a token
-        // since this refresh started.
-        if self.next_generation.load(Ordering::SeqCst) != generation_before {
-            if let Some(token) = self.current.load_full() {
-                if self.clock.now() < token.refresh_at() {
-                    return Called::Superseded(token);
+        let admission =
+            self.state
+                .lock()
+                .machine
+                .admit_source_call(run, use_refresh_token, self.clock.now());
+        let refresh_token = match admission {
+            SourceAdmission::Call(refresh_token) => refresh_token,
+            SourceAdmission::Superseded(token) => return Called::Superseded(token),
+            SourceAdmission::Refused(refusal) => {
+                return Called::Failed {
+                    error: refusal.into_error(&self.key, "before this refresh called the source"),
+                    redeemed: false,
                 }
             }
-        }
-        // A closed manager calls its source no more, nor does a refresh a revoke overtook.
-        if self.closed.load(Ordering::SeqCst) {
-            return Called::GaveUp {
-                error: closed_error(),
-                straggler: false,
-            };
-        }
-        if self.revocations.load(Ordering::SeqCst) != epoch {
-            return Called::GaveUp {
-                error: Error::new(
-                    ErrorKind::Cancelled,
-                    format!(
-                        "{OVERTAKEN_BY_REVOKE}: the token of {:?} was revoked before this \
-                         refresh called the source",
-                        self.key
-                    ),
-                ),
-                straggler: false,
-            };
-        }
-        let refresh_token = if use_refresh_token {
-            self.flight.lock().refresh_token.clone()
-        } else {
-            None
         };
         match &refresh_token {
             Some(_) => bump(&self.counters.refreshes),
             None => bump(&self.counters.fetches),
         }
+        let redeemed = refresh_token.is_some();
         let sent_at = self.clock.now();
         let (sender, mut receiver) = oneshot::channel::<Result<FetchedToken>>();
         let shared = self.clone();
@@ -1151,29 +949,38 @@ impl Shared {
                     .await;
             }
         });
-        tokio::select! {
-            received = &mut receiver => Called::Finished {
-                result: received.unwrap_or_else(|_| Err(Error::new(
-                    ErrorKind::Internal,
-                    "the token source call ended without a result",
-                ))),
-                sent_at,
-                refresh_token,
-            },
+        let result = tokio::select! {
+            received = &mut receiver => received.unwrap_or_else(|_| Err(Error::new(
+                ErrorKind::Internal,
+                "the token source call ended without a result",
+            ))),
             () = self.clock.sleep_until(deadline) => {
                 // The answer may have arrived just now: take it rather than strand it.
                 receiver.close();
                 match receiver.try_recv() {
-                    Ok(result) => Called::Finished { result, sent_at, refresh_token },
+                    Ok(result) => result,
                     Err(_) => {
                         bump(&self.counters.source_timeouts);
-                        Called::GaveUp {
+                        return Called::GaveUp {
                             error: self.source_timeout_error("it goes on; a late token will be kept"),
                             straggler: true,
-                        }
+                        };
                     }
                 }
             }
+        };
+        match result {
+            Ok(fetched) => match self
+                .install(fetched, sent_at, refresh_token, lease, epoch)
+                .await
+            {
+                Ok(token) => Called::Installed(token),
+                Err(error) => Called::Failed {
+                    error,
+                    redeemed: false,
+                },
+            },
+            Err(error) => Called::Failed { error, redeemed },
         }
     }
 
@@ -1203,7 +1010,10 @@ impl Shared {
                 .await
                 .is_ok()
             {
-                self.clear_failures(&mut self.flight.lock());
+                let mut state = self.state.lock();
+                state.machine.straggler_installed();
+                self.mirror(&state);
+                drop(state);
                 self.timer_wakeup.notify_one();
             }
         }
@@ -1322,7 +1132,7 @@ impl Shared {
         let windows = self
             .policy
             .windows_with_random_jitter(sent_at.min(now), expires_at);
-        let token = Token {
+        let mut token = Token {
             value: fetched.value,
             token_type: if fetched.token_type.is_empty() {
                 "Bearer".to_owned()
@@ -1331,7 +1141,7 @@ impl Shared {
             },
             scopes: fetched.scopes,
             refresh_token: fetched.refresh_token.or(previous_refresh_token),
-            generation: self.next_generation.fetch_add(1, Ordering::SeqCst) + 1,
+            generation: 0,
             obtained_at: sent_at,
             refresh_at: windows.refresh_at,
             mandatory_at: windows.mandatory_at,
@@ -1344,21 +1154,15 @@ impl Shared {
             }),
             last_used: AtomicU64::new(sent_at.as_nanos()),
         };
-        // Held until published, so a revoke either comes before (and wins) or after.
         let _install = self.install_lock.lock().await;
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(closed_error());
-        }
-        if self.revocations.load(Ordering::SeqCst) != epoch {
-            self.revoke_discarded(token);
-            return Err(Error::new(
-                ErrorKind::Cancelled,
-                format!(
-                    "{OVERTAKEN_BY_REVOKE}: the token of {:?} was revoked while this refresh ran; \
-                     its result was discarded",
-                    self.key
-                ),
-            ));
+        let admitted = self.state.lock().machine.admit_install(epoch);
+        if let Err(refusal) = admitted {
+            if refusal == Refusal::Revoked {
+                let error = refusal.into_error(&self.key, "while this refresh ran");
+                self.revoke_discarded(token);
+                return Err(error);
+            }
+            return Err(refusal.into_error(&self.key, "while this refresh ran"));
         }
         if let Some(store) = &self.store {
             let record = self.record_of(&token);
@@ -1390,7 +1194,13 @@ impl Shared {
                 self.store_failed("save", &err);
             }
         }
-        Ok(self.publish(token, false))
+        Ok(self.publish(
+            move |generation| {
+                token.generation = generation;
+                Arc::new(token)
+            },
+            false,
+        ))
     }
 
     /// A token that arrived after a revoke: revoked at the server too, when the source can
@@ -1406,16 +1216,20 @@ impl Shared {
         });
     }
 
-    fn publish(self: &Arc<Self>, token: Token, from_store: bool) -> Arc<Token> {
-        let token = Arc::new(token);
-        {
-            let mut flight = self.flight.lock();
-            flight.refresh_token = token.refresh_token.clone();
-            flight.last_refresh = Some(self.clock.wall_now());
-            if !self.closed.load(Ordering::SeqCst) {
+    /// Publishes an admitted token under the state lock (the read path sees it at once).
+    fn publish(
+        self: &Arc<Self>,
+        make: impl FnOnce(u64) -> Arc<Token>,
+        from_store: bool,
+    ) -> Arc<Token> {
+        let token = {
+            let mut state = self.state.lock();
+            let token = state.machine.publish(make, self.clock.wall_now());
+            if state.machine.current().is_some() {
                 self.current.store(Some(token.clone()));
             }
-        }
+            token
+        };
         self.ensure_timer();
         self.emit(Event::RefreshSucceeded {
             generation: token.generation,
@@ -1437,11 +1251,10 @@ impl Shared {
         }
     }
 
-    /// Adopts the stored record when it is news (not our current token, not a token the
-    /// server rejected) and still usable (before its mandatory point). A stored refresh
-    /// token is taken even when its access token is too old: it is the latest rotation.
-    async fn adopt_from_store(self: &Arc<Self>, store: &Arc<dyn Store>) -> Option<Arc<Token>> {
-        let epoch = self.revocations.load(Ordering::SeqCst);
+    /// Reads the store and offers the record to the machine, which adopts it when it is
+    /// news and still usable (see [`Lifecycle::offer_stored`]).
+    async fn load_and_offer(self: &Arc<Self>, epoch: u64) -> Option<Arc<Token>> {
+        let store = self.store.clone()?;
         let loaded = self
             .store_call("load", Duration::ZERO, store.load(&self.key))
             .await
@@ -1459,48 +1272,59 @@ impl Shared {
                 return None;
             }
         };
-        let is_current = self
-            .current
-            .load()
-            .as_deref()
-            .is_some_and(|token| token.value == record.value);
-        let was_rejected = self.flight.lock().rejected_value.as_ref() == Some(&record.value);
-        if is_current || was_rejected {
-            return None;
-        }
         let now = self.clock.now();
         let expires_at = self.clock.mono_of_wall(record.expires_at());
         let obtained_at = self.clock.mono_of_wall(record.obtained_at()).min(now);
         let windows = self
             .policy
             .windows_with_random_jitter(obtained_at, expires_at);
-        if now >= windows.mandatory_at {
-            if record.refresh_token.is_some() {
-                self.flight.lock().refresh_token = record.refresh_token.clone();
-            }
-            return None;
-        }
-        bump(&self.counters.store_loads);
-        let token = Token {
-            value: record.value.clone(),
-            token_type: record.token_type.clone(),
-            scopes: record.scopes.clone(),
-            refresh_token: record.refresh_token.clone(),
-            generation: self.next_generation.fetch_add(1, Ordering::SeqCst) + 1,
-            obtained_at,
-            refresh_at: windows.refresh_at,
-            mandatory_at: windows.mandatory_at,
-            expires_at,
-            expires_at_wall: record.expires_at(),
-            idle: None,
-            last_used: AtomicU64::new(obtained_at.as_nanos()),
+        let make = |generation| {
+            Arc::new(Token {
+                value: record.value.clone(),
+                token_type: record.token_type.clone(),
+                scopes: record.scopes.clone(),
+                refresh_token: record.refresh_token.clone(),
+                generation,
+                obtained_at,
+                refresh_at: windows.refresh_at,
+                mandatory_at: windows.mandatory_at,
+                expires_at,
+                expires_at_wall: record.expires_at(),
+                idle: None,
+                last_used: AtomicU64::new(obtained_at.as_nanos()),
+            })
         };
-        // A record read before a revoke must not come back after it.
+        // Under the install lock, so a record read before a revoke cannot come back after.
         let _install = self.install_lock.lock().await;
-        if self.closed.load(Ordering::SeqCst) || self.revocations.load(Ordering::SeqCst) != epoch {
-            return None;
-        }
-        Some(self.publish(token, true))
+        let (adoption, token) = {
+            let mut state = self.state.lock();
+            let offered = state.machine.offer_stored(
+                StoredOffer {
+                    epoch,
+                    value: &record.value,
+                    refresh_token: record.refresh_token.as_ref(),
+                    mandatory_at: windows.mandatory_at,
+                },
+                self.clock.now(),
+                make,
+                self.clock.wall_now(),
+            );
+            if let (Adoption::Adopted, Some(token)) = &offered {
+                if state.machine.current().is_some() {
+                    self.current.store(Some(token.clone()));
+                }
+            }
+            offered
+        };
+        let token = token.filter(|_| adoption == Adoption::Adopted)?;
+        bump(&self.counters.store_loads);
+        self.ensure_timer();
+        self.emit(Event::RefreshSucceeded {
+            generation: token.generation,
+            expires_at: token.expires_at_wall,
+            from_store: true,
+        });
+        Some(token)
     }
 
     fn store_failed(&self, operation: &'static str, err: &Error) {
@@ -1512,75 +1336,55 @@ impl Shared {
         });
     }
 
-    fn invalidate(&self, generation: u64) -> bool {
-        let current = self.current.load();
-        let Some(token) = current.as_deref() else {
-            return false;
-        };
-        if token.generation != generation {
-            return false;
-        }
-        let swapped = {
-            // The rejected value is recorded in the same critical section as the swap, so a
-            // refresh can never re-adopt it from the store in between.
-            let mut flight = self.flight.lock();
-            // Compare-and-swap: a token installed meanwhile is never discarded.
-            let previous = self.current.compare_and_swap(&*current, None);
-            let swapped = match (previous.as_deref(), current.as_deref()) {
-                (Some(a), Some(b)) => std::ptr::eq(a, b),
-                _ => false,
-            };
-            if swapped {
-                flight.rejected_value = Some(token.value.clone());
-            }
-            swapped
-        };
-        if swapped {
-            bump(&self.counters.invalidations);
-            self.emit(Event::Invalidated { generation });
-            self.timer_wakeup.notify_one();
-        }
-        swapped
+    fn invalidate(self: &Arc<Self>, generation: u64) -> bool {
+        let mut state = self.state.lock();
+        let actions = state
+            .machine
+            .handle(Input::Invalidate { generation }, self.clock.now());
+        let dropped = actions
+            .iter()
+            .any(|action| matches!(action, Action::Unpublish));
+        self.execute(&mut state, actions);
+        dropped
     }
 
     async fn revoke(self: Arc<Self>) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(closed_error());
+        // Waits for an install in progress (bounded by the store timeout); every install
+        // after this sees the new epoch and discards its token.
+        let mut install = Some(self.install_lock.lock().await);
+        let (verdict, actions) = self.handle(Input::Revoke);
+        if let Some(Verdict::Fail(err)) = verdict {
+            return Err(err);
         }
-        let token = {
-            // Waits for an install in progress (bounded by the store timeout); every
-            // install after this sees the new epoch and discards its token.
-            let _install = self.install_lock.lock().await;
-            self.revocations.fetch_add(1, Ordering::SeqCst);
-            let token = {
-                let mut flight = self.flight.lock();
-                flight.refresh_token = None;
-                self.clear_failures(&mut flight);
-                self.current.swap(None)
-            };
-            if let Some(store) = &self.store {
-                let deleted = self
-                    .store_call("delete", Duration::ZERO, store.delete(&self.key))
-                    .await;
-                if let Err(err) = deleted {
-                    self.store_failed("delete", &err);
+        let mut revoked = Ok(());
+        for action in actions {
+            match action {
+                Action::DeleteStored => {
+                    if let Some(store) = &self.store {
+                        let deleted = self
+                            .store_call("delete", Duration::ZERO, store.delete(&self.key))
+                            .await;
+                        if let Err(err) = deleted {
+                            self.store_failed("delete", &err);
+                        }
+                    }
                 }
+                Action::RevokeAtSource(token) => {
+                    install.take();
+                    let token = Token::clone(&token);
+                    revoked = self
+                        .gated_source_call("revocation", move |source| {
+                            Box::pin(async move { source.revoke(&token).await })
+                        })
+                        .await;
+                }
+                Action::Emit(event) => {
+                    install.take();
+                    self.emit(event);
+                }
+                _ => {}
             }
-            token
-        };
-        let revoked = match &token {
-            Some(token) => {
-                let token = Token::clone(token);
-                self.gated_source_call("revocation", move |source| {
-                    Box::pin(async move { source.revoke(&token).await })
-                })
-                .await
-            }
-            None => Ok(()),
-        };
-        self.emit(Event::Revoked {
-            generation: token.as_ref().map(|token| token.generation),
-        });
+        }
         revoked
     }
 
@@ -1597,64 +1401,13 @@ impl Shared {
         }
     }
 
-    /// When the timer should next act: the refresh point, or the backoff retry after a
-    /// transient failure. Terminal failures wait for a caller.
     fn next_timer_deadline(&self) -> MonoTime {
-        if self.closed.load(Ordering::SeqCst) {
-            return MonoTime::FAR_FUTURE;
-        }
-        let flight = self.flight.lock();
-        if flight.inflight.is_some() {
-            return MonoTime::FAR_FUTURE;
-        }
-        let Some(token) = self.current.load_full() else {
-            return MonoTime::FAR_FUTURE;
-        };
-        if flight.consecutive_failures == 0 {
-            return token.refresh_at();
-        }
-        match &flight.last_error {
-            Some(err) if err.is_transient() => token.refresh_at().max(flight.retry_at),
-            _ => MonoTime::FAR_FUTURE,
-        }
+        self.state.lock().machine.timer_deadline()
     }
 
     fn on_timer(self: &Arc<Self>) {
-        let deadline = self.next_timer_deadline();
-        let now = self.clock.now();
-        if now < deadline {
-            return;
-        }
-        let mut flight = self.flight.lock();
-        if flight.inflight.is_none() && !self.closed.load(Ordering::SeqCst) {
-            self.start_refresh(&mut flight, RefreshReason::Scheduled);
-        }
+        self.handle(Input::TimerFired);
     }
-}
-
-/// How long one lease request waits before the store is re-read for a sibling's token.
-const LEASE_SLICE: Duration = Duration::from_millis(250);
-
-/// Marks the error of a refresh that a revoke overtook.
-const OVERTAKEN_BY_REVOKE: &str = "overtaken by revoke";
-
-fn is_overtaken_by_revoke(err: &Error) -> bool {
-    err.kind() == ErrorKind::Cancelled && err.message().starts_with(OVERTAKEN_BY_REVOKE)
-}
-
-/// What became of one fetch/refresh call.
-enum Called {
-    /// The source answered in time.
-    Finished {
-        result: Result<FetchedToken>,
-        sent_at: MonoTime,
-        /// The refresh token the call redeemed, if it was a refresh.
-        refresh_token: Option<SecretString>,
-    },
-    /// While this call waited for an earlier (late) one, that one installed a fresh token.
-    Superseded(Arc<Token>),
-    /// The source timeout passed. `straggler`: the call goes on and owns the lease now.
-    GaveUp { error: Error, straggler: bool },
 }
 
 /// A refresh lease while its holder works: renewed every third of its TTL so a slow source
@@ -1759,10 +1512,6 @@ async fn timer_loop(weak: Weak<Shared>, wakeup: Arc<Notify>) {
             () = wakeup.notified() => {}
         }
     }
-}
-
-fn closed_error() -> Error {
-    Error::new(ErrorKind::Closed, "the token manager was closed")
 }
 
 #[cfg(test)]

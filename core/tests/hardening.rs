@@ -276,6 +276,84 @@ fn revoke_during_a_refresh_wins() {
     });
 }
 
+/// A store whose delete waits for a permit (a slow Redis DEL), and says when it started.
+#[derive(Debug)]
+struct SlowDelete {
+    inner: MemoryStore,
+    deleting: AtomicBool,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl Store for SlowDelete {
+    async fn load(&self, key: &str) -> tokenlease::Result<Option<TokenRecord>> {
+        Store::load(&self.inner, key).await
+    }
+    async fn save(&self, key: &str, record: &TokenRecord) -> tokenlease::Result<()> {
+        Store::save(&self.inner, key, record).await
+    }
+    async fn delete(&self, key: &str) -> tokenlease::Result<()> {
+        self.deleting.store(true, Ordering::SeqCst);
+        let _permit = self.permits.acquire().await;
+        Store::delete(&self.inner, key).await
+    }
+}
+
+/// Found by the lifecycle model checker: a refresh that read the store while a revoke was
+/// still deleting the record adopted the logged-out token once the revoke was done.
+#[test]
+fn a_record_read_while_revoke_deletes_it_is_never_adopted_back() {
+    within(Duration::from_secs(30), || {
+        let source = Arc::new(ScriptedSource::new(Duration::from_secs(600)));
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let store = Arc::new(SlowDelete {
+            inner: MemoryStore::new(),
+            deleting: AtomicBool::new(false),
+            permits: permits.clone(),
+        });
+        let manager = Manager::builder_from_arc(source.clone())
+            .store(store.clone())
+            .policy(
+                fast_policy()
+                    .store_timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        let logged_out = manager
+            .token_blocking()
+            .unwrap()
+            .value()
+            .expose()
+            .to_owned();
+        let revoker = {
+            let manager = manager.clone();
+            std::thread::spawn(move || manager.revoke_blocking())
+        };
+        wait_until("the revoke is deleting the record", || {
+            store.deleting.load(Ordering::SeqCst)
+        });
+        let caller = {
+            let manager = manager.clone();
+            std::thread::spawn(move || {
+                manager
+                    .token_blocking()
+                    .map(|token| token.value().expose().to_owned())
+            })
+        };
+        // Give the caller's refresh time to reach the store while the record is still there.
+        std::thread::sleep(Duration::from_millis(200));
+        permits.add_permits(1);
+        revoker.join().unwrap().expect("revoke succeeds");
+        let after = caller.join().unwrap().expect("a new token");
+        assert_ne!(
+            after, logged_out,
+            "the logged-out token came back from the store"
+        );
+        assert_eq!(source.calls(), 2, "the caller logged in again");
+    });
+}
+
 /// A store whose lease requests fail (a Redis blip) while loads and saves work.
 #[derive(Debug, Default)]
 struct LeaseFails(MemoryStore);

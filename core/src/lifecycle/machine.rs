@@ -19,6 +19,7 @@
 //! The machine is generic over the token it hands out ([`TokenHandle`]): the manager uses
 //! `Arc<Token>`, the checker a small value type.
 
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::MonoTime;
@@ -56,6 +57,11 @@ pub enum Input {
     Acquire,
     /// The read path served a token that is past its refresh point.
     StaleRead,
+    /// A caller waited for a refresh that published the token of this generation.
+    WaitSucceeded {
+        /// The generation the refresh published.
+        generation: u64,
+    },
     /// A caller waited for a refresh that failed with this error.
     WaitFailed(Error),
     /// The timer reached [`Lifecycle::timer_deadline`].
@@ -66,7 +72,13 @@ pub enum Input {
         generation: u64,
     },
     /// The refresh in flight ended (its token, if any, is already published).
-    RefreshEnded(Result<(), Error>),
+    RefreshEnded {
+        /// What it ended with.
+        outcome: Result<(), Error>,
+        /// A uniform draw in `[0, 1]` for the backoff's full jitter (the machine draws
+        /// no random numbers of its own).
+        backoff_draw: f64,
+    },
     /// Log out.
     Revoke,
     /// Shut the manager down.
@@ -283,6 +295,29 @@ impl<T: TokenHandle> Lifecycle<T> {
         }
     }
 
+    /// Feeds everything that decides the machine's future into `state` (for model
+    /// checkers that deduplicate the states they reach).
+    pub fn hash_state<H: Hasher>(&self, state: &mut H)
+    where
+        T: Hash,
+        T::Value: Hash,
+    {
+        self.current.hash(state);
+        self.next_generation.hash(state);
+        self.inflight.hash(state);
+        self.consecutive_failures.hash(state);
+        self.retry_at.hash(state);
+        self.last_error.as_ref().map(error_identity).hash(state);
+        self.last_failure_at.hash(state);
+        self.refresh_token.hash(state);
+        self.rejected_value.hash(state);
+        self.last_refresh.is_some().hash(state);
+        self.served_stale_generation.hash(state);
+        self.expired_generation.hash(state);
+        self.epoch.hash(state);
+        self.closed.hash(state);
+    }
+
     /// Applies one input at `now`.
     pub fn handle(&mut self, input: Input, now: MonoTime) -> Vec<Action<T>> {
         let mut actions = Vec::new();
@@ -297,6 +332,14 @@ impl<T: TokenHandle> Lifecycle<T> {
                     self.start_if_allowed(now, RefreshReason::Stale, &mut actions);
                 }
             }
+            Input::WaitSucceeded { generation } => match self.current.clone() {
+                Some(token) if token.generation() == generation => {
+                    actions.push(Action::Serve(token));
+                }
+                // Invalidated (or replaced) while the refresh finished: never hand out a
+                // rejected token; decide again as for a new caller.
+                _ => self.acquire(now, &mut actions),
+            },
             Input::WaitFailed(err) => {
                 if is_overtaken_by_revoke(&err) {
                     actions.push(Action::Fail(err));
@@ -330,13 +373,16 @@ impl<T: TokenHandle> Lifecycle<T> {
                     actions.push(Action::RearmTimer);
                 }
             }
-            Input::RefreshEnded(outcome) => {
+            Input::RefreshEnded {
+                outcome,
+                backoff_draw,
+            } => {
                 self.inflight = false;
                 match outcome {
                     Ok(()) => self.clear_failures(),
                     // Not a failure of the source: logout overtook it.
                     Err(err) if is_overtaken_by_revoke(&err) => self.clear_failures(),
-                    Err(err) => self.refresh_failed(err, now, &mut actions),
+                    Err(err) => self.refresh_failed(err, backoff_draw, now, &mut actions),
                 }
                 actions.push(Action::RearmTimer);
             }
@@ -483,13 +529,20 @@ impl<T: TokenHandle> Lifecycle<T> {
         }
     }
 
-    fn refresh_failed(&mut self, err: Error, now: MonoTime, actions: &mut Vec<Action<T>>) {
+    fn refresh_failed(
+        &mut self,
+        err: Error,
+        backoff_draw: f64,
+        now: MonoTime,
+        actions: &mut Vec<Action<T>>,
+    ) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         // A Retry-After (from a server or a foreign callback) is honoured up to a bound,
         // so one answer can never lock the manager out for long.
         let retry_after = err.retry_after().map(|after| after.min(MAX_RETRY_AFTER));
         let delay = if err.is_transient() {
-            self.policy.backoff(self.consecutive_failures, retry_after)
+            self.policy
+                .backoff_with(self.consecutive_failures, retry_after, backoff_draw)
         } else {
             // Terminal: don't hammer the server; callers get this error at once until the
             // backoff ceiling has passed.
@@ -695,7 +748,7 @@ pub struct RefreshRun<T> {
     outcome: Option<Result<T, Error>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Stage {
     Begin,
     KeepingAlive,
@@ -709,7 +762,7 @@ enum Stage {
     Done,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum LeaseHold {
     None,
     Held,
@@ -718,7 +771,7 @@ enum LeaseHold {
 }
 
 /// Which grant the source call of a refresh uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Grant {
     /// The refresh token when there is one, with a fallback to the primary grant if the
     /// server refuses it.
@@ -819,6 +872,31 @@ impl<T: TokenHandle> RefreshRun<T> {
     /// Whether the refresh is over.
     pub fn is_done(&self) -> bool {
         self.stage == Stage::Done
+    }
+
+    /// Feeds the refresh's progress into `state` (see [`Lifecycle::hash_state`]).
+    pub fn hash_state<H: Hasher>(&self, state: &mut H)
+    where
+        T: Hash,
+    {
+        self.epoch.hash(state);
+        self.generation_at_start.hash(state);
+        self.has_store.hash(state);
+        self.stage.hash(state);
+        self.lease.hash(state);
+        self.give_up.hash(state);
+        self.grant.hash(state);
+        match &self.outcome {
+            None => 0u8.hash(state),
+            Some(Ok(token)) => {
+                1u8.hash(state);
+                token.hash(state);
+            }
+            Some(Err(err)) => {
+                2u8.hash(state);
+                error_identity(err).hash(state);
+            }
+        }
     }
 
     /// Feeds the answer to the last step back; returns the next step. `lifecycle` is the
@@ -996,6 +1074,12 @@ impl<T> Feedback<T> {
             Feedback::Released => "Released",
         }
     }
+}
+
+/// What of an error can change a decision: its kind, its Retry-After, and whether it is
+/// the overtaken-by-revoke marker.
+fn error_identity(err: &Error) -> (ErrorKind, Option<Duration>, bool) {
+    (err.kind(), err.retry_after(), is_overtaken_by_revoke(err))
 }
 
 /// Marks the error of a refresh that a revoke overtook.

@@ -716,34 +716,44 @@ impl Shared {
     /// A caller waiting for a refresh that a revoke overtook gets `Cancelled`: logout
     /// sticks, and the next call logs in again.
     async fn acquire(self: Arc<Self>) -> Outcome {
-        let receiver = match self.handle(Input::Acquire).0 {
-            Some(Verdict::Serve(token)) => return Ok(token),
-            Some(Verdict::Wait(receiver)) => receiver,
-            Some(Verdict::Fail(err)) => return Err(err),
-            None => return Err(Error::new(ErrorKind::Internal, "no verdict for a caller")),
-        };
-        bump(&self.counters.waits);
-        let deadline = self.clock.now() + self.policy.waiter_timeout();
-        let timeout = self.clock.sleep_until(deadline);
-        let outcome = tokio::select! {
-            outcome = wait_for_outcome(receiver) => outcome,
-            () = timeout => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "waited {:?} for the token refresh of {:?}; it is still running",
-                    self.policy.waiter_timeout(),
-                    self.key
-                ),
-            )),
-        };
-        match outcome {
-            Ok(token) => Ok(token),
-            // A failed or slow refresh still leaves a usable token if the old one is valid.
-            Err(err) => match self.handle(Input::WaitFailed(err)).0 {
-                Some(Verdict::Serve(token)) => Ok(token),
-                Some(Verdict::Fail(err)) => Err(err),
-                _ => Err(Error::new(ErrorKind::Internal, "no verdict for a caller")),
-            },
+        let mut verdict = self.handle(Input::Acquire).0;
+        let mut deadline = None;
+        loop {
+            let receiver = match verdict {
+                Some(Verdict::Serve(token)) => return Ok(token),
+                Some(Verdict::Wait(receiver)) => receiver,
+                Some(Verdict::Fail(err)) => return Err(err),
+                None => return Err(Error::new(ErrorKind::Internal, "no verdict for a caller")),
+            };
+            // One wait per call, however many refreshes it takes (the bound is the
+            // policy's waiter timeout, counted from the first wait).
+            let deadline = *deadline.get_or_insert_with(|| {
+                bump(&self.counters.waits);
+                self.clock.now() + self.policy.waiter_timeout()
+            });
+            let outcome = tokio::select! {
+                outcome = wait_for_outcome(receiver) => outcome,
+                () = self.clock.sleep_until(deadline) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "waited {:?} for the token refresh of {:?}; it is still running",
+                        self.policy.waiter_timeout(),
+                        self.key
+                    ),
+                )),
+            };
+            verdict = match outcome {
+                // The token may have been invalidated since the refresh published it.
+                Ok(token) => {
+                    self.handle(Input::WaitSucceeded {
+                        generation: token.generation,
+                    })
+                    .0
+                }
+                // A failed or slow refresh still leaves a usable token if the old one is
+                // valid.
+                Err(err) => self.handle(Input::WaitFailed(err)).0,
+            };
         }
     }
 
@@ -766,9 +776,13 @@ impl Shared {
             let mut state = self.state.lock();
             state.flight = None;
             let ended = outcome.as_ref().map(|_| ()).map_err(Error::clone);
-            let actions = state
-                .machine
-                .handle(Input::RefreshEnded(ended), self.clock.now());
+            let actions = state.machine.handle(
+                Input::RefreshEnded {
+                    outcome: ended,
+                    backoff_draw: rand::random::<f64>(),
+                },
+                self.clock.now(),
+            );
             self.execute(&mut state, actions);
         }
         // Waiters may all have gone away; that is fine.
@@ -1255,6 +1269,10 @@ impl Shared {
     /// news and still usable (see [`Lifecycle::offer_stored`]).
     async fn load_and_offer(self: &Arc<Self>, epoch: u64) -> Option<Arc<Token>> {
         let store = self.store.clone()?;
+        // The read and the offer both happen under the install lock: a record read while
+        // a revoke is deleting it must not be adopted once the revoke is done (found by
+        // the lifecycle model checker).
+        let _install = self.install_lock.lock().await;
         let loaded = self
             .store_call("load", Duration::ZERO, store.load(&self.key))
             .await
@@ -1294,8 +1312,6 @@ impl Shared {
                 last_used: AtomicU64::new(obtained_at.as_nanos()),
             })
         };
-        // Under the install lock, so a record read before a revoke cannot come back after.
-        let _install = self.install_lock.lock().await;
         let (adoption, token) = {
             let mut state = self.state.lock();
             let offered = state.machine.offer_stored(

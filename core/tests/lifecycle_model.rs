@@ -41,6 +41,9 @@ struct Tok {
     value: u8,
     refresh: Option<u8>,
     issued: u64,
+    /// A sliding session whose idle timeout comes before its refresh point: its refresh
+    /// is a keep-alive.
+    sliding: bool,
 }
 
 fn at(seconds: u64) -> MonoTime {
@@ -72,7 +75,7 @@ impl TokenHandle for Tok {
         SystemTime::UNIX_EPOCH
     }
     fn idle_is_due_first(&self) -> bool {
-        false
+        self.sliding
     }
 }
 
@@ -176,6 +179,8 @@ struct World {
     revoke_deleting: bool,
     waiting_callers: u8,
     has_store: bool,
+    /// The source keeps sliding sessions alive (its tokens are sliding sessions).
+    sliding: bool,
     store: Option<Record>,
     lease: LeaseHolder,
     /// The server's current refresh token for this client (rotation: one valid at a time).
@@ -362,9 +367,10 @@ fn execute(
         match action {
             Action::StartRefresh(_) => {
                 check(world.flight.is_none(), || "a second refresh started".into())?;
-                let (run, step) = world
-                    .machine
-                    .begin_refresh(false, world.has_store, world.now());
+                let (run, step) =
+                    world
+                        .machine
+                        .begin_refresh(world.sliding, world.has_store, world.now());
                 world.flight = Some(Flight {
                     run,
                     pending: Pending::Step(step),
@@ -395,6 +401,22 @@ fn execute(
     Ok(verdict)
 }
 
+/// A caller's input: it must end with exactly one verdict (served, failed or waiting),
+/// and what it is served must be right.
+fn resolve_caller(world: &mut World, input: Input) -> Result<(), Violation> {
+    let waiting_before = world.waiting_callers;
+    let verdict = handle(world, input)?;
+    let waits = world.waiting_callers - waiting_before;
+    match (verdict, waits) {
+        (Some(verdict), 0) => check_served(world, &verdict),
+        (None, 1) => Ok(()),
+        (verdict, waits) => Err(Violation(format!(
+            "a caller got {} verdicts and {waits} waits",
+            usize::from(verdict.is_some())
+        ))),
+    }
+}
+
 fn handle(world: &mut World, input: Input) -> Result<Option<Result<Tok, Error>>, Violation> {
     let actions = world.machine.handle(input, world.now());
     execute(world, actions)
@@ -407,6 +429,7 @@ fn publish(world: &mut World, token: FreshToken) -> Tok {
             value: token.value,
             refresh: token.refresh,
             issued: token.issued,
+            sliding: world.sliding,
         },
         SystemTime::UNIX_EPOCH,
     );
@@ -459,9 +482,7 @@ fn successors(world: &World) -> Result<Successors, Violation> {
                     check_served(&next, &Ok(token))?;
                 }
                 None => {
-                    if let Some(verdict) = handle(&mut next, Input::Acquire)? {
-                        check_served(&next, &verdict)?;
-                    }
+                    resolve_caller(&mut next, Input::Acquire)?;
                 }
             }
             Ok(next)
@@ -617,14 +638,10 @@ fn settle(world: &mut World) -> Result<(), Violation> {
         match &outcome {
             Ok(token) => {
                 let generation = token.generation;
-                if let Some(verdict) = handle(world, Input::WaitSucceeded { generation })? {
-                    check_served(world, &verdict)?;
-                }
+                resolve_caller(world, Input::WaitSucceeded { generation })?;
             }
             Err(err) => {
-                if let Some(verdict) = handle(world, Input::WaitFailed(err.clone()))? {
-                    check_served(world, &verdict)?;
-                }
+                resolve_caller(world, Input::WaitFailed(err.clone()))?;
             }
         }
     }
@@ -643,9 +660,25 @@ fn flight_successors(world: &World, out: &mut Successors) -> Result<(), Violatio
     match &flight.pending {
         Pending::Step(RunStep::Done(_)) => unreachable!("settled"),
         Pending::Step(RunStep::KeepAlive(_)) => {
-            let mut next = world.clone();
-            let result = feed(&mut next, Feedback::KeptAlive(Ok(()))).map(|_| next);
-            push(out, "keep-alive", result)?;
+            if !world.gate_busy() {
+                let mut next = world.clone();
+                let result = feed(&mut next, Feedback::KeptAlive(Ok(()))).map(|_| next);
+                push(out, "keep-alive", result)?;
+                if b.source_failures > 0 {
+                    for (label, error) in [
+                        ("keep-alive fails (transient)", transient()),
+                        (
+                            "keep-alive: the session is gone",
+                            Error::new(ErrorKind::Expired, "session expired"),
+                        ),
+                    ] {
+                        let mut next = world.clone();
+                        next.budget.source_failures -= 1;
+                        let result = feed(&mut next, Feedback::KeptAlive(Err(error))).map(|_| next);
+                        push(out, label, result)?;
+                    }
+                }
+            }
         }
         Pending::Step(RunStep::Load) => {
             // The read takes the install lock, and the offer happens under it.
@@ -686,6 +719,7 @@ fn flight_successors(world: &World, out: &mut Successors) -> Result<(), Violatio
                                 value: record.value,
                                 refresh: record.refresh,
                                 issued: record.issued,
+                                sliding: next.sliding,
                             },
                             SystemTime::UNIX_EPOCH,
                         );
@@ -1123,7 +1157,7 @@ fn deep() -> bool {
     std::env::var("TOKENLEASE_MODEL_DEPTH").is_ok_and(|depth| depth == "deep")
 }
 
-fn start(has_store: bool, budget: Budget) -> World {
+fn start(has_store: bool, sliding: bool, budget: Budget) -> World {
     World {
         now: 0,
         machine: Lifecycle::new("model", policy()),
@@ -1134,6 +1168,7 @@ fn start(has_store: bool, budget: Budget) -> World {
         revoke_deleting: false,
         waiting_callers: 0,
         has_store,
+        sliding,
         store: None,
         lease: LeaseHolder::Free,
         server_refresh: None,
@@ -1145,9 +1180,9 @@ fn start(has_store: bool, budget: Budget) -> World {
     }
 }
 
-fn run(name: &str, has_store: bool, budget: Budget) {
+fn run(name: &str, has_store: bool, sliding: bool, budget: Budget) {
     let report = explore(
-        start(has_store, budget),
+        start(has_store, sliding, budget),
         if deep() { 200_000_000 } else { 20_000_000 },
     )
     .unwrap_or_else(|failure| panic!("{name}: {failure}"));
@@ -1173,6 +1208,7 @@ fn every_interleaving_without_a_store_keeps_the_invariants() {
     run(
         "memory",
         false,
+        false,
         Budget {
             callers: 3 + scale,
             invalidations: 2,
@@ -1193,6 +1229,7 @@ fn every_interleaving_with_a_shared_store_keeps_the_invariants() {
     run(
         "store",
         true,
+        false,
         Budget {
             callers: 2 + scale,
             invalidations: 1 + scale,
@@ -1203,6 +1240,27 @@ fn every_interleaving_with_a_shared_store_keeps_the_invariants() {
             timeouts: 1,
             store_failures: 1 + scale,
             sibling_moves: 2,
+        },
+    );
+}
+
+#[test]
+fn every_interleaving_of_a_kept_alive_session_keeps_the_invariants() {
+    let scale = if deep() { 1 } else { 0 };
+    run(
+        "sliding session",
+        false,
+        true,
+        Budget {
+            callers: 2 + scale,
+            invalidations: 1 + scale,
+            revokes: 1,
+            closes: 1,
+            ticks: 4 + scale,
+            source_failures: 2,
+            timeouts: 1,
+            store_failures: 0,
+            sibling_moves: 0,
         },
     );
 }

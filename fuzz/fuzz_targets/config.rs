@@ -57,7 +57,6 @@ fn inline_secrets(config: &ManagerConfig) -> Vec<&str> {
     let mut out: Vec<&str> = Vec::new();
     let mut push = |value| out.extend(inline(value));
     match &config.source {
-        SourceConfig::Oauth2ClientCredentials { client_secret, .. } => push(Some(client_secret)),
         SourceConfig::Oauth2(oauth2) => {
             push(oauth2.client_secret.as_ref());
             match &oauth2.grant {

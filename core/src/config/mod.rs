@@ -5,7 +5,7 @@
 //! {
 //!   "key": "reports",
 //!   "source": {
-//!     "type": "oauth2_client_credentials",
+//!     "type": "oauth2",
 //!     "token_url": "https://idp.example/oauth/token",
 //!     "client_id": "reports",
 //!     "client_secret": { "env": "REPORTS_CLIENT_SECRET" },
@@ -59,25 +59,10 @@ pub struct ManagerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
-    /// OAuth2 client credentials (RFC 6749 §4.4), refresh when issued, RFC 7009 revocation.
-    Oauth2ClientCredentials {
-        /// Token endpoint (HTTPS unless loopback).
-        token_url: String,
-        /// Client id.
-        client_id: String,
-        /// Client secret.
-        client_secret: SecretValue,
-        /// Requested scopes.
-        #[serde(default)]
-        scopes: Vec<String>,
-        /// `basic` (default) or `post`.
-        #[serde(default)]
-        client_auth: ClientAuthConfig,
-        /// Revocation endpoint.
-        #[serde(default)]
-        revocation_url: Option<String>,
-    },
-    /// OAuth2 with any grant, fixed endpoints or OIDC discovery.
+    /// OAuth2 with any grant (client credentials by default), fixed endpoints or OIDC
+    /// discovery, refresh tokens when issued, RFC 7009 revocation. `oauth2_client_credentials`
+    /// is accepted as an older name of the same shape.
+    #[serde(alias = "oauth2_client_credentials")]
     Oauth2(Box<OAuth2Config>),
     /// A declarative HTTP session login (see [`crate::source::session`]).
     SessionLogin {
@@ -109,7 +94,8 @@ pub struct OAuth2Config {
     /// Client secret (omit for public clients).
     #[serde(default)]
     pub client_secret: Option<SecretValue>,
-    /// The primary grant.
+    /// The primary grant (default: client credentials).
+    #[serde(default)]
     pub grant: GrantConfig,
     /// Requested scopes.
     #[serde(default)]
@@ -139,10 +125,11 @@ pub struct OAuth2Config {
 }
 
 /// The primary grant of an `oauth2` source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum GrantConfig {
     /// `client_credentials`.
+    #[default]
     ClientCredentials,
     /// `password` (legacy auth type "password").
     Password {
@@ -631,28 +618,6 @@ impl SourceConfig {
             ClientAuthConfig::Post => ClientAuth::Post,
         };
         match self {
-            SourceConfig::Oauth2ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-                scopes,
-                client_auth,
-                revocation_url,
-            } => {
-                let secret = client_secret.resolve("source.client_secret")?;
-                let mut source = OAuth2Source::new(token_url, client_id.clone(), secret)?
-                    .scopes(scopes.iter().cloned())
-                    .client_auth(to_auth(client_auth));
-                if let Some(url) = revocation_url {
-                    source = source.revocation_url(url)?;
-                }
-                let key = format!("client:{client_id}:{}", scopes.join(" "));
-                Ok(BuiltSource {
-                    source: Arc::new(source),
-                    authorizer: Arc::new(BearerAuthorizer),
-                    default_key: key,
-                })
-            }
             SourceConfig::Oauth2(oauth2) => {
                 let OAuth2Config {
                     token_url,
@@ -1023,6 +988,32 @@ mod tests {
     }
 
     #[test]
+    fn client_credentials_have_one_shape_and_the_old_name_is_an_alias() {
+        let shape = |type_name: &str, grant: &str| {
+            format!(
+                r#"{{"source": {{"type": "{type_name}", "token_url": "http://127.0.0.1:1/t",
+                    "client_id": "c", "client_secret": "s", "scopes": ["a", "b"]{grant}}}}}"#
+            )
+        };
+        let keys: Vec<String> = [
+            shape("oauth2", ""),
+            shape("oauth2", r#", "grant": {"type": "client_credentials"}"#),
+            shape("oauth2_client_credentials", ""),
+        ]
+        .iter()
+        .map(|json| {
+            let config = ManagerConfig::from_json(json).unwrap();
+            let SourceConfig::Oauth2(oauth2) = &config.source else {
+                panic!("{config:?}");
+            };
+            assert!(matches!(oauth2.grant, GrantConfig::ClientCredentials));
+            config.source.build().unwrap().default_key
+        })
+        .collect();
+        assert!(keys.iter().all(|key| key == "client:c:a b"), "{keys:?}");
+    }
+
+    #[test]
     fn unknown_and_missing_fields_are_named() {
         let err =
             ManagerConfig::from_json(&JSON.replace("\"scopes\"", "\"scope_list\"")).unwrap_err();
@@ -1036,7 +1027,12 @@ mod tests {
         assert!(err.message().contains("missing field `client_id`"), "{err}");
         let err = ManagerConfig::from_toml("[source]\ntype = \"oauth2_client_credentials\"\n")
             .unwrap_err();
-        assert!(err.message().contains("missing field `token_url`"), "{err}");
+        assert!(err.message().contains("missing field `client_id`"), "{err}");
+        let config = ManagerConfig::from_toml("[source]\ntype = \"oauth2\"\nclient_id = \"c\"\n")
+            .expect("parses: the endpoint can come from `token_url` or `issuer`");
+        let err = config.source.build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.message().contains("`token_url` and `issuer`"), "{err}");
         let err = ManagerConfig::from_json(&JSON.replace("5000", "-1")).unwrap_err();
         assert!(
             err.message().starts_with("config.policy.waiter_timeout_ms"),
@@ -1267,10 +1263,10 @@ mod tests {
              client_id = \"c\"\nclient_secret = { file = \"/p\" }\n",
         )
         .unwrap();
-        let SourceConfig::Oauth2ClientCredentials { client_secret, .. } = &toml.source else {
+        let SourceConfig::Oauth2(oauth2) = &toml.source else {
             panic!("{toml:?}");
         };
-        assert!(matches!(client_secret, SecretValue::File { file } if file == "/p"));
+        assert!(matches!(&oauth2.client_secret, Some(SecretValue::File { file }) if file == "/p"));
     }
 
     #[test]
@@ -1291,7 +1287,7 @@ mod tests {
         assert!(!err.to_string().contains(secret), "{err}");
         assert!(
             err.message().starts_with(
-                "config.source.type: unknown variant (value not shown), expected one of `oauth2_client_credentials`"
+                "config.source.type: unknown variant (value not shown), expected one of `oauth2`"
             ),
             "{err}"
         );

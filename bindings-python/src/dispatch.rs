@@ -1,10 +1,10 @@
 //! The dispatcher thread: `token_async` completions, `flush_events` and the stop flag set at
 //! interpreter exit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
@@ -23,7 +23,42 @@ pub(crate) enum Job {
     Flush(mpsc::Sender<()>),
 }
 
-pub(crate) static STOPPED: AtomicBool = AtomicBool::new(false);
+/// Set at interpreter exit (`_shutdown`, an `atexit` handler): from then on no thread of
+/// this binding takes the GIL.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+/// Threads Python did not start (core's event thread and blocking pool, the dispatcher)
+/// that are taking or holding the GIL through [`attach_unless_stopped`].
+static ATTACHED: AtomicUsize = AtomicUsize::new(0);
+/// How long `_shutdown` waits for those threads.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs `f` with the GIL on a thread Python did not start, or returns `None` without
+/// touching Python once the interpreter is shutting down.
+///
+/// CPython 3.11-3.13 end a thread that waits for the GIL after finalization has begun
+/// (`pthread_exit`), which aborts the process when it unwinds through Rust frames. So
+/// `_shutdown` sets `STOPPED` and then waits, GIL released, until no thread is inside
+/// here: a thread that entered before sees its call through, one that enters after sees
+/// `STOPPED` (both use `SeqCst`, so one of the two always sees the other).
+pub(crate) fn attach_unless_stopped<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            ATTACHED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    ATTACHED.fetch_add(1, Ordering::SeqCst);
+    let _leave = Leave;
+    if STOPPED.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(Python::attach(f))
+}
+
+/// Whether the interpreter is shutting down (`_shutdown` was called).
+pub(crate) fn stopped() -> bool {
+    STOPPED.load(Ordering::SeqCst)
+}
 
 fn dispatcher() -> &'static Mutex<mpsc::Sender<Job>> {
     static SENDER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
@@ -38,7 +73,7 @@ fn dispatcher() -> &'static Mutex<mpsc::Sender<Job>> {
 }
 
 pub(crate) fn dispatch(job: Job) {
-    if STOPPED.load(Ordering::SeqCst) {
+    if stopped() {
         return;
     }
     let _ = dispatcher().lock().send(job);
@@ -46,19 +81,19 @@ pub(crate) fn dispatch(job: Job) {
 
 fn dispatch_loop(receiver: &mpsc::Receiver<Job>) {
     while let Ok(first) = receiver.recv() {
-        if STOPPED.load(Ordering::SeqCst) {
-            // The interpreter is shutting down: drop jobs without touching Python.
-            std::mem::forget(first);
-            continue;
-        }
-        Python::attach(|py| {
+        let mut first = Some(first);
+        attach_unless_stopped(|py| {
             // Everything queued meanwhile is handled under this one GIL acquisition.
-            let mut next = Some(first);
+            let mut next = first.take();
             while let Some(job) = next.take() {
                 run_job(py, job);
                 next = receiver.try_recv().ok();
             }
         });
+        if let Some(job) = first {
+            // The interpreter is shutting down: drop jobs without touching Python.
+            std::mem::forget(job);
+        }
     }
 }
 
@@ -103,8 +138,15 @@ pub(crate) fn flush_events(py: Python<'_>) {
     });
 }
 
-/// Stops delivering events (called at interpreter exit).
+/// Stops delivering events and calling Python from other threads (called at interpreter
+/// exit), then waits (GIL released, at most `SHUTDOWN_WAIT`) for the calls under way.
 #[pyfunction]
-pub(crate) fn _shutdown() {
+pub(crate) fn _shutdown(py: Python<'_>) {
     STOPPED.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while ATTACHED.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
 }

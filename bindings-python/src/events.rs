@@ -1,14 +1,13 @@
 //! Events: core events as dicts for the Python listener (the `tokenlease` package turns them
 //! into log records and calls the user's listener).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokenlease::{Event, EventListener, RefreshReason};
 
-use crate::dispatch::STOPPED;
+use crate::dispatch::attach_unless_stopped;
 use crate::token::unix_seconds;
 
 fn reason_name(reason: RefreshReason) -> &'static str {
@@ -94,10 +93,7 @@ impl EventListener for PyListener {
     fn on_event(&self, key: &str, event: &Event) {
         // Core calls listeners on its event thread, never on the refresh thread, so taking
         // the GIL here cannot stall a refresh; core's bounded queue absorbs a slow callback.
-        if STOPPED.load(Ordering::SeqCst) {
-            return;
-        }
-        Python::attach(|py| {
+        attach_unless_stopped(|py| {
             let result =
                 event_dict(py, event).and_then(|dict| self.callback.bind(py).call1((key, dict)));
             if let Err(err) = result {

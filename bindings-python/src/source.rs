@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use tokenlease::{BlockingSource, ErrorKind, FetchedToken, Lifetime, SecretString, Token};
 
+use crate::dispatch::attach_unless_stopped;
 use crate::errors::callback_error;
 
 /// Runs `fetch()`'s result to completion if it is a coroutine (`async def fetch`), on a
@@ -101,7 +102,7 @@ impl PySource {
         method: &str,
         arg: Option<&SecretString>,
     ) -> tokenlease::Result<FetchedToken> {
-        Python::attach(|py| {
+        attach_unless_stopped(|py| {
             let object = self.object.bind(py);
             let result = match arg {
                 Some(arg) => object.call_method1(method, (arg.expose(),)),
@@ -112,10 +113,12 @@ impl PySource {
                 .and_then(|value| fetched_from_py(&value))
                 .map_err(|err| callback_error(py, err, "source", ErrorKind::Internal))
         })
+        .unwrap_or_else(|| Err(interpreter_exiting()))
     }
 
     fn has(&self, method: &str) -> bool {
-        Python::attach(|py| self.object.bind(py).hasattr(method).unwrap_or(false))
+        attach_unless_stopped(|py| self.object.bind(py).hasattr(method).unwrap_or(false))
+            .unwrap_or(false)
     }
 }
 
@@ -133,7 +136,7 @@ impl BlockingSource for PySource {
     }
 
     fn revoke(&self, token: &Token) -> tokenlease::Result<()> {
-        Python::attach(|py| {
+        attach_unless_stopped(|py| {
             let object = self.object.bind(py);
             if !object.hasattr("revoke").unwrap_or(false) {
                 return Ok(());
@@ -144,5 +147,11 @@ impl BlockingSource for PySource {
                 .map(drop)
                 .map_err(|err| callback_error(py, err, "source", ErrorKind::Internal))
         })
+        .unwrap_or_else(|| Err(interpreter_exiting()))
     }
+}
+
+/// What a Python callback "returns" once the interpreter is shutting down (it is not called).
+pub(crate) fn interpreter_exiting() -> tokenlease::Error {
+    tokenlease::Error::new(ErrorKind::Closed, "the Python interpreter is shutting down")
 }

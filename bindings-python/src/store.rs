@@ -7,8 +7,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use tokenlease::{BlockingStore, ErrorKind, TokenRecord};
 
+use crate::dispatch::attach_unless_stopped;
 use crate::errors::callback_error;
-use crate::source::resolve_awaitable;
+use crate::source::{interpreter_exiting, resolve_awaitable};
 
 /// A Python object with `load(key) -> str | None`, `save(key, record_json)`, `delete(key)`.
 /// Records are the JSON of core's `TokenRecord`.
@@ -28,13 +29,14 @@ impl PyStore {
         method: &str,
         args: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyTuple>>,
     ) -> tokenlease::Result<Option<String>> {
-        Python::attach(|py| {
+        attach_unless_stopped(|py| {
             args(py)
                 .and_then(|args| self.object.bind(py).call_method1(method, args))
                 .and_then(|value| resolve_awaitable(py, value))
                 .and_then(|value| value.extract::<Option<String>>())
                 .map_err(|err| callback_error(py, err, "store", ErrorKind::Store))
         })
+        .unwrap_or_else(|| Err(interpreter_exiting()))
     }
 }
 

@@ -9,12 +9,14 @@
 //! completions on one dispatcher thread, so the background runtime thread never waits for
 //! the GIL.
 //!
-//! The public, documented API is the pure-Python package `tokenlease`.
+//! The public, documented API is the package `tokenlease`, whose `Manager` is this module's
+//! native `Manager` class (shown as `tokenlease.Manager`), so a cached `token()` is one
+//! native call; the rest of the package is typed Python.
 //!
 //! Modules, by concept: `errors` (exceptions both ways), `token` (tokens and times as Python
 //! values), `source` and `store` (Python callbacks as core's blocking source and store),
 //! `events` (events as dicts for the listener), `dispatch` (the completion thread,
-//! `flush_events`, shutdown), `manager` (the native manager) and `http` (core's HTTP
+//! `flush_events`, shutdown), `manager` (the public `Manager` class) and `http` (core's HTTP
 //! decisions for the adapters).
 
 mod dispatch;
@@ -31,7 +33,7 @@ use pyo3::prelude::*;
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    module.add_class::<manager::NativeManager>()?;
+    module.add_class::<manager::Manager>()?;
     module.add_class::<manager::AsyncCall>()?;
     module.add_function(wrap_pyfunction!(errors::_register_errors, module)?)?;
     module.add_function(wrap_pyfunction!(dispatch::flush_events, module)?)?;

@@ -21,6 +21,7 @@ mod boundary;
 mod events;
 mod manager;
 mod result;
+mod result_text;
 mod source;
 mod store;
 mod token;

@@ -1,10 +1,9 @@
-//! The stable result codes.
+//! The stable result codes: the `tl_result` type, at the bottom of the crate (it uses no
+//! other module; `boundary` and every export use it). Its C functions are in `result_text`.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::CStr;
 
 use tl_core::ErrorKind;
-
-use crate::boundary::{copy_out, ffi_boundary, ffi_boundary_or};
 
 /// The result of a tokenlease C function. Stable numbers: never renumbered, only appended.
 ///
@@ -102,7 +101,7 @@ impl tl_result {
         ErrorKind::from_code(self as u32)
     }
 
-    fn name(self) -> &'static CStr {
+    pub(crate) fn name(self) -> &'static CStr {
         match self {
             tl_result::TL_OK => c"TL_OK",
             tl_result::TL_INVALID_CREDENTIALS => c"TL_INVALID_CREDENTIALS",
@@ -127,7 +126,7 @@ impl tl_result {
         }
     }
 
-    fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             tl_result::TL_OK => "success",
             tl_result::TL_INVALID_CREDENTIALS => "the client credentials were rejected",
@@ -151,61 +150,6 @@ impl tl_result {
             tl_result::TL_INVALID_ARGUMENT => "an argument had an invalid value",
         }
     }
-}
-
-/// The symbolic name of a result code (`"TL_TRANSIENT"`), or `"TL_UNKNOWN"` for a number
-/// that is not a `tl_result`.
-///
-/// Ownership: the returned string is static; never free it. Thread-safety: callable from
-/// any thread.
-#[no_mangle]
-pub extern "C" fn tl_result_name(code: u32) -> *const c_char {
-    ffi_boundary_or(std::ptr::null(), || {
-        tl_result::from_code(code)
-            .map_or(c"TL_UNKNOWN", tl_result::name)
-            .as_ptr()
-    })
-}
-
-/// Copies a description of a result code into `buf`, e.g.
-/// `"TL_TRANSIENT (transient): a temporary failure; retried with backoff"`.
-///
-/// `buf` receives at most `len` bytes, always NUL-terminated; `*written` receives the text
-/// length (without the terminator), or with `TL_BUFFER_TOO_SMALL` the needed buffer size
-/// (terminator included). `buf` may be NULL when `len` is 0 (a size query).
-/// Returns `TL_INVALID_ARGUMENT` (and writes nothing) when `code` is not a `tl_result`.
-///
-/// Ownership: the caller owns `buf`; nothing is retained. Thread-safety: callable from any
-/// thread.
-///
-/// # Safety
-/// `buf` must be NULL or writable for `len` bytes; `written` must be writable.
-#[no_mangle]
-pub unsafe extern "C" fn tl_result_message(
-    code: u32,
-    buf: *mut c_char,
-    len: usize,
-    written: *mut usize,
-) -> tl_result {
-    ffi_boundary(|| {
-        let Some(result) = tl_result::from_code(code) else {
-            return if written.is_null() {
-                tl_result::TL_NULL_ARGUMENT
-            } else {
-                tl_result::TL_INVALID_ARGUMENT
-            };
-        };
-        let name = result.name().to_str().unwrap_or_default();
-        let text = match result.kind() {
-            Some(kind) => format!("{name} ({kind}): {}", result.description()),
-            None => format!("{name}: {}", result.description()),
-        };
-        // SAFETY: the caller guarantees `buf`/`len` and `written` per this function's contract.
-        match unsafe { copy_out(text.as_bytes(), buf, len, written) } {
-            Ok(()) => tl_result::TL_OK,
-            Err(failure) => failure.code,
-        }
-    })
 }
 
 #[cfg(test)]

@@ -1,18 +1,19 @@
-"""The public ``Manager``: a thin conversion layer over core's ``Manager``.
+"""The public ``Manager`` (a native class) and the Python pieces around it.
 
 Refresh, retry, caching and scheduling all happen in the Rust core, on its one background
-runtime; this module converts arguments, results, events and errors.
+runtime. ``Manager`` itself is native (``tokenlease._native.Manager``, shown as
+``tokenlease.Manager``), so reading a cached token costs one native call; this module holds
+the dataclasses and protocols of the API and the few functions the native class calls for
+what is simpler in Python (event logging, datetimes, the coroutines of ``token_async``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import (
     Any,
     Callable,
@@ -22,13 +23,13 @@ from typing import (
     Optional,
     Protocol,
     Tuple,
-    Type,
     Union,
     runtime_checkable,
 )
 
 from . import _errors  # noqa: F401  (registers the exception classes with the native module)
 from . import _native
+from ._native import Manager
 
 __all__ = [
     "Manager",
@@ -170,171 +171,73 @@ def _info(raw: Tuple[str, str, float, int]) -> TokenInfo:
     return TokenInfo(value, token_type, datetime.fromtimestamp(expires_at, tz=timezone.utc), generation)
 
 
-class Manager:
-    """Gets, caches and refreshes the token of one credential.
+# ``Manager`` is the native class (``tokenlease._native``, shown as ``tokenlease.Manager``),
+# so a cached ``token()`` is one native call with no Python frame in between. The functions
+# below are what stays in Python; the native class calls them (never on the cached path).
 
-    Thread-safe; share one per credential. ``token()`` on a fresh token is a lock-free
-    read; otherwise it waits (GIL released) for the single shared refresh.
-    """
 
-    __slots__ = ("_native", "__weakref__")
+def _status(raw: Dict[str, Any]) -> Status:
+    return Status(
+        state=raw["state"],
+        generation=raw["generation"],
+        expires_at=_utc(raw["expires_at"]),
+        last_refresh=_utc(raw["last_refresh"]),
+        last_error_kind=raw["last_error_kind"],
+        last_error_message=raw["last_error_message"],
+        refreshing=raw["refreshing"],
+        counters=dict(raw["counters"]),
+    )
 
-    def __init__(
-        self,
-        source: Source,
-        *,
-        store: Optional[Store] = None,
-        listener: Optional[EventListener] = None,
-        key: str = "default",
-        policy: Optional[Mapping[str, Any]] = None,
-    ) -> None:
-        """A manager around a Python ``source`` (and optional ``store``, ``listener``).
 
-        ``policy`` takes the same fields as the ``policy`` section of the configuration
-        (e.g. ``{"waiter_timeout_ms": 5000}``).
-        """
-        if not hasattr(source, "fetch"):
-            raise TypeError("source must have a fetch() method")
-        if store is not None and not all(hasattr(store, m) for m in ("load", "save", "delete")):
-            raise TypeError("store must have load(), save() and delete() methods")
-        policy_json = None if policy is None else json.dumps(dict(policy))
-        self._native = _native.NativeManager.with_source(source, store, key, policy_json)
-        self._native.add_listener(_event_handler(listener))
+async def _token_async(manager: Manager) -> str:
+    value = manager._cached_token()
+    if value is not None:
+        return value
+    result: str = await _await_native(manager, False)
+    return result
 
-    @classmethod
-    def from_config(
-        cls,
-        config: Union[str, Mapping[str, Any]],
-        *,
-        listener: Optional[EventListener] = None,
-    ) -> "Manager":
-        """A manager from the configuration every language uses (a dict, JSON or TOML)."""
-        text = config if isinstance(config, str) else json.dumps(dict(config))
-        self = cls.__new__(cls)
-        self._native = _native.NativeManager.from_config(text)
-        self._native.add_listener(_event_handler(listener))
-        return self
 
-    @property
-    def key(self) -> str:
-        """The store key of this manager."""
-        return self._native.key
+async def _token_info_async(manager: Manager) -> TokenInfo:
+    raw = manager._cached_token_info()
+    if raw is not None:
+        return _info(raw)
+    return _info(await _await_native(manager, True))
 
-    def token(self) -> str:
-        """A valid token value (waits, GIL released, for the shared refresh when needed)."""
-        return self._native.token()
 
-    def token_info(self) -> TokenInfo:
-        """The token with its type, expiry and generation."""
-        return _info(self._native.token_info())
+async def _await_native(manager: Manager, info: bool) -> Any:
+    loop = asyncio.get_running_loop()
+    future: "asyncio.Future[Any]" = loop.create_future()
 
-    async def token_async(self) -> str:
-        """Like ``token()``, without ever blocking the event loop. Cancellable."""
-        value = self._native.cached_token()
-        if value is not None:
-            return value
-        result: str = await self._await_native(False)
-        return result
+    def settle(value: Any, error: Optional[BaseException]) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
-    async def token_info_async(self) -> TokenInfo:
-        """Like ``token_info()``, without ever blocking the event loop. Cancellable."""
-        raw = self._native.cached_token_info()
-        if raw is not None:
-            return _info(raw)
-        return _info(await self._await_native(True))
-
-    async def _await_native(self, info: bool) -> Any:
-        loop = asyncio.get_running_loop()
-        future: "asyncio.Future[Any]" = loop.create_future()
-
-        def settle(value: Any, error: Optional[BaseException]) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
-
-        def deliver(value: Any, error: Optional[BaseException]) -> None:
-            # Runs on tokenlease's dispatcher thread (completions).
-            try:
-                loop.call_soon_threadsafe(settle, value, error)
-            except RuntimeError:
-                pass  # the loop is closed; nobody is waiting any more
-
-        call = self._native.token_start(deliver, info)
+    def deliver(value: Any, error: Optional[BaseException]) -> None:
+        # Runs on tokenlease's dispatcher thread (completions).
         try:
-            return await future
-        except asyncio.CancelledError:
-            # Stop waiting; the shared refresh (if any) carries on for everyone else.
-            call.cancel()
-            raise
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:
+            pass  # the loop is closed; nobody is waiting any more
 
-    def invalidate(self, token: Union[str, int, TokenInfo]) -> bool:
-        """Discards the cached token if it is still ``token`` (a value, a generation or a
-        ``TokenInfo``). A late rejection of an older token never discards a newer one."""
-        if isinstance(token, TokenInfo):
-            return self._native.invalidate_generation(token.generation)
-        if isinstance(token, bool):
-            raise TypeError("invalidate() takes a token value, a generation or a TokenInfo")
-        if isinstance(token, int):
-            return self._native.invalidate_generation(token)
-        if isinstance(token, str):
-            return self._native.invalidate_value(token)
-        raise TypeError("invalidate() takes a token value, a generation or a TokenInfo")
+    call = manager._token_start(deliver, info)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        # Stop waiting; the shared refresh (if any) carries on for everyone else.
+        call.cancel()
+        raise
 
-    def revoke(self) -> None:
-        """Logs out: revokes at the source, clears memory and store."""
-        self._native.revoke()
 
-    def status(self) -> Status:
-        """State, expiry, generation, last error and counters."""
-        raw = self._native.status()
-        return Status(
-            state=raw["state"],
-            generation=raw["generation"],
-            expires_at=_utc(raw["expires_at"]),
-            last_refresh=_utc(raw["last_refresh"]),
-            last_error_kind=raw["last_error_kind"],
-            last_error_message=raw["last_error_message"],
-            refreshing=raw["refreshing"],
-            counters=dict(raw["counters"]),
-        )
+async def _aenter(manager: Manager) -> Manager:
+    return manager
 
-    def close(self) -> None:
-        """Cancels background refreshes and drops the cached token; later calls raise
-        ``ClosedError``."""
-        self._native.close()
 
-    @property
-    def closed(self) -> bool:
-        """Whether ``close()`` was called."""
-        return self._native.closed
-
-    def __enter__(self) -> "Manager":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "Manager":
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Manager(key={self.key!r}, state={self._native.status()['state']!r})"
+async def _aexit(manager: Manager) -> None:
+    manager.close()
 
 
 def flush_events() -> None:

@@ -1,11 +1,19 @@
-"""Type stubs of the compiled module ``tokenlease._native`` (internal; use ``tokenlease``)."""
+"""Type stubs of the compiled module ``tokenlease._native``.
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, final
+``Manager`` is public (re-exported as ``tokenlease.Manager``); everything else here is
+internal: use ``tokenlease``.
+"""
+
+from types import TracebackType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union, final
+
+from typing_extensions import disjoint_base
 
 from ._errors import TokenleaseError
+from ._manager import EventListener, Source, Status, Store, TokenInfo
 
 __all__ = [
-    "NativeManager",
+    "Manager",
     "AsyncCall",
     "_register_errors",
     "flush_events",
@@ -23,31 +31,80 @@ _TokenTuple = Tuple[str, str, float, int]
 class AsyncCall:
     def cancel(self) -> None: ...
 
-@final
-class NativeManager:
-    @staticmethod
-    def from_config(text: str) -> NativeManager: ...
-    @staticmethod
-    def with_source(
-        source: Any, store: Optional[Any], key: str, policy_json: Optional[str]
-    ) -> NativeManager: ...
-    def add_listener(self, callback: Callable[[str, Dict[str, Any]], None]) -> None: ...
+@disjoint_base
+class Manager:
+    """Gets, caches and refreshes the token of one credential.
+
+    Thread-safe; share one per credential. ``token()`` on a fresh token is a lock-free
+    read; otherwise it waits (GIL released) for the single shared refresh.
+    """
+
+    def __new__(
+        cls,
+        source: Source,
+        *,
+        store: Optional[Store] = None,
+        listener: Optional[EventListener] = None,
+        key: str = "default",
+        policy: Optional[Mapping[str, Any]] = None,
+    ) -> Manager:
+        """A manager around a Python ``source`` (and optional ``store``, ``listener``).
+
+        ``policy`` takes the same fields as the ``policy`` section of the configuration
+        (e.g. ``{"waiter_timeout_ms": 5000}``).
+        """
+    @classmethod
+    def from_config(
+        cls,
+        config: Union[str, Mapping[str, Any]],
+        *,
+        listener: Optional[EventListener] = None,
+    ) -> Manager:
+        """A manager from the configuration every language uses (a dict, JSON or TOML)."""
     @property
-    def key(self) -> str: ...
-    def token(self) -> str: ...
-    def token_info(self) -> _TokenTuple: ...
-    def cached_token(self) -> Optional[str]: ...
-    def cached_token_info(self) -> Optional[_TokenTuple]: ...
-    def token_start(
+    def key(self) -> str:
+        """The store key of this manager."""
+    def token(self) -> str:
+        """A valid token value (waits, GIL released, for the shared refresh when needed)."""
+    def token_info(self) -> TokenInfo:
+        """The token with its type, expiry and generation."""
+    async def token_async(self) -> str:
+        """Like ``token()``, without ever blocking the event loop. Cancellable."""
+    async def token_info_async(self) -> TokenInfo:
+        """Like ``token_info()``, without ever blocking the event loop. Cancellable."""
+    def invalidate(self, token: Union[str, int, TokenInfo]) -> bool:
+        """Discards the cached token if it is still ``token`` (a value, a generation or a
+        ``TokenInfo``). A late rejection of an older token never discards a newer one."""
+    def revoke(self) -> None:
+        """Logs out: revokes at the source, clears memory and store."""
+    def status(self) -> Status:
+        """State, expiry, generation, last error and counters."""
+    def close(self) -> None:
+        """Cancels background refreshes and drops the cached token; later calls raise
+        ``ClosedError``."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    def __enter__(self) -> Manager: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None: ...
+    async def __aenter__(self) -> Manager: ...
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None: ...
+    # Internal, for tokenlease._manager (token_async).
+    def _cached_token(self) -> Optional[str]: ...
+    def _cached_token_info(self) -> Optional[_TokenTuple]: ...
+    def _token_start(
         self, callback: Callable[[Any, Optional[BaseException]], None], info: bool = False
     ) -> AsyncCall: ...
-    def invalidate_generation(self, generation: int) -> bool: ...
-    def invalidate_value(self, value: str) -> bool: ...
-    def revoke(self) -> None: ...
-    def close(self) -> None: ...
-    @property
-    def closed(self) -> bool: ...
-    def status(self) -> Dict[str, Any]: ...
 
 def _register_errors(
     base: Type[TokenleaseError], classes: Dict[int, Type[TokenleaseError]]

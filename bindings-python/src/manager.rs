@@ -1,0 +1,392 @@
+//! `tokenlease.Manager`: the public manager class, native (a core `Manager`), so a cached
+//! `token()` is one native method call with no Python frame in between. What has to stay in
+//! Python (the dataclasses, the logging event handler, the coroutines of `token_async`) are
+//! thin functions of `tokenlease/_manager.py`, looked up when first needed.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
+use tokenlease::{BlockingSourceAdapter, BlockingStoreAdapter, ErrorKind};
+
+use crate::dispatch::{dispatch, Job};
+use crate::errors::{config_error, to_pyerr};
+use crate::events::PyListener;
+use crate::source::PySource;
+use crate::store::PyStore;
+use crate::token::{token_tuple, unix_seconds};
+
+/// The parts of `tokenlease/_manager.py` this class calls, looked up once (that module
+/// imports this one, so they are found when first needed rather than at import).
+macro_rules! python_part {
+    ($py:expr, $name:literal) => {{
+        static PART: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        PART.get_or_try_init($py, || -> PyResult<Py<PyAny>> {
+            Ok($py.import("tokenlease._manager")?.getattr($name)?.unbind())
+        })
+        .map(|part| part.bind($py))
+    }};
+}
+
+/// `json.dumps(dict(value))`.
+fn json_text(py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let dict = py.get_type::<PyDict>().call1((value,))?;
+    py.import("json")?
+        .getattr("dumps")?
+        .call1((dict,))?
+        .extract()
+}
+
+/// Builds a core manager around a Python source (and optional Python store).
+fn build_with_source(
+    source: Py<PyAny>,
+    store: Option<Py<PyAny>>,
+    key: &str,
+    policy_json: Option<&str>,
+) -> PyResult<tokenlease::Manager> {
+    let mut builder =
+        tokenlease::Manager::builder(BlockingSourceAdapter::new(PySource { object: source }))
+            .key(key);
+    if let Some(policy_json) = policy_json {
+        let config: tokenlease::config::PolicyConfig =
+            serde_json::from_str(policy_json).map_err(|err| {
+                let text = err.to_string();
+                // Keep serde's structural messages only (they name fields, not values).
+                let detail = if text.starts_with("unknown field") {
+                    text.split(" at line ").next().unwrap_or("").to_owned()
+                } else {
+                    "invalid type or value".to_owned()
+                };
+                config_error(format!("policy: {detail}"))
+            })?;
+        let policy = config.to_policy().map_err(|err| to_pyerr(&err))?;
+        builder = builder.policy(policy);
+    }
+    if let Some(store) = store {
+        builder = builder.store(Arc::new(BlockingStoreAdapter::new(PyStore {
+            object: store,
+        })));
+    }
+    Ok(builder.build())
+}
+
+/// Sends every event of `manager` to `_manager._event_handler(listener)` (which logs it and
+/// calls `listener`) on core's event thread.
+fn add_event_handler(
+    py: Python<'_>,
+    manager: &tokenlease::Manager,
+    listener: Option<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let handler = python_part!(py, "_event_handler")?.call1((listener,))?;
+    manager.add_listener(Arc::new(PyListener {
+        callback: Arc::new(handler.unbind()),
+    }));
+    Ok(())
+}
+
+/// A core manager built by `from_config` on a subclass of `Manager`, handed to the
+/// subclass's `__new__` as its `source` (internal; never seen by users).
+#[pyclass(frozen, module = "tokenlease._native", name = "_Prebuilt")]
+struct Prebuilt {
+    inner: Mutex<Option<tokenlease::Manager>>,
+}
+
+/// Gets, caches and refreshes the token of one credential.
+///
+/// Thread-safe; share one per credential. ``token()`` on a fresh token is a lock-free
+/// read; otherwise it waits (GIL released) for the single shared refresh.
+///
+/// ``Manager(source, *, store=None, listener=None, key="default", policy=None)``: a manager
+/// around a Python ``source`` (and optional ``store``, ``listener``). ``policy`` takes the
+/// same fields as the ``policy`` section of the configuration (e.g.
+/// ``{"waiter_timeout_ms": 5000}``).
+#[pyclass(frozen, subclass, weakref, module = "tokenlease", name = "Manager")]
+pub(crate) struct Manager {
+    inner: tokenlease::Manager,
+}
+
+/// A running `token_async` call; `cancel()` stops waiting (the shared refresh goes on).
+#[pyclass(frozen, module = "tokenlease._native", name = "AsyncCall")]
+pub(crate) struct AsyncCall {
+    abort: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl AsyncCall {
+    fn cancel(&self) {
+        self.abort.abort();
+    }
+}
+
+#[pymethods]
+impl Manager {
+    #[new]
+    #[pyo3(signature = (source, *, store=None, listener=None, key="default", policy=None))]
+    fn new(
+        py: Python<'_>,
+        source: Bound<'_, PyAny>,
+        store: Option<Bound<'_, PyAny>>,
+        listener: Option<Bound<'_, PyAny>>,
+        key: &str,
+        policy: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        if let Ok(prebuilt) = source.cast::<Prebuilt>() {
+            if let Some(inner) = prebuilt.get().inner.lock().take() {
+                return Ok(Self { inner });
+            }
+        }
+        if !source.hasattr("fetch")? {
+            return Err(PyTypeError::new_err("source must have a fetch() method"));
+        }
+        if let Some(store) = &store {
+            for method in ["load", "save", "delete"] {
+                if !store.hasattr(method)? {
+                    return Err(PyTypeError::new_err(
+                        "store must have load(), save() and delete() methods",
+                    ));
+                }
+            }
+        }
+        let policy_json = policy.map(|policy| json_text(py, &policy)).transpose()?;
+        let inner = build_with_source(
+            source.unbind(),
+            store.map(Bound::unbind),
+            key,
+            policy_json.as_deref(),
+        )?;
+        add_event_handler(py, &inner, listener)?;
+        Ok(Self { inner })
+    }
+
+    /// A manager from the configuration every language uses (a dict, JSON or TOML).
+    #[classmethod]
+    #[pyo3(signature = (config, *, listener=None))]
+    fn from_config<'py>(
+        cls: &Bound<'py, PyType>,
+        config: &Bound<'py, PyAny>,
+        listener: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = cls.py();
+        let text = match config.cast::<PyString>() {
+            Ok(text) => text.to_cow()?.into_owned(),
+            Err(_) => json_text(py, config)?,
+        };
+        // Resolving `{"file": ...}` secrets reads the file system: release the GIL.
+        let inner = py
+            .detach(move || tokenlease::Manager::from_config(&text))
+            .map_err(|err| to_pyerr(&err))?;
+        add_event_handler(py, &inner, listener)?;
+        if cls.is(py.get_type::<Self>()) {
+            return Ok(Bound::new(py, Self { inner })?.into_any());
+        }
+        // A subclass: its own `__new__` makes the object (as `cls.__new__(cls)` did when
+        // `Manager` was a Python class; `__init__` is not called).
+        let prebuilt = Bound::new(
+            py,
+            Prebuilt {
+                inner: Mutex::new(Some(inner)),
+            },
+        )?;
+        cls.call_method1("__new__", (cls, prebuilt))
+    }
+
+    /// The store key of this manager.
+    #[getter]
+    fn key(&self) -> &str {
+        self.inner.key()
+    }
+
+    /// A valid token value (waits, GIL released, for the shared refresh when needed).
+    fn token<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+        // From the cache without releasing the GIL (a lock-free read).
+        if let Some(token) = self.inner.cached() {
+            return Ok(PyString::new(py, token.value().expose()));
+        }
+        let result = py.detach(|| self.inner.token_blocking().map(|token| token.into_arc()));
+        match result {
+            Ok(token) => Ok(PyString::new(py, token.value().expose())),
+            Err(err) => Err(to_pyerr(&err)),
+        }
+    }
+
+    /// The token with its type, expiry and generation.
+    fn token_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let raw = match self.inner.cached() {
+            Some(token) => token_tuple(py, &token)?,
+            None => {
+                let result =
+                    py.detach(|| self.inner.token_blocking().map(|token| token.into_arc()));
+                match result {
+                    Ok(token) => token_tuple(py, &token)?,
+                    Err(err) => return Err(to_pyerr(&err)),
+                }
+            }
+        };
+        python_part!(py, "_info")?.call1((raw,))
+    }
+
+    /// Like ``token()``, without ever blocking the event loop. Cancellable.
+    fn token_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_token_async")?.call1((slf,))
+    }
+
+    /// Like ``token_info()``, without ever blocking the event loop. Cancellable.
+    fn token_info_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_token_info_async")?.call1((slf,))
+    }
+
+    /// The cached value when it can be served without waiting, else `None`. Never blocks.
+    #[pyo3(name = "_cached_token")]
+    fn cached_token<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
+        self.inner
+            .cached()
+            .map(|token| PyString::new(py, token.value().expose()))
+    }
+
+    /// Like `_cached_token` but the `(value, token_type, expires_at_unix_s, generation)`
+    /// tuple.
+    #[pyo3(name = "_cached_token_info")]
+    fn cached_token_info<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.inner
+            .cached()
+            .map(|token| token_tuple(py, &token))
+            .transpose()
+    }
+
+    /// Starts getting a token on the background runtime; `callback(value, exc)` is called
+    /// on the dispatcher thread when done (value is the token tuple when `info`).
+    #[pyo3(name = "_token_start", signature = (callback, info=false))]
+    fn token_start(&self, callback: Py<PyAny>, info: bool) -> AsyncCall {
+        let manager = self.inner.clone();
+        let task = tokenlease::runtime::handle().spawn(async move {
+            let result = manager.token().await.map(|token| token.into_arc());
+            dispatch(Job::Complete {
+                callback,
+                result,
+                info,
+            });
+        });
+        AsyncCall {
+            abort: task.abort_handle(),
+        }
+    }
+
+    /// Discards the cached token if it is still ``token`` (a value, a generation or a
+    /// ``TokenInfo``). A late rejection of an older token never discards a newer one.
+    fn invalidate(&self, py: Python<'_>, token: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if token.is_instance(python_part!(py, "TokenInfo")?)? {
+            let generation: u64 = token.getattr("generation")?.extract()?;
+            return Ok(self.inner.invalidate_generation(generation));
+        }
+        if token.is_instance_of::<PyBool>() {
+            return Err(invalidate_type_error());
+        }
+        if token.is_instance_of::<PyInt>() {
+            return Ok(self.inner.invalidate_generation(token.extract()?));
+        }
+        if let Ok(value) = token.cast::<PyString>() {
+            return Ok(self.inner.invalidate_value(&value.to_cow()?));
+        }
+        Err(invalidate_type_error())
+    }
+
+    /// Logs out: revokes at the source, clears memory and store.
+    fn revoke(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.revoke_blocking())
+            .map_err(|err| to_pyerr(&err))
+    }
+
+    /// State, expiry, generation, last error and counters.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(py, "_status")?.call1((self.raw_status(py)?,))
+    }
+
+    /// Cancels background refreshes and drops the cached token; later calls raise
+    /// ``ClosedError``.
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) {
+        self.inner.close();
+    }
+
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_aenter")?.call1((slf,))
+    }
+
+    fn __aexit__<'py>(
+        slf: &Bound<'py, Self>,
+        _exc_type: &Bound<'py, PyAny>,
+        _exc: &Bound<'py, PyAny>,
+        _tb: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_aexit")?.call1((slf,))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let key = PyString::new(py, self.inner.key()).repr()?;
+        let state = PyString::new(py, self.inner.status().state.name()).repr()?;
+        Ok(format!("Manager(key={key}, state={state})"))
+    }
+}
+
+impl Manager {
+    /// A snapshot as a dict (times as Unix seconds), for `_manager._status`.
+    fn raw_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let status = self.inner.status();
+        let dict = PyDict::new(py);
+        dict.set_item("state", status.state.name())?;
+        dict.set_item("expires_at", status.expires_at.map(unix_seconds))?;
+        dict.set_item("generation", status.generation)?;
+        dict.set_item("last_refresh", status.last_refresh.map(unix_seconds))?;
+        dict.set_item(
+            "last_error_kind",
+            status.last_error_kind.map(ErrorKind::name),
+        )?;
+        dict.set_item("last_error_message", status.last_error_message)?;
+        dict.set_item("refreshing", status.refreshing)?;
+        let counters = PyDict::new(py);
+        let c = status.counters;
+        for (name, value) in [
+            ("fetches", c.fetches),
+            ("refreshes", c.refreshes),
+            ("failures", c.failures),
+            ("served_stale", c.served_stale),
+            ("waits", c.waits),
+            ("invalidations", c.invalidations),
+            ("store_loads", c.store_loads),
+            ("store_errors", c.store_errors),
+            ("keep_alives", c.keep_alives),
+            ("events_dropped", c.events_dropped),
+            ("store_timeouts", c.store_timeouts),
+            ("source_timeouts", c.source_timeouts),
+        ] {
+            counters.set_item(name, value)?;
+        }
+        dict.set_item("counters", counters)?;
+        Ok(dict)
+    }
+}
+
+fn invalidate_type_error() -> PyErr {
+    PyTypeError::new_err("invalidate() takes a token value, a generation or a TokenInfo")
+}

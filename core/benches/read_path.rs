@@ -60,6 +60,24 @@ fn fresh_read(c: &mut Criterion) {
     group.finish();
 }
 
+/// The two halves of a fresh read, timed alone: the lock-free load of the published token
+/// and the coarse clock reading.
+fn read_components(c: &mut Criterion) {
+    let mut group = c.benchmark_group("read_components");
+    let published = arc_swap::ArcSwapOption::from_pointee(String::from("bench-token"));
+    group.bench_function("arc_swap_load", |b| {
+        b.iter(|| {
+            let guard = published.load();
+            black_box(guard.as_deref().map(String::len));
+        })
+    });
+    let clock = tokenlease::clock::system_clock();
+    group.bench_function("coarse_clock_through_the_clock_trait", |b| {
+        b.iter(|| black_box(clock.coarse_now()))
+    });
+    group.finish();
+}
+
 /// Reads while a refresh is stuck in flight: the stale token is served without waiting.
 fn read_during_refresh(c: &mut Criterion) {
     let release = Arc::new(tokio::sync::Semaphore::new(1));
@@ -120,5 +138,5 @@ fn read_during_refresh(c: &mut Criterion) {
     release.add_permits(1);
 }
 
-criterion_group!(benches, fresh_read, read_during_refresh);
+criterion_group!(benches, fresh_read, read_components, read_during_refresh);
 criterion_main!(benches);

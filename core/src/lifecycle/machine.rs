@@ -20,6 +20,7 @@
 //! `Arc<Token>`, the checker a small value type.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::MonoTime;
@@ -190,8 +191,8 @@ pub struct StoredOffer<'a, V> {
 /// The per-key lifecycle state.
 #[derive(Debug, Clone)]
 pub struct Lifecycle<T: TokenHandle> {
-    key: String,
-    policy: Policy,
+    key: Arc<str>,
+    policy: Arc<Policy>,
     current: Option<T>,
     next_generation: u64,
     inflight: bool,
@@ -213,10 +214,10 @@ pub struct Lifecycle<T: TokenHandle> {
 
 impl<T: TokenHandle> Lifecycle<T> {
     /// An empty lifecycle for the token of `key` (named in error messages).
-    pub fn new(key: impl Into<String>, policy: Policy) -> Self {
+    pub fn new(key: impl Into<Arc<str>>, policy: impl Into<Arc<Policy>>) -> Self {
         Self {
             key: key.into(),
-            policy,
+            policy: policy.into(),
             current: None,
             next_generation: 0,
             inflight: false,

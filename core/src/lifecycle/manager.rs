@@ -147,21 +147,20 @@ impl ManagerBuilder {
     /// Builds the manager. Nothing is fetched until the first `token()` call.
     pub fn build(self) -> Manager {
         let clock = self.clock.unwrap_or_else(system_clock);
-        let key_for_machine = self.key.clone();
-        let policy_for_machine = self.policy.clone();
+        let event_key: Arc<str> = Arc::from(self.key.as_str());
+        let policy = shared_policy(self.policy);
         Manager {
             shared: Arc::new(Shared {
-                event_key: Arc::from(self.key.as_str()),
-                key: self.key,
+                key: event_key.clone(),
                 coarse_lag: clock.coarse_lag(),
                 current: ArcSwapOption::empty(),
                 clock,
                 source: self.source,
                 store: self.store,
-                policy: self.policy,
+                policy: policy.clone(),
                 listeners: ArcSwap::from_pointee(self.listeners),
                 state: Mutex::new(State {
-                    machine: Lifecycle::new(key_for_machine, policy_for_machine),
+                    machine: Lifecycle::new(event_key, policy),
                     flight: None,
                 }),
                 refreshing: AtomicBool::new(false),
@@ -180,9 +179,8 @@ impl ManagerBuilder {
 type Outcome = Result<Arc<Token>>;
 
 struct Shared {
-    key: String,
-    /// The key as events carry it (shared, not copied per event).
-    event_key: Arc<str>,
+    /// The store key, also as events carry it (shared, not copied per event).
+    key: Arc<str>,
     coarse_lag: Duration,
     /// The published token: the lock-free read path loads this and nothing else. It
     /// mirrors `state.machine.current()` and changes only under the state lock.
@@ -190,7 +188,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     source: Arc<dyn Source>,
     store: Option<Arc<dyn Store>>,
-    policy: Policy,
+    /// Shared with the machine (and, for the default policy, with every other manager).
+    policy: Arc<Policy>,
     listeners: ArcSwap<Vec<Arc<dyn EventListener>>>,
     state: Mutex<State>,
     /// Mirrors `machine.is_refreshing()` so a stale read can skip the mutex.
@@ -208,6 +207,18 @@ struct Shared {
     /// Held from an install's admission to its publication (across the store save), and
     /// by revoke while it clears the store, so a revoke comes before an install or after.
     install_lock: tokio::sync::Mutex<()>,
+}
+
+/// The policy as managers hold it: the default one is shared by every manager of the
+/// process (most use it), so an idle manager does not carry a copy.
+fn shared_policy(policy: Policy) -> Arc<Policy> {
+    static DEFAULT: OnceLock<Arc<Policy>> = OnceLock::new();
+    let default = DEFAULT.get_or_init(|| Arc::new(Policy::default()));
+    if policy == **default {
+        default.clone()
+    } else {
+        Arc::new(policy)
+    }
 }
 
 /// The decisions and the refresh in flight; never held across an await.
@@ -604,7 +615,7 @@ impl Shared {
         tracing::debug!(key = %self.key, event = ?event, "tokenlease event");
         events::deliver(
             &self.listeners.load_full(),
-            &self.event_key,
+            &self.key,
             event,
             &self.counters.events_dropped,
         );

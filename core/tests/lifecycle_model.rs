@@ -62,6 +62,9 @@ impl TokenHandle for Tok {
     fn refresh_token(&self) -> Option<&u8> {
         self.refresh.as_ref()
     }
+    fn obtained_at(&self) -> MonoTime {
+        at(self.issued)
+    }
     fn refresh_at(&self) -> MonoTime {
         at(self.issued + REFRESH_AFTER)
     }
@@ -712,6 +715,7 @@ fn flight_successors(world: &World, out: &mut Successors) -> Result<(), Violatio
                                 value: &record.value,
                                 refresh_token: record.refresh.as_ref(),
                                 mandatory_at,
+                                obtained_at: at(record.issued),
                             },
                             now,
                             |generation| Tok {

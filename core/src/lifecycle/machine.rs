@@ -38,6 +38,8 @@ pub trait TokenHandle: Clone {
     fn value(&self) -> &Self::Value;
     /// The refresh token that came with it, if any.
     fn refresh_token(&self) -> Option<&Self::Value>;
+    /// When the request that produced it was sent.
+    fn obtained_at(&self) -> MonoTime;
     /// From here a refresh (or keep-alive) starts in the background.
     fn refresh_at(&self) -> MonoTime;
     /// From here callers wait for a refresh.
@@ -186,6 +188,8 @@ pub struct StoredOffer<'a, V> {
     pub refresh_token: Option<&'a V>,
     /// Its mandatory point (computed as for a fresh token).
     pub mandatory_at: MonoTime,
+    /// When it was obtained.
+    pub obtained_at: MonoTime,
 }
 
 /// The per-key lifecycle state.
@@ -204,6 +208,9 @@ pub struct Lifecycle<T: TokenHandle> {
     refresh_token: Option<T::Value>,
     /// The value of the last invalidated token: never adopted back from a store.
     rejected_value: Option<T::Value>,
+    /// When the newest rejected token was obtained: a stored record that is not newer is
+    /// never adopted (an older token is no better than a newer one the server refused).
+    rejected_obtained_at: Option<MonoTime>,
     last_refresh: Option<SystemTime>,
     served_stale_generation: u64,
     expired_generation: u64,
@@ -227,6 +234,7 @@ impl<T: TokenHandle> Lifecycle<T> {
             last_failure_at: None,
             refresh_token: None,
             rejected_value: None,
+            rejected_obtained_at: None,
             last_refresh: None,
             served_stale_generation: 0,
             expired_generation: 0,
@@ -312,6 +320,7 @@ impl<T: TokenHandle> Lifecycle<T> {
         self.last_failure_at.hash(state);
         self.refresh_token.hash(state);
         self.rejected_value.hash(state);
+        self.rejected_obtained_at.hash(state);
         self.last_refresh.is_some().hash(state);
         self.served_stale_generation.hash(state);
         self.expired_generation.hash(state);
@@ -368,6 +377,8 @@ impl<T: TokenHandle> Lifecycle<T> {
                     .take_if(|token| token.generation() == generation)
                 {
                     self.rejected_value = Some(token.value().clone());
+                    self.rejected_obtained_at =
+                        self.rejected_obtained_at.max(Some(token.obtained_at()));
                     actions.push(Action::Unpublish);
                     actions.push(Action::CountInvalidation);
                     actions.push(Action::Emit(Event::Invalidated { generation }));
@@ -696,7 +707,8 @@ impl<T: TokenHandle> Lifecycle<T> {
     }
 
     /// Offers a record read from the store: adopted when it is news (not the current
-    /// token, not a rejected one) and before its mandatory point. A stored refresh token
+    /// token, not a rejected one nor obtained before the newest rejected one) and before
+    /// its mandatory point. A stored refresh token
     /// is kept even when its access token is too old: it is the latest rotation. `make`
     /// builds the token with the generation given here.
     pub fn offer_stored(
@@ -711,12 +723,18 @@ impl<T: TokenHandle> Lifecycle<T> {
             value,
             refresh_token,
             mandatory_at,
+            obtained_at,
         } = offer;
         let is_current = self
             .current
             .as_ref()
             .is_some_and(|token| token.value() == value);
-        let was_rejected = self.rejected_value.as_ref() == Some(value);
+        // Found by the model checker: with a failed save in between, the store can still
+        // hold a token older than the last rejected one, rejected itself earlier.
+        let was_rejected = self.rejected_value.as_ref() == Some(value)
+            || self
+                .rejected_obtained_at
+                .is_some_and(|rejected| obtained_at <= rejected);
         if is_current || was_rejected {
             return (Adoption::NotNews, None);
         }

@@ -243,6 +243,10 @@ impl TokenHandle for Arc<Token> {
         self.refresh_token.as_ref()
     }
 
+    fn obtained_at(&self) -> MonoTime {
+        self.obtained_at
+    }
+
     fn refresh_at(&self) -> MonoTime {
         Token::refresh_at(self)
     }
@@ -1331,6 +1335,7 @@ impl Shared {
                     value: &record.value,
                     refresh_token: record.refresh_token.as_ref(),
                     mandatory_at: windows.mandatory_at,
+                    obtained_at,
                 },
                 self.clock.now(),
                 make,

@@ -332,7 +332,7 @@ static void test_errors_keep_their_kind(void) {
              TL_CONFIGURATION);
     CHECK(none == NULL);
     CHECK_RC(tl_manager_last_error(NULL, detail, sizeof detail, &written), TL_OK);
-    CHECK(strstr(detail, "missing field `token_url`") != NULL);
+    CHECK(strstr(detail, "missing field `client_id`") != NULL);
     /* TOML works too. */
     char toml[1024];
     snprintf(toml, sizeof toml,

@@ -82,7 +82,7 @@ def test_expired_after_outage_keeps_the_transient_cause(server):
 def test_bad_config_is_configuration_error():
     with pytest.raises(tokenlease.ConfigurationError) as info:
         Manager.from_config({"source": {"type": "oauth2_client_credentials"}})
-    assert "token_url" in str(info.value)
+    assert "client_id" in str(info.value)
     with pytest.raises(tokenlease.ConfigurationError) as info:
         Manager.from_config({"source": {"type": "oauth2_client_credentials",
                                         "token_url": "http://idp.example/token",

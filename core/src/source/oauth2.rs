@@ -38,6 +38,7 @@ use crate::http::{
 };
 use crate::lifecycle::token::{FetchedToken, Token};
 use crate::secret::SecretString;
+use crate::source::authorization::{AuthorizationCode, AuthorizationRequest};
 use crate::source::Source;
 
 /// How the client authenticates at the token endpoint.
@@ -121,6 +122,7 @@ pub enum DiscoveryMode {
 struct Discovered {
     token: url::Url,
     revocation: Option<url::Url>,
+    authorization: Option<url::Url>,
     fetched_at: MonoTime,
 }
 
@@ -211,6 +213,7 @@ enum Endpoints {
     Fixed {
         token: url::Url,
         revocation: Option<url::Url>,
+        authorization: Option<url::Url>,
     },
     /// Found through discovery at `issuer` on first use (see the module docs).
     Discover {
@@ -223,7 +226,9 @@ enum Endpoints {
 impl fmt::Debug for Endpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoints::Fixed { token, revocation } => f
+            Endpoints::Fixed {
+                token, revocation, ..
+            } => f
                 .debug_struct("Fixed")
                 .field("token", &endpoint_name(token))
                 .field("revocation", &revocation.as_ref().map(endpoint_name))
@@ -241,6 +246,7 @@ impl fmt::Debug for Endpoints {
 struct Resolved {
     token: url::Url,
     revocation: Option<url::Url>,
+    authorization: Option<url::Url>,
     document: Option<Arc<Discovered>>,
 }
 
@@ -275,6 +281,7 @@ pub struct OAuth2Source {
     audience: Option<String>,
     resource: Option<String>,
     extra_params: Vec<(String, String)>,
+    authorization_params: Vec<(String, String)>,
 }
 
 impl fmt::Debug for OAuth2Source {
@@ -299,6 +306,8 @@ struct DiscoveryDocument {
     token_endpoint: String,
     #[serde(default)]
     revocation_endpoint: Option<String>,
+    #[serde(default)]
+    authorization_endpoint: Option<String>,
 }
 
 impl OAuth2Source {
@@ -313,6 +322,7 @@ impl OAuth2Source {
             endpoints: Endpoints::Fixed {
                 token: endpoint_url("token_url", token_url)?,
                 revocation: None,
+                authorization: None,
             },
             client_id: client_id.into(),
             client_secret: Some(client_secret.into()),
@@ -322,6 +332,7 @@ impl OAuth2Source {
             audience: None,
             resource: None,
             extra_params: Vec::new(),
+            authorization_params: Vec::new(),
         })
     }
 
@@ -404,6 +415,72 @@ impl OAuth2Source {
         self
     }
 
+    /// The authorization endpoint for interactive logins
+    /// ([`OAuth2Source::authorization_request`]); discovery finds it by itself.
+    pub fn authorization_url(mut self, url: &str) -> Result<Self> {
+        let authorization_url = endpoint_url("authorization_url", url)?;
+        match &mut self.endpoints {
+            Endpoints::Fixed { authorization, .. } => *authorization = Some(authorization_url),
+            Endpoints::Discover { .. } => {
+                return Err(Error::new(
+                    ErrorKind::Configuration,
+                    "authorization_url: set by discovery; don't configure both",
+                ))
+            }
+        }
+        Ok(self)
+    }
+
+    /// An extra parameter of authorization requests (e.g. `prompt=consent`,
+    /// `login_hint`). The protocol's own parameters cannot be overridden.
+    pub fn authorization_param(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.authorization_params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Starts an interactive login (authorization code with PKCE, RFC 7636 S256): the URL
+    /// to open in a browser, with a fresh `state`, `nonce` (when `openid` is asked for) and
+    /// code challenge. `redirect_uri` must be registered for the client (a loopback one
+    /// from [`crate::source::authorization::LoopbackRedirect`] for desktop apps and CLIs).
+    pub async fn authorization_request(&self, redirect_uri: &str) -> Result<AuthorizationRequest> {
+        let resolved = self.resolve(None).await?;
+        let endpoint = resolved.authorization.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Configuration,
+                "no authorization endpoint: configure authorization_url or use an issuer \
+                 whose discovery document names one",
+            )
+        })?;
+        AuthorizationRequest::new(
+            endpoint,
+            &self.client_id,
+            redirect_uri,
+            &self.scopes,
+            &self.authorization_params,
+        )
+    }
+
+    /// Redeems the code a login returned ([`AuthorizationRequest::code_from_redirect`])
+    /// with its PKCE verifier: the access token and, when the server issues one, the
+    /// refresh token. A code is redeemed once.
+    pub async fn exchange_code(
+        &self,
+        request: &AuthorizationRequest,
+        code: &AuthorizationCode,
+    ) -> Result<FetchedToken> {
+        let form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.expose()),
+            ("redirect_uri", request.redirect_uri()),
+            ("code_verifier", request.pkce().verifier().expose()),
+        ];
+        self.token_request_with(form, false).await
+    }
+
     /// RFC 7009 revocation endpoint, used by `Manager::revoke`.
     pub fn revocation_url(mut self, url: &str) -> Result<Self> {
         let revocation_url = endpoint_url("revocation_url", url)?;
@@ -424,10 +501,15 @@ impl OAuth2Source {
     /// unless another caller already replaced it.
     async fn resolve(&self, failed: Option<&Arc<Discovered>>) -> Result<Resolved> {
         let (issuer, mode, cache) = match &self.endpoints {
-            Endpoints::Fixed { token, revocation } => {
+            Endpoints::Fixed {
+                token,
+                revocation,
+                authorization,
+            } => {
                 return Ok(Resolved {
                     token: token.clone(),
                     revocation: revocation.clone(),
+                    authorization: authorization.clone(),
                     document: None,
                 })
             }
@@ -470,6 +552,7 @@ impl OAuth2Source {
         Ok(Resolved {
             token: document.token.clone(),
             revocation: document.revocation.clone(),
+            authorization: document.authorization.clone(),
             document: Some(document),
         })
     }
@@ -555,9 +638,15 @@ impl OAuth2Source {
                 .as_deref()
                 .map(|url| endpoint_url("discovery.revocation_endpoint", url))
                 .transpose()?;
+            let authorization = document
+                .authorization_endpoint
+                .as_deref()
+                .map(|url| endpoint_url("discovery.authorization_endpoint", url))
+                .transpose()?;
             return Ok(Discovered {
                 token,
                 revocation,
+                authorization,
                 fetched_at: now,
             });
         }
@@ -658,10 +747,20 @@ impl OAuth2Source {
     }
 
     async fn token_request(&self, form: Vec<(&str, &str)>) -> Result<FetchedToken> {
+        self.token_request_with(form, true).await
+    }
+
+    /// `with_scope`: send the source's scopes (a code exchange carries none: the scopes
+    /// were granted with the code).
+    async fn token_request_with(
+        &self,
+        form: Vec<(&str, &str)>,
+        with_scope: bool,
+    ) -> Result<FetchedToken> {
         let scope = self.scopes.join(" ");
         // Rebound so the form may also hold borrows of locals and `self`.
         let mut form = form;
-        if !self.scopes.is_empty() {
+        if with_scope && !self.scopes.is_empty() {
             form.push(("scope", &scope));
         }
         if let Some(audience) = &self.audience {

@@ -379,6 +379,8 @@ on_both_mounts!(
     a_wrong_secret_is_invalid_credentials,
     a_scope_the_client_may_not_have_is_a_configuration_error,
     a_config_with_the_issuer_works_end_to_end,
+    a_browser_login_with_pkce_gives_a_rotating_refresh_token,
+    a_code_is_refused_with_another_logins_verifier_or_state,
 );
 
 async fn client_credentials_through_discovery_with_basic_auth(mount: Mount) {
@@ -1337,4 +1339,146 @@ async fn mock_oauth2_the_discovery_form_is_chosen_in_the_config() {
     let err = Manager::from_config(&config("both")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Configuration);
     assert!(err.message().contains("discovery"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Interactive logins (authorization code + PKCE) against oidc-provider's public native
+// client `tokenlease-app`
+
+const APP_CLIENT: &str = "tokenlease-app";
+
+/// What the user's browser does: opens the authorization URL, follows the redirects to
+/// the server's login page, submits alice's credentials there, and follows the redirects
+/// back until one leaves for `redirect_uri` (returned, not followed).
+async fn browser_login(authorization_url: &str, redirect_uri: &str) -> String {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut cookies: std::collections::BTreeMap<String, String> = Default::default();
+    let mut url = url::Url::parse(authorization_url).unwrap();
+    for _ in 0..10 {
+        if url.as_str().starts_with(redirect_uri) {
+            return url.to_string();
+        }
+        let login_page = url.path().contains("/interaction/");
+        let request = if login_page {
+            browser
+                .post(url.clone())
+                .form(&[("username", "alice"), ("password", "wonderland")])
+        } else {
+            browser.get(url.clone())
+        };
+        let cookie_header = cookies
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let response = request
+            .header(reqwest::header::COOKIE, cookie_header)
+            .send()
+            .await
+            .unwrap();
+        for set in response.headers().get_all(reqwest::header::SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            if let Some((name, value)) = pair.split_once('=') {
+                cookies.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        let status = response.status();
+        let Some(location) = response.headers().get(reqwest::header::LOCATION) else {
+            panic!(
+                "the login stopped at {} with {status}: {}",
+                url.path(),
+                response.text().await.unwrap_or_default()
+            );
+        };
+        url = url.join(location.to_str().unwrap()).unwrap();
+    }
+    panic!("the login did not come back to {redirect_uri} within 10 redirects");
+}
+
+fn app_source(server: &OidcServer) -> OAuth2Source {
+    // OpenID Connect grants offline_access only with prompt=consent (Core §11).
+    OAuth2Source::discover(server.issuer(), APP_CLIENT, None)
+        .unwrap()
+        .scopes(["openid", "offline_access"])
+        .authorization_param("prompt", "consent")
+}
+
+async fn a_browser_login_with_pkce_gives_a_rotating_refresh_token(mount: Mount) {
+    use tokenlease::source::authorization::LoopbackRedirect;
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let source = app_source(&server);
+    let redirect = LoopbackRedirect::bind().await.unwrap();
+    let redirect_uri = redirect.redirect_uri();
+    let request = source.authorization_request(&redirect_uri).await.unwrap();
+    let authorization = url::Url::parse(request.url()).unwrap();
+    assert_eq!(
+        authorization.path(),
+        format!("{}/auth", server.mount_path()),
+        "the authorization endpoint came from discovery"
+    );
+    let receiving = tokio::spawn(redirect.receive(Duration::from_secs(30)));
+    let back = browser_login(request.url(), &redirect_uri).await;
+    // The browser's last step: the redirect reaches the app's loopback listener.
+    let page = reqwest::get(&back).await.unwrap();
+    assert!(page.status().is_success());
+    let returned = receiving.await.unwrap().unwrap();
+    assert_eq!(returned, back);
+
+    let code = request.code_from_redirect(&returned).unwrap();
+    let login = source.exchange_code(&request, &code).await.unwrap();
+    assert_eq!(login.token_type, "Bearer");
+    let access = login.value.clone();
+    let refresh = login.refresh_token.clone().expect("a refresh token");
+    assert!(server.is_active(&access).await);
+    assert_eq!(server.grants("authorization_code").await, 1);
+
+    // The refresh token rotates; the old one is dead afterwards.
+    let refreshed = source.refresh(&refresh).await.unwrap();
+    let rotated = refreshed
+        .refresh_token
+        .clone()
+        .expect("a rotated refresh token");
+    assert!(rotated.expose() != refresh.expose(), "rotated");
+    let reused = source.refresh(&refresh).await.unwrap_err();
+    assert_eq!(reused.kind(), ErrorKind::InvalidGrant, "{reused}");
+
+    // A code is redeemed once; replaying it makes the server revoke what it issued
+    // (RFC 6749 §4.1.2).
+    let again = source.exchange_code(&request, &code).await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::InvalidGrant, "{again}");
+    assert!(!server.is_active(&access).await);
+}
+
+async fn a_code_is_refused_with_another_logins_verifier_or_state(mount: Mount) {
+    use tokenlease::source::authorization::LoopbackRedirect;
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let source = app_source(&server);
+    let redirect = LoopbackRedirect::bind().await.unwrap();
+    let redirect_uri = redirect.redirect_uri();
+    let request = source.authorization_request(&redirect_uri).await.unwrap();
+    let other = source.authorization_request(&redirect_uri).await.unwrap();
+    let back = browser_login(request.url(), &redirect_uri).await;
+
+    // Another login's state: a forged or crossed redirect.
+    let crossed = other.code_from_redirect(&back).unwrap_err();
+    assert_eq!(crossed.kind(), ErrorKind::Protocol, "{crossed}");
+
+    // The right state, but redeemed with another login's PKCE verifier: the server
+    // refuses (RFC 7636 §4.6).
+    let code = request.code_from_redirect(&back).unwrap();
+    let wrong_verifier = source.exchange_code(&other, &code).await.unwrap_err();
+    assert_eq!(
+        wrong_verifier.kind(),
+        ErrorKind::InvalidGrant,
+        "{wrong_verifier}"
+    );
+    assert_eq!(server.grants("authorization_code").await, 0);
+    drop(redirect);
 }

@@ -42,6 +42,13 @@
 //   the authorization_code grant does, so tokenlease's Grant::Password gets a refresh
 //   token without a browser. Everything after that first token (refresh, rotation, reuse
 //   detection, revocation, introspection) is oidc-provider's built-in code.
+// - the public native client `tokenlease-app` (no secret, PKCE required, loopback redirect
+//   `http://127.0.0.1/callback` on any port, RFC 8252): the authorization code flow, whose
+//   login page is this server's `<mount>/interaction/<uid>` (TEST-ONLY, below): a POST of
+//   alice's username and password logs her in and grants the requested scopes, and
+//   oidc-provider redirects back with the code. Tests drive it with HTTP requests, as a
+//   browser would; the authorization endpoint, PKCE, code redemption, replay revocation
+//   and refresh are oidc-provider's own code.
 // - GET /__stats (at the host's root, also with --mount): request counters, JSON
 //   (token_requests counts every POST to the token endpoint, successful or not;
 //   grants/errors count by grant type / error code; paths counts every request but these
@@ -124,12 +131,32 @@ function staticClient(clientId, method) {
   };
 }
 
+// A public native app (RFC 8252): no secret, PKCE, a loopback redirect on any port.
+const APP_CLIENT = {
+  client_id: 'tokenlease-app',
+  application_type: 'native',
+  token_endpoint_auth_method: 'none',
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  redirect_uris: ['http://127.0.0.1/callback'],
+  scope: 'api:read openid offline_access',
+};
+
 function configuration() {
   return {
     clients: [
       staticClient('tokenlease-basic', 'client_secret_basic'),
       staticClient('tokenlease-post', 'client_secret_post'),
+      APP_CLIENT,
     ],
+    // The login and consent pages of this server (handled below, not oidc-provider's
+    // development pages): a test drives them with HTTP requests, as a browser would.
+    interactions: {
+      url: (_ctx, interaction) => `${MOUNT}/interaction/${interaction.uid}`,
+    },
+    // A refresh token for every code of a client allowed the refresh grant (the OIDC rule
+    // tying it to offline_access + prompt=consent is not what these tests are about).
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     jwks,
     cookies: { keys: [randomBytes(32).toString('hex')] },
     scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
@@ -236,6 +263,7 @@ const OIDC_DISCOVERY = '/.well-known/openid-configuration';
 const RFC8414_DISCOVERY = '/.well-known/oauth-authorization-server';
 
 let callback = (_req, res) => sendJson(res, 503, { error: 'temporarily_unavailable' });
+let provider;
 
 // Hands a request for `innerPath` (a path of the provider's own routes) to oidc-provider
 // mounted at MOUNT: req.url is the path inside the mount, req.originalUrl the full one
@@ -256,9 +284,49 @@ function toProvider(req, res, innerPath, search) {
   callback(req, res);
 }
 
+// The login page: GET shows a form; POST with username/password logs alice in and grants
+// the scopes the client asked for (login and consent in one step), then oidc-provider
+// redirects the browser back to the client with a code.
+async function interaction(req, res, url) {
+  bump(stats.paths, `${req.method} ${MOUNT}/interaction`);
+  if (req.method === 'GET') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end('<form method="post"><input name="username"><input name="password" type="password"></form>');
+    return;
+  }
+  const body = await new Promise((resolve) => {
+    let text = '';
+    req.on('data', (chunk) => { text += chunk; });
+    req.on('end', () => resolve(new URLSearchParams(text)));
+  });
+  req.originalUrl = url.pathname + url.search;
+  const details = await provider.interactionDetails(req, res);
+  if (body.get('username') !== USERNAME || body.get('password') !== PASSWORD) {
+    stats.login_failures = (stats.login_failures || 0) + 1;
+    sendJson(res, 401, { error: 'login_failed' });
+    return;
+  }
+  const grant = new provider.Grant({ accountId: USERNAME, clientId: details.params.client_id });
+  if (details.params.scope) grant.addOIDCScope(details.params.scope);
+  const grantId = await grant.save();
+  await provider.interactionFinished(
+    req,
+    res,
+    { login: { accountId: USERNAME }, consent: { grantId } },
+    { mergeWithLastSubmission: false },
+  );
+}
+
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
   const path = url.pathname;
+  if (provider && path.startsWith(`${MOUNT}/interaction/`)) {
+    interaction(req, res, url).catch((err) => {
+      console.error('oidc test server: interaction failed', err);
+      if (!res.headersSent) sendJson(res, 400, { error: 'interaction_failed', detail: String(err.message) });
+    });
+    return;
+  }
   if (req.method === 'GET' && path === '/__stats') {
     sendJson(res, 200, stats);
     return;
@@ -307,7 +375,7 @@ if (EXIT_WITH_STDIN) {
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}${MOUNT}`;
-  const provider = new Provider(issuer, configuration());
+  provider = new Provider(issuer, configuration());
   registerPasswordGrant(provider);
   provider.on('grant.success', (ctx) => bump(stats.grants, ctx.oidc.params.grant_type));
   provider.on('grant.error', (_ctx, err) => bump(stats.errors, err.error || 'unknown'));

@@ -102,6 +102,10 @@ enum tl_result
      */
     TL_CANCELLED = 15,
     /**
+     * The user must log in again (the refresh token of a user login is dead).
+     */
+    TL_LOGIN_REQUIRED = 16,
+    /**
      * A required pointer argument was NULL.
      */
     TL_NULL_ARGUMENT = 100,

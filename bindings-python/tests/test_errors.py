@@ -107,6 +107,7 @@ def _source(raise_: BaseException):
         (tokenlease.TokenRejectedError("nope"), tokenlease.TokenRejectedError),
         (tokenlease.InternalError("bug"), tokenlease.InternalError),
         (tokenlease.TokenCancelledError("stop"), tokenlease.TokenCancelledError),
+        (tokenlease.LoginRequiredError("log in again"), tokenlease.LoginRequiredError),
         (ConnectionError("refused"), tokenlease.TransientError),
         (TimeoutError("slow"), tokenlease.TokenTimeoutError),
         (ValueError("bug in my source"), tokenlease.InternalError),

@@ -4,7 +4,7 @@
 use tokenlease::{Error as CoreError, ErrorKind as CoreKind};
 
 /// A tokenlease failure. One variant per core error kind, in the order of the stable codes
-/// (1 = `InvalidCredentials` ... 15 = `Cancelled`). `reason` never contains a token value.
+/// (1 = `InvalidCredentials` ... 16 = `LoginRequired`). `reason` never contains a token value.
 ///
 /// Foreign sources, stores and listeners throw a variant of this type to choose the kind
 /// of their failure (e.g. `TokenleaseException.Transient` in Kotlin is retried with backoff,
@@ -101,6 +101,12 @@ pub enum TokenleaseError {
         /// What happened.
         reason: String,
     },
+    /// The user must log in again: the refresh token of their login is dead.
+    #[error("login_required: {reason}")]
+    LoginRequired {
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl TokenleaseError {
@@ -122,6 +128,7 @@ impl TokenleaseError {
             Self::Usage { .. } => CoreKind::Usage,
             Self::Internal { .. } => CoreKind::Internal,
             Self::Cancelled { .. } => CoreKind::Cancelled,
+            Self::LoginRequired { .. } => CoreKind::LoginRequired,
         }
     }
 
@@ -142,7 +149,8 @@ impl TokenleaseError {
             | Self::Protocol { reason }
             | Self::Usage { reason }
             | Self::Internal { reason }
-            | Self::Cancelled { reason } => reason,
+            | Self::Cancelled { reason }
+            | Self::LoginRequired { reason } => reason,
         }
     }
 
@@ -162,6 +170,7 @@ impl TokenleaseError {
             CoreKind::Protocol => Self::Protocol { reason },
             CoreKind::Usage => Self::Usage { reason },
             CoreKind::Cancelled => Self::Cancelled { reason },
+            CoreKind::LoginRequired => Self::LoginRequired { reason },
             // Internal, and any kind a newer core adds before this binding knows it.
             _ => Self::Internal { reason },
         }
@@ -235,6 +244,8 @@ pub enum ErrorKind {
     Internal,
     /// 15
     Cancelled,
+    /// 16
+    LoginRequired,
 }
 
 impl From<CoreKind> for ErrorKind {
@@ -254,6 +265,7 @@ impl From<CoreKind> for ErrorKind {
             CoreKind::Protocol => Self::Protocol,
             CoreKind::Usage => Self::Usage,
             CoreKind::Cancelled => Self::Cancelled,
+            CoreKind::LoginRequired => Self::LoginRequired,
             _ => Self::Internal,
         }
     }
@@ -277,11 +289,12 @@ impl From<ErrorKind> for CoreKind {
             ErrorKind::Usage => CoreKind::Usage,
             ErrorKind::Internal => CoreKind::Internal,
             ErrorKind::Cancelled => CoreKind::Cancelled,
+            ErrorKind::LoginRequired => CoreKind::LoginRequired,
         }
     }
 }
 
-/// The stable number of an error kind (1..=15), the same in C, Python, Kotlin and Swift.
+/// The stable number of an error kind (1..=16), the same in C, Python, Kotlin and Swift.
 #[uniffi::export]
 pub fn error_kind_code(kind: ErrorKind) -> u32 {
     CoreKind::from(kind).code()

@@ -42,11 +42,15 @@ pub enum ErrorKind {
     Internal = 14,
     /// The operation was cancelled.
     Cancelled = 15,
+    /// The user must log in again: the refresh token of a user login is dead (refused,
+    /// revoked, past the server's session limits) and there is no other way to a token.
+    /// Terminal: show the login screen, then hand the new login to the manager.
+    LoginRequired = 16,
 }
 
 impl ErrorKind {
     /// Every kind, in numeric order (bindings use this to build their tables).
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::InvalidCredentials,
         ErrorKind::InvalidGrant,
         ErrorKind::Revoked,
@@ -62,6 +66,7 @@ impl ErrorKind {
         ErrorKind::Usage,
         ErrorKind::Internal,
         ErrorKind::Cancelled,
+        ErrorKind::LoginRequired,
     ];
 
     /// The stable number of this kind.
@@ -101,6 +106,7 @@ impl ErrorKind {
             ErrorKind::Usage => "usage",
             ErrorKind::Internal => "internal",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::LoginRequired => "login_required",
         }
     }
 }

@@ -154,6 +154,15 @@ enum LockHolder {
     Flight,
     Straggler,
     Revoke,
+    Login,
+}
+
+/// A new interactive login handed to the manager, being installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LoginInstall {
+    epoch: u64,
+    token: FreshToken,
+    saving: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,6 +176,7 @@ struct Budget {
     timeouts: u8,
     store_failures: u8,
     sibling_moves: u8,
+    logins: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +187,7 @@ struct World {
     read_path: Option<Tok>,
     flight: Option<Flight>,
     straggler: Option<Straggler>,
+    login: Option<LoginInstall>,
     lock: LockHolder,
     /// A revoke that took the install lock and has not finished clearing the store.
     revoke_deleting: bool,
@@ -213,6 +224,7 @@ impl World {
             }
         }
         self.straggler.hash(&mut h);
+        self.login.hash(&mut h);
         self.lock.hash(&mut h);
         self.revoke_deleting.hash(&mut h);
         self.waiting_callers.hash(&mut h);
@@ -602,6 +614,7 @@ fn successors(world: &World) -> Result<Successors, Violation> {
         }
     }
 
+    login_successors(world, &mut out)?;
     flight_successors(world, &mut out)?;
     straggler_successors(world, &mut out)?;
     Ok(out)
@@ -1081,7 +1094,7 @@ fn straggler_successors(world: &World, out: &mut Successors) -> Result<(), Viola
                     next.saved |= bit(token.value);
                 }
                 publish(&mut next, token);
-                next.machine.straggler_installed();
+                next.machine.installed_outside_a_refresh();
                 next.lock = LockHolder::Nobody;
                 next.straggler = None;
                 release_if_owned(&mut next, owns_lease);
@@ -1089,6 +1102,67 @@ fn straggler_successors(world: &World, out: &mut Successors) -> Result<(), Viola
             })();
             push(out, "late token saved and published", result)?;
         }
+    }
+    Ok(())
+}
+
+fn login_successors(world: &World, out: &mut Successors) -> Result<(), Violation> {
+    match world.login {
+        // Like revoke, the epoch bump happens under the install lock.
+        None if world.budget.logins > 0 && world.lock == LockHolder::Nobody => {
+            let mut next = world.clone();
+            next.budget.logins -= 1;
+            let result = (|| {
+                let refused = handle(&mut next, Input::Login)?;
+                if refused.is_none() {
+                    // A new session: the server's refresh family starts over.
+                    let token = next.mint(true);
+                    next.login = Some(LoginInstall {
+                        epoch: next.machine.epoch(),
+                        token,
+                        saving: false,
+                    });
+                }
+                Ok(next)
+            })();
+            push(out, "the user logs in", result)?;
+        }
+        None => {}
+        Some(login) if !login.saving && world.lock == LockHolder::Nobody => {
+            let mut next = world.clone();
+            match next.machine.admit_install(login.epoch) {
+                Ok(()) => {
+                    next.lock = LockHolder::Login;
+                    next.login = Some(LoginInstall {
+                        saving: true,
+                        ..login
+                    });
+                }
+                Err(_) => next.login = None,
+            }
+            push(out, "login install admitted", Ok(next))?;
+        }
+        Some(login) if login.saving => {
+            let mut next = world.clone();
+            let result = (|| {
+                check_not_revoked_since(&next, login.epoch)?;
+                if next.has_store {
+                    next.store = Some(Record {
+                        value: login.token.value,
+                        refresh: login.token.refresh,
+                        issued: login.token.issued,
+                    });
+                    next.saved |= bit(login.token.value);
+                }
+                publish(&mut next, login.token);
+                next.machine.installed_outside_a_refresh();
+                next.lock = LockHolder::Nobody;
+                next.login = None;
+                Ok(next)
+            })();
+            push(out, "login saved and published", result)?;
+        }
+        Some(_) => {}
     }
     Ok(())
 }
@@ -1168,6 +1242,7 @@ fn start(has_store: bool, sliding: bool, budget: Budget) -> World {
         read_path: None,
         flight: None,
         straggler: None,
+        login: None,
         lock: LockHolder::Nobody,
         revoke_deleting: false,
         waiting_callers: 0,
@@ -1223,6 +1298,7 @@ fn every_interleaving_without_a_store_keeps_the_invariants() {
             timeouts: 1 + scale,
             store_failures: 0,
             sibling_moves: 0,
+            logins: scale,
         },
     );
 }
@@ -1244,6 +1320,7 @@ fn every_interleaving_with_a_shared_store_keeps_the_invariants() {
             timeouts: 1,
             store_failures: 1 + scale,
             sibling_moves: 2,
+            logins: scale,
         },
     );
 }
@@ -1265,6 +1342,7 @@ fn every_interleaving_of_a_kept_alive_session_keeps_the_invariants() {
             timeouts: 1,
             store_failures: 0,
             sibling_moves: 0,
+            logins: 1,
         },
     );
 }

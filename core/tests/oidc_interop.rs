@@ -381,6 +381,7 @@ on_both_mounts!(
     a_config_with_the_issuer_works_end_to_end,
     a_browser_login_with_pkce_gives_a_rotating_refresh_token,
     a_code_is_refused_with_another_logins_verifier_or_state,
+    a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_required,
 );
 
 async fn client_credentials_through_discovery_with_basic_auth(mount: Mount) {
@@ -1481,4 +1482,91 @@ async fn a_code_is_refused_with_another_logins_verifier_or_state(mount: Mount) {
     );
     assert_eq!(server.grants("authorization_code").await, 0);
     drop(redirect);
+}
+
+/// A whole browser login (loopback redirect, PKCE): the login result.
+async fn log_in(source: &OAuth2Source) -> tokenlease::FetchedToken {
+    use tokenlease::source::authorization::LoopbackRedirect;
+    let redirect = LoopbackRedirect::bind().await.unwrap();
+    let redirect_uri = redirect.redirect_uri();
+    let request = source.authorization_request(&redirect_uri).await.unwrap();
+    let receiving = tokio::spawn(redirect.receive(Duration::from_secs(30)));
+    let back = browser_login(request.url(), &redirect_uri).await;
+    reqwest::get(&back).await.unwrap();
+    let returned = receiving.await.unwrap().unwrap();
+    let code = request.code_from_redirect(&returned).unwrap();
+    source.exchange_code(&request, &code).await.unwrap()
+}
+
+async fn a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_required(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let source = app_source(&server).grant(Grant::UserLogin);
+    let store = Arc::new(MemoryStore::new());
+    let manager = Manager::builder(source.clone())
+        .clock(Arc::new(ManualClock::with_wall(SystemTime::now())))
+        .store(store.clone())
+        .key("user")
+        .build();
+
+    // Nobody logged in yet: login required, and no request was made.
+    let before = manager.token().await.unwrap_err();
+    assert_eq!(before.kind(), ErrorKind::LoginRequired, "{before}");
+    assert_eq!(server.token_requests().await, 0);
+
+    let first = manager
+        .login(log_in(&source).await)
+        .await
+        .unwrap()
+        .into_arc();
+    assert_eq!(
+        manager.token().await.unwrap().generation(),
+        first.generation()
+    );
+    let stored = store.get("user").expect("the login is persisted");
+    assert!(stored.refresh_token.is_some(), "with its refresh token");
+
+    // Refreshed with rotation, the rotated refresh token persisted.
+    assert!(manager.invalidate(&first));
+    let second = manager.token().await.unwrap().into_arc();
+    assert_eq!(server.grants("refresh_token").await, 1);
+    let rotated = second.refresh_token().unwrap().clone();
+    assert!(rotated.expose() != first.refresh_token().unwrap().expose());
+    assert!(store.get("user").unwrap().refresh_token.unwrap().expose() == rotated.expose());
+
+    // The server ends the session (an admin, a password change, a session limit).
+    let response = reqwest::Client::new()
+        .post(server.url("/token/revocation"))
+        .form(&[
+            ("client_id", APP_CLIENT),
+            ("token", rotated.expose()),
+            ("token_type_hint", "refresh_token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert!(manager.invalidate(&second));
+    let ended = manager.token().await.unwrap_err();
+    assert_eq!(ended.kind(), ErrorKind::LoginRequired, "{ended}");
+    assert_eq!(
+        manager.status().last_error_kind,
+        Some(ErrorKind::LoginRequired)
+    );
+    let requests = server.token_requests().await;
+    // Asked again at once: the same answer, without hammering the server.
+    let again = manager.token().await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::LoginRequired);
+    assert_eq!(server.token_requests().await, requests);
+
+    // A new login: everything works again, from the new session.
+    let relogin = manager
+        .login(log_in(&source).await)
+        .await
+        .unwrap()
+        .into_arc();
+    let token = manager.token().await.unwrap();
+    assert_eq!(token.generation(), relogin.generation());
+    assert!(server.is_active(token.value()).await);
 }

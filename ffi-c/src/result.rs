@@ -45,6 +45,8 @@ pub enum tl_result {
     TL_INTERNAL = 14,
     /// The operation was cancelled.
     TL_CANCELLED = 15,
+    /// The user must log in again (the refresh token of a user login is dead).
+    TL_LOGIN_REQUIRED = 16,
     /// A required pointer argument was NULL.
     TL_NULL_ARGUMENT = 100,
     /// A text argument was not valid UTF-8.
@@ -56,7 +58,7 @@ pub enum tl_result {
 }
 
 impl tl_result {
-    const ALL: [tl_result; 20] = [
+    const ALL: [tl_result; 21] = [
         tl_result::TL_OK,
         tl_result::TL_INVALID_CREDENTIALS,
         tl_result::TL_INVALID_GRANT,
@@ -73,6 +75,7 @@ impl tl_result {
         tl_result::TL_USAGE,
         tl_result::TL_INTERNAL,
         tl_result::TL_CANCELLED,
+        tl_result::TL_LOGIN_REQUIRED,
         tl_result::TL_NULL_ARGUMENT,
         tl_result::TL_INVALID_UTF8,
         tl_result::TL_BUFFER_TOO_SMALL,
@@ -96,7 +99,7 @@ impl tl_result {
         }
     }
 
-    /// The core error kind of a code 1..=15.
+    /// The core error kind of a code 1..=16.
     pub(crate) fn kind(self) -> Option<ErrorKind> {
         ErrorKind::from_code(self as u32)
     }
@@ -119,6 +122,7 @@ impl tl_result {
             tl_result::TL_USAGE => c"TL_USAGE",
             tl_result::TL_INTERNAL => c"TL_INTERNAL",
             tl_result::TL_CANCELLED => c"TL_CANCELLED",
+            tl_result::TL_LOGIN_REQUIRED => c"TL_LOGIN_REQUIRED",
             tl_result::TL_NULL_ARGUMENT => c"TL_NULL_ARGUMENT",
             tl_result::TL_INVALID_UTF8 => c"TL_INVALID_UTF8",
             tl_result::TL_BUFFER_TOO_SMALL => c"TL_BUFFER_TOO_SMALL",
@@ -144,6 +148,7 @@ impl tl_result {
             tl_result::TL_USAGE => "the API was misused",
             tl_result::TL_INTERNAL => "an internal error (a bug or a caught panic)",
             tl_result::TL_CANCELLED => "the operation was cancelled",
+            tl_result::TL_LOGIN_REQUIRED => "the user must log in again",
             tl_result::TL_NULL_ARGUMENT => "a required pointer argument was NULL",
             tl_result::TL_INVALID_UTF8 => "a text argument was not valid UTF-8",
             tl_result::TL_BUFFER_TOO_SMALL => "the buffer is too small",
@@ -165,7 +170,7 @@ mod tests {
             let name = result.name().to_str().unwrap();
             assert_eq!(name, format!("TL_{}", kind.name().to_uppercase()));
         }
-        assert_eq!(tl_result::from_code(16), None);
+        assert_eq!(tl_result::from_code(17), None);
         assert_eq!(tl_result::from_code(100), Some(tl_result::TL_NULL_ARGUMENT));
         assert_eq!(tl_result::TL_NULL_ARGUMENT.kind(), None);
     }

@@ -18,6 +18,7 @@ from ._errors import (
     InternalError,
     InvalidCredentialsError,
     InvalidGrantError,
+    LoginRequiredError,
     ProtocolError,
     RateLimitedError,
     RevokedError,
@@ -72,4 +73,5 @@ __all__ = [
     "UsageError",
     "InternalError",
     "TokenCancelledError",
+    "LoginRequiredError",
 ]

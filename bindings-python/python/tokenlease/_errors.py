@@ -37,6 +37,7 @@ __all__ = [
     "UsageError",
     "InternalError",
     "TokenCancelledError",
+    "LoginRequiredError",
     "ERROR_CLASSES",
 ]
 
@@ -162,6 +163,14 @@ class TokenCancelledError(TokenleaseError):
     code = 15
 
 
+class LoginRequiredError(TokenleaseError):
+    """The user must log in again: the refresh token of their login is dead. Show the
+    login screen, then hand the new login to the manager."""
+
+    kind = "login_required"
+    code = 16
+
+
 #: ``code -> class`` for every core error kind.
 ERROR_CLASSES: Dict[int, Type[TokenleaseError]] = {
     cls.code: cls
@@ -181,6 +190,7 @@ ERROR_CLASSES: Dict[int, Type[TokenleaseError]] = {
         UsageError,
         InternalError,
         TokenCancelledError,
+        LoginRequiredError,
     )
 }
 

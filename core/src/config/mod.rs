@@ -131,6 +131,9 @@ pub enum GrantConfig {
     /// `client_credentials`.
     #[default]
     ClientCredentials,
+    /// A user's interactive login, handed to the manager's `login` (refresh-token grant;
+    /// `login_required` when the refresh token is dead).
+    UserLogin,
     /// `password` (legacy auth type "password").
     Password {
         /// User name.
@@ -676,6 +679,7 @@ impl SourceConfig {
                     GrantConfig::ClientCredentials => {
                         (Grant::ClientCredentials, "client".to_owned())
                     }
+                    GrantConfig::UserLogin => (Grant::UserLogin, "user".to_owned()),
                     GrantConfig::Password { username, password } => (
                         Grant::Password {
                             username: username.clone(),

@@ -82,6 +82,10 @@ pub enum Input {
         /// no random numbers of its own).
         backoff_draw: f64,
     },
+    /// A new interactive login replaces the tokens: refreshes in flight are overtaken
+    /// (their tokens discarded), failures forgotten; the manager then installs the login's
+    /// token under the new epoch.
+    Login,
     /// Log out.
     Revoke,
     /// Shut the manager down.
@@ -351,8 +355,16 @@ impl<T: TokenHandle> Lifecycle<T> {
                 _ => self.acquire(now, &mut actions),
             },
             Input::WaitFailed(err) => {
+                let valid = self
+                    .current
+                    .clone()
+                    .filter(|token| now < token.expires_at());
                 if is_overtaken_by_revoke(&err) {
-                    actions.push(Action::Fail(err));
+                    // Logged out: fail; logged in again meanwhile: the new login's token.
+                    match valid {
+                        Some(token) => actions.push(Action::Serve(token)),
+                        None => actions.push(Action::Fail(err)),
+                    }
                 } else {
                     match self.current.clone() {
                         Some(token) if now < token.expires_at() => {
@@ -396,6 +408,15 @@ impl<T: TokenHandle> Lifecycle<T> {
                     Err(err) if is_overtaken_by_revoke(&err) => self.clear_failures(),
                     Err(err) => self.refresh_failed(err, backoff_draw, now, &mut actions),
                 }
+                actions.push(Action::RearmTimer);
+            }
+            Input::Login => {
+                if self.closed {
+                    actions.push(Action::Fail(closed_error()));
+                    return actions;
+                }
+                self.epoch += 1;
+                self.clear_failures();
                 actions.push(Action::RearmTimer);
             }
             Input::Revoke => {
@@ -696,8 +717,9 @@ impl<T: TokenHandle> Lifecycle<T> {
         token
     }
 
-    /// A late source call installed its token: the failure it caused is over.
-    pub fn straggler_installed(&mut self) {
+    /// A token was installed outside a refresh (a late source call, a login): the
+    /// failure that came before is over.
+    pub fn installed_outside_a_refresh(&mut self) {
         self.clear_failures();
     }
 

@@ -514,6 +514,22 @@ impl Manager {
         }
     }
 
+    /// Hands the manager the result of a new interactive login (an authorization code or
+    /// device flow, or AppAuth on a phone): it is persisted (with its refresh token) and
+    /// served from now on. A refresh of the previous session still in flight is overtaken
+    /// (its token discarded); callers waiting for it get the new token.
+    pub async fn login(&self, login: FetchedToken) -> Result<TokenRef> {
+        let shared = self.shared.clone();
+        AbortOnDrop(runtime::spawn(async move { shared.login(login).await }))
+            .await
+            .map(|token| TokenRef(Inner::Owned(token)))
+    }
+
+    /// Blocking form of [`Manager::login`].
+    pub fn login_blocking(&self, login: FetchedToken) -> Result<TokenRef> {
+        self.block_on(self.login(login))
+    }
+
     /// Logs out: revokes the token at the source, clears memory and store, emits
     /// [`Event::Revoked`]. Memory and store are cleared even when the source fails; its
     /// error is returned. A refresh in flight is overtaken: its token is neither handed out
@@ -1040,7 +1056,7 @@ impl Shared {
                 .is_ok()
             {
                 let mut state = self.state.lock();
-                state.machine.straggler_installed();
+                state.machine.installed_outside_a_refresh();
                 self.mirror(&state);
                 drop(state);
                 self.timer_wakeup.notify_one();
@@ -1378,6 +1394,29 @@ impl Shared {
             .any(|action| matches!(action, Action::Unpublish));
         self.execute(&mut state, actions);
         dropped
+    }
+
+    async fn login(self: Arc<Self>, login: FetchedToken) -> Outcome {
+        let received_at = self.clock.now();
+        // Like revoke: an install in progress finishes first, later ones are overtaken.
+        let install = self.install_lock.lock().await;
+        let epoch = {
+            let mut state = self.state.lock();
+            let actions = state.machine.handle(Input::Login, received_at);
+            if let (Some(Verdict::Fail(err)), _) = self.execute(&mut state, actions) {
+                return Err(err);
+            }
+            state.machine.epoch()
+        };
+        drop(install);
+        let token = self.install(login, received_at, None, None, epoch).await?;
+        {
+            let mut state = self.state.lock();
+            state.machine.installed_outside_a_refresh();
+            self.mirror(&state);
+        }
+        self.timer_wakeup.notify_one();
+        Ok(token)
     }
 
     async fn revoke(self: Arc<Self>) -> Result<()> {

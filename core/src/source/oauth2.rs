@@ -63,6 +63,11 @@ pub enum Grant {
         /// Resource owner's password.
         password: SecretString,
     },
+    /// A user's interactive login: the tokens come from the login result handed to
+    /// [`crate::Manager::login`] (or from the store after a restart) and are refreshed with
+    /// the refresh token. There is no other way to a token: when the refresh token is dead,
+    /// callers get [`ErrorKind::LoginRequired`].
+    UserLogin,
     /// RFC 8693 token exchange: a subject token (e.g. a SAML assertion) for a new token.
     TokenExchange {
         /// The subject token.
@@ -79,6 +84,7 @@ impl Grant {
         match self {
             Grant::ClientCredentials => "client_credentials",
             Grant::Password { .. } => "password",
+            Grant::UserLogin => "user_login",
             Grant::TokenExchange { .. } => "urn:ietf:params:oauth:grant-type:token-exchange",
         }
     }
@@ -88,6 +94,7 @@ impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Grant::ClientCredentials => f.write_str("ClientCredentials"),
+            Grant::UserLogin => f.write_str("UserLogin"),
             Grant::Password { username, .. } => f
                 .debug_struct("Password")
                 .field("username", username)
@@ -798,9 +805,15 @@ impl OAuth2Source {
 #[async_trait]
 impl Source for OAuth2Source {
     async fn fetch(&self) -> Result<FetchedToken> {
+        if let Grant::UserLogin = self.grant {
+            return Err(Error::new(
+                ErrorKind::LoginRequired,
+                "the user must log in again: there is no usable refresh token",
+            ));
+        }
         let mut form = vec![("grant_type", self.grant.name())];
         match &self.grant {
-            Grant::ClientCredentials => {}
+            Grant::ClientCredentials | Grant::UserLogin => {}
             Grant::Password { username, password } => {
                 form.push(("username", username));
                 form.push(("password", password.expose()));

@@ -1320,7 +1320,8 @@ fn every_interleaving_with_a_shared_store_keeps_the_invariants() {
             timeouts: 1,
             store_failures: 1 + scale,
             sibling_moves: 2,
-            logins: scale,
+            // Logins are explored by the other two models (this one is the largest).
+            logins: 0,
         },
     );
 }

@@ -60,10 +60,12 @@ static void test_result_codes(void) {
     CHECK(strcmp(tl_result_name(TL_OK), "TL_OK") == 0);
     CHECK(strcmp(tl_result_name(TL_TRANSIENT), "TL_TRANSIENT") == 0);
     CHECK(strcmp(tl_result_name(TL_BUFFER_TOO_SMALL), "TL_BUFFER_TOO_SMALL") == 0);
-    CHECK(strcmp(tl_result_name(16), "TL_UNKNOWN") == 0);
+    CHECK(strcmp(tl_result_name(TL_LOGIN_REQUIRED), "TL_LOGIN_REQUIRED") == 0);
+    CHECK(strcmp(tl_result_name(17), "TL_UNKNOWN") == 0);
     CHECK(strcmp(tl_result_name(0xFFFFFFFFu), "TL_UNKNOWN") == 0);
     /* The numbers are the stable error-kind numbers. */
     CHECK(TL_INVALID_CREDENTIALS == 1 && TL_TRANSIENT == 5 && TL_CANCELLED == 15);
+    CHECK(TL_LOGIN_REQUIRED == 16);
     CHECK(TL_NULL_ARGUMENT == 100 && TL_INVALID_ARGUMENT == 103);
 
     char buf[256];

@@ -14,7 +14,9 @@ from tokenlease import Manager
 
 
 def test_classes_match_core_kinds():
-    assert len(tokenlease.ERROR_CLASSES) == 15
+    assert len(tokenlease.ERROR_CLASSES) == 16
+    assert tokenlease.ERROR_CLASSES[16] is tokenlease.LoginRequiredError
+    assert tokenlease.LoginRequiredError.kind == "login_required"
     for code, cls in tokenlease.ERROR_CLASSES.items():
         assert cls.code == code
         assert issubclass(cls, tokenlease.TokenleaseError)

@@ -382,6 +382,7 @@ on_both_mounts!(
     a_browser_login_with_pkce_gives_a_rotating_refresh_token,
     a_code_is_refused_with_another_logins_verifier_or_state,
     a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_required,
+    a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh,
 );
 
 async fn client_credentials_through_discovery_with_basic_auth(mount: Mount) {
@@ -1569,4 +1570,51 @@ async fn a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_requir
     let token = manager.token().await.unwrap();
     assert_eq!(token.generation(), relogin.generation());
     assert!(server.is_active(token.value()).await);
+}
+
+async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: Mount) {
+    // The server holds each token request for 300 ms so the callers really overlap.
+    let Some(server) = OidcServer::start_with(mount, &["--token-delay-ms", "300"]) else {
+        return;
+    };
+    let source = app_source(&server).grant(Grant::UserLogin);
+    let clock = Arc::new(ManualClock::with_wall(SystemTime::now()));
+    let manager = Manager::builder(source.clone())
+        .clock(clock.clone())
+        .store(Arc::new(MemoryStore::new()))
+        .build();
+    let login = manager
+        .login(log_in(&source).await)
+        .await
+        .unwrap()
+        .into_arc();
+    // Past the access token's expiry: every caller needs the refresh.
+    clock.advance(ACCESS_TOKEN_TTL + Duration::from_secs(1));
+    let callers: Vec<_> = (0..1000)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move { manager.token().await.map(|token| token.generation()) })
+        })
+        .collect();
+    let mut generations = std::collections::BTreeSet::new();
+    for caller in callers {
+        generations.insert(caller.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        generations.len(),
+        1,
+        "every caller got the one refreshed token"
+    );
+    assert!(!generations.contains(&login.generation()));
+    assert_eq!(
+        server.grants("refresh_token").await,
+        1,
+        "one refresh-token grant"
+    );
+    let stats = server.stats().await;
+    assert!(
+        stats["errors"].as_object().unwrap().is_empty(),
+        "no refresh token was redeemed twice: {}",
+        stats["errors"]
+    );
 }

@@ -82,7 +82,7 @@ static void test_result_codes(void) {
     CHECK_RC(tl_result_message(TL_TRANSIENT, buf, full + 1, &written), TL_OK);
     CHECK_RC(tl_result_message(TL_TRANSIENT, NULL, 10, &written), TL_NULL_ARGUMENT);
     CHECK_RC(tl_result_message(TL_TRANSIENT, buf, sizeof buf, NULL), TL_NULL_ARGUMENT);
-    CHECK_RC(tl_result_message(16, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
+    CHECK_RC(tl_result_message(17, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
     CHECK_RC(tl_result_message(99, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
     CHECK_RC(tl_result_message(0xFFFFFFFFu, buf, sizeof buf, &written), TL_INVALID_ARGUMENT);
     CHECK(tl_version() != NULL && strlen(tl_version()) > 0);

@@ -1567,9 +1567,25 @@ async fn a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_requir
         .await
         .unwrap()
         .into_arc();
-    let token = manager.token().await.unwrap();
+    let token = manager.token().await.unwrap().into_arc();
     assert_eq!(token.generation(), relogin.generation());
     assert!(server.is_active(token.value()).await);
+
+    // Logout of a public client: both tokens revoked at the server, the store wiped.
+    let refresh = token.refresh_token().unwrap().clone();
+    assert!(server.is_active(&refresh).await);
+    manager.revoke().await.unwrap();
+    assert!(
+        !server.is_active(token.value()).await,
+        "the access token is revoked"
+    );
+    assert!(
+        !server.is_active(&refresh).await,
+        "the refresh token is revoked"
+    );
+    assert!(store.get("user").is_none(), "the store is wiped");
+    let after = manager.token().await.unwrap_err();
+    assert_eq!(after.kind(), ErrorKind::LoginRequired, "{after}");
 }
 
 async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: Mount) {

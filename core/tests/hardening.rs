@@ -276,27 +276,103 @@ fn revoke_during_a_refresh_wins() {
     });
 }
 
-/// A store whose delete waits for a permit (a slow Redis DEL), and says when it started.
+/// Which store call waits for a permit (a slow Redis `SET`/`DEL`, a stuck disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Save,
+    Delete,
+}
+
+/// A memory store whose `held` call says when it started and then waits for a permit, and
+/// whose saves can be made to fail (a full disk, a Redis failover).
 #[derive(Debug)]
-struct SlowDelete {
+struct ScriptedStore {
     inner: MemoryStore,
-    deleting: AtomicBool,
+    held: Option<Held>,
+    entered: AtomicBool,
     permits: Arc<tokio::sync::Semaphore>,
+    failing_saves: AtomicBool,
+}
+
+impl ScriptedStore {
+    fn new(held: Option<Held>) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            held,
+            entered: AtomicBool::new(false),
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            failing_saves: AtomicBool::new(false),
+        }
+    }
+
+    async fn hold(&self, call: Held) {
+        if self.held == Some(call) {
+            self.entered.store(true, Ordering::SeqCst);
+            let _permit = self.permits.acquire().await;
+        }
+    }
 }
 
 #[async_trait]
-impl Store for SlowDelete {
+impl Store for ScriptedStore {
     async fn load(&self, key: &str) -> tokenlease::Result<Option<TokenRecord>> {
         Store::load(&self.inner, key).await
     }
     async fn save(&self, key: &str, record: &TokenRecord) -> tokenlease::Result<()> {
+        self.hold(Held::Save).await;
+        if self.failing_saves.load(Ordering::SeqCst) {
+            return Err(tokenlease::Error::new(ErrorKind::Store, "disk full"));
+        }
         Store::save(&self.inner, key, record).await
     }
     async fn delete(&self, key: &str) -> tokenlease::Result<()> {
-        self.deleting.store(true, Ordering::SeqCst);
-        let _permit = self.permits.acquire().await;
+        self.hold(Held::Delete).await;
         Store::delete(&self.inner, key).await
     }
+}
+
+/// A manager of a scripted source over a scripted store (store calls may take up to 10 s:
+/// a held call is released by the test, never timed out).
+fn over_a_scripted_store(held: Option<Held>) -> (Arc<ScriptedSource>, Arc<ScriptedStore>, Manager) {
+    let source = Arc::new(ScriptedSource::new(Duration::from_secs(600)));
+    let store = Arc::new(ScriptedStore::new(held));
+    let manager = Manager::builder_from_arc(source.clone())
+        .store(store.clone())
+        .policy(
+            fast_policy()
+                .store_timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    (source, store, manager)
+}
+
+/// The save of a new token (its rotated refresh token) is finished before anyone is
+/// handed the token: a crash in between must not lose the refresh token in use.
+#[test]
+fn a_token_is_not_served_before_its_save_has_finished() {
+    within(Duration::from_secs(30), || {
+        let (source, store, manager) = over_a_scripted_store(Some(Held::Save));
+        let caller = {
+            let manager = manager.clone();
+            std::thread::spawn(move || manager.token_blocking().map(|token| token.generation()))
+        };
+        wait_until("the new token is being saved", || {
+            store.entered.load(Ordering::SeqCst)
+        });
+        // Nothing is served while the save runs: not from the cache, not to the caller.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            manager.cached().is_none(),
+            "served before its save finished"
+        );
+        assert!(!caller.is_finished(), "handed out before its save finished");
+        store.permits.add_permits(1);
+        assert_eq!(caller.join().unwrap().unwrap(), 1);
+        assert!(store.inner.get("default").is_some());
+        assert_eq!(source.calls(), 1);
+    });
 }
 
 /// Found by the lifecycle model checker: a refresh that read the store while a revoke was
@@ -304,22 +380,7 @@ impl Store for SlowDelete {
 #[test]
 fn a_record_read_while_revoke_deletes_it_is_never_adopted_back() {
     within(Duration::from_secs(30), || {
-        let source = Arc::new(ScriptedSource::new(Duration::from_secs(600)));
-        let permits = Arc::new(tokio::sync::Semaphore::new(0));
-        let store = Arc::new(SlowDelete {
-            inner: MemoryStore::new(),
-            deleting: AtomicBool::new(false),
-            permits: permits.clone(),
-        });
-        let manager = Manager::builder_from_arc(source.clone())
-            .store(store.clone())
-            .policy(
-                fast_policy()
-                    .store_timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap(),
-            )
-            .build();
+        let (source, store, manager) = over_a_scripted_store(Some(Held::Delete));
         let logged_out = manager
             .token_blocking()
             .unwrap()
@@ -331,7 +392,7 @@ fn a_record_read_while_revoke_deletes_it_is_never_adopted_back() {
             std::thread::spawn(move || manager.revoke_blocking())
         };
         wait_until("the revoke is deleting the record", || {
-            store.deleting.load(Ordering::SeqCst)
+            store.entered.load(Ordering::SeqCst)
         });
         let caller = {
             let manager = manager.clone();
@@ -343,7 +404,7 @@ fn a_record_read_while_revoke_deletes_it_is_never_adopted_back() {
         };
         // Give the caller's refresh time to reach the store while the record is still there.
         std::thread::sleep(Duration::from_millis(200));
-        permits.add_permits(1);
+        store.permits.add_permits(1);
         revoker.join().unwrap().expect("revoke succeeds");
         let after = caller.join().unwrap().expect("a new token");
         assert_ne!(
@@ -354,45 +415,17 @@ fn a_record_read_while_revoke_deletes_it_is_never_adopted_back() {
     });
 }
 
-/// A store whose saves can be made to fail (a full disk, a Redis failover).
-#[derive(Debug, Default)]
-struct FlakySaves {
-    inner: MemoryStore,
-    failing: AtomicBool,
-}
-
-#[async_trait]
-impl Store for FlakySaves {
-    async fn load(&self, key: &str) -> tokenlease::Result<Option<TokenRecord>> {
-        Store::load(&self.inner, key).await
-    }
-    async fn save(&self, key: &str, record: &TokenRecord) -> tokenlease::Result<()> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(tokenlease::Error::new(ErrorKind::Store, "disk full"));
-        }
-        Store::save(&self.inner, key, record).await
-    }
-    async fn delete(&self, key: &str) -> tokenlease::Result<()> {
-        Store::delete(&self.inner, key).await
-    }
-}
-
 /// Found by the lifecycle model checker (deep mode): after a failed save the store still
 /// holds an older token the server had already rejected; once the newer one is rejected
 /// too, the older one must not be adopted back.
 #[test]
 fn an_older_rejected_token_left_in_the_store_by_a_failed_save_is_never_adopted() {
     within(Duration::from_secs(30), || {
-        let source = Arc::new(ScriptedSource::new(Duration::from_secs(600)));
-        let store = Arc::new(FlakySaves::default());
-        let manager = Manager::builder_from_arc(source.clone())
-            .store(store.clone())
-            .policy(fast_policy().build().unwrap())
-            .build();
+        let (source, store, manager) = over_a_scripted_store(None);
         let first = manager.token_blocking().unwrap();
         let first_value = first.value().expose().to_owned();
         assert!(manager.invalidate(&first));
-        store.failing.store(true, Ordering::SeqCst);
+        store.failing_saves.store(true, Ordering::SeqCst);
         let second = manager.token_blocking().unwrap();
         assert!(second.value().expose() != first_value, "a new token");
         let second_value = second.value().expose().to_owned();

@@ -92,13 +92,6 @@ enum LeaseHolder {
     Sibling,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Record {
-    value: u8,
-    refresh: Option<u8>,
-    issued: u64,
-}
-
 /// What the driver of the one refresh is doing between two machine calls.
 #[derive(Debug, Clone)]
 enum Pending {
@@ -107,16 +100,16 @@ enum Pending {
     /// Holding the source gate, the call admitted, the source not yet answered.
     Calling { redeemed: Option<u8>, fenced: bool },
     /// The source answered with a token; waiting for the install lock.
-    Installing { token: FreshToken, fenced: bool },
+    Installing { token: Issued, fenced: bool },
     /// Holding the install lock, the save in progress.
-    Saving { token: FreshToken, fenced: bool },
+    Saving { token: Issued, fenced: bool },
     /// Read the store (this record or nothing) before the install lock was free.
-    Offering(Option<Record>),
+    Offering(Option<Issued>),
 }
 
-/// A token the server issued, not yet published.
+/// A token the server issued, as it travels to the store and to the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FreshToken {
+struct Issued {
     value: u8,
     refresh: Option<u8>,
     issued: u64,
@@ -138,12 +131,12 @@ enum Straggler {
     },
     Installing {
         epoch: u64,
-        token: FreshToken,
+        token: Issued,
         owns_lease: bool,
     },
     Saving {
         epoch: u64,
-        token: FreshToken,
+        token: Issued,
         owns_lease: bool,
     },
 }
@@ -161,7 +154,7 @@ enum LockHolder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct LoginInstall {
     epoch: u64,
-    token: FreshToken,
+    token: Issued,
     saving: bool,
 }
 
@@ -183,8 +176,6 @@ struct Budget {
 struct World {
     now: u64,
     machine: Lifecycle<Tok>,
-    /// The lock-free read path's token (must mirror the machine's).
-    read_path: Option<Tok>,
     flight: Option<Flight>,
     straggler: Option<Straggler>,
     login: Option<LoginInstall>,
@@ -195,7 +186,7 @@ struct World {
     has_store: bool,
     /// The source keeps sliding sessions alive (its tokens are sliding sessions).
     sliding: bool,
-    store: Option<Record>,
+    store: Option<Issued>,
     lease: LeaseHolder,
     /// The server's current refresh token for this client (rotation: one valid at a time).
     server_refresh: Option<u8>,
@@ -203,8 +194,6 @@ struct World {
     budget: Budget,
     /// Values of tokens that were invalidated (a bit per value).
     invalidated: u128,
-    /// Values whose save was at least attempted before they were published.
-    saved: u128,
     /// Values of tokens that were revoked (logged out).
     revoked: u128,
 }
@@ -214,7 +203,6 @@ impl World {
         let mut h = DefaultHasher::new();
         self.now.hash(&mut h);
         self.machine.hash_state(&mut h);
-        self.read_path.hash(&mut h);
         match &self.flight {
             None => 0u8.hash(&mut h),
             Some(flight) => {
@@ -234,7 +222,6 @@ impl World {
         self.next_value.hash(&mut h);
         self.budget.hash(&mut h);
         self.invalidated.hash(&mut h);
-        self.saved.hash(&mut h);
         self.revoked.hash(&mut h);
         h.finish()
     }
@@ -251,7 +238,7 @@ impl World {
             )
     }
 
-    fn mint(&mut self, rotate: bool) -> FreshToken {
+    fn mint(&mut self, rotate: bool) -> Issued {
         self.next_value += 1;
         let value = self.next_value;
         let refresh = if rotate {
@@ -261,7 +248,7 @@ impl World {
         } else {
             None
         };
-        FreshToken {
+        Issued {
             value,
             refresh,
             issued: self.now,
@@ -293,9 +280,6 @@ fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), Violation
 }
 
 fn check_world(world: &World) -> Result<(), Violation> {
-    check(world.read_path.as_ref() == world.machine.current(), || {
-        "the read path and the machine disagree about the published token".into()
-    })?;
     check(
         world.machine.is_refreshing() == world.flight.is_some(),
         || "the machine's flight and the driver's refresh disagree (single flight broken)".into(),
@@ -309,7 +293,7 @@ fn check_world(world: &World) -> Result<(), Violation> {
         format!("{calls} source calls in flight at once")
     })?;
     if world.machine.is_closed() {
-        check(world.read_path.is_none(), || {
+        check(world.machine.current().is_none(), || {
             "a closed manager still publishes a token".into()
         })?;
     }
@@ -399,7 +383,6 @@ fn execute(
                 world.waiting_callers += 1;
             }
             Action::Fail(err) => verdict = Some(Err(err)),
-            Action::Unpublish => world.read_path = None,
             Action::DeleteStored => {
                 world.revoke_deleting = true;
             }
@@ -437,8 +420,8 @@ fn handle(world: &mut World, input: Input) -> Result<Option<Result<Tok, Error>>,
     execute(world, actions)
 }
 
-fn publish(world: &mut World, token: FreshToken) -> Tok {
-    let published = world.machine.publish(
+fn publish(world: &mut World, token: Issued) -> Tok {
+    world.machine.publish(
         |generation| Tok {
             generation,
             value: token.value,
@@ -447,11 +430,16 @@ fn publish(world: &mut World, token: FreshToken) -> Tok {
             sliding: world.sliding,
         },
         SystemTime::UNIX_EPOCH,
-    );
-    if world.machine.current().is_some() {
-        world.read_path = Some(published.clone());
+    )
+}
+
+/// The end of an install: the save (unless the store fails or, for a fenced save, the
+/// lease passed to another holder) and then the publication, as `Shared::install` does.
+fn save_and_publish(world: &mut World, token: Issued, save_refused: bool) -> Tok {
+    if world.has_store && !save_refused {
+        world.store = Some(token);
     }
-    published
+    publish(world, token)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -485,9 +473,11 @@ fn successors(world: &World) -> Result<Successors, Violation> {
         let mut next = world.clone();
         next.budget.callers -= 1;
         let result = (|| {
+            // The read path shows what the machine holds (the manager copies it on change).
             let fresh = next
-                .read_path
-                .clone()
+                .machine
+                .current()
+                .cloned()
                 .filter(|token| next.now() < token.mandatory_at());
             match fresh {
                 Some(token) => {
@@ -598,11 +588,7 @@ fn successors(world: &World) -> Result<Successors, Violation> {
             let mut next = world.clone();
             next.budget.sibling_moves -= 1;
             let token = next.mint(true);
-            next.store = Some(Record {
-                value: token.value,
-                refresh: token.refresh,
-                issued: token.issued,
-            });
+            next.store = Some(token);
             next.lease = LeaseHolder::Free;
             push(&mut out, "sibling saves and releases", Ok(next))?;
         }
@@ -742,9 +728,6 @@ fn flight_successors(world: &World, out: &mut Successors) -> Result<(), Violatio
                         );
                         if adoption == Adoption::Adopted {
                             check_may_publish(&next, epoch)?;
-                            if next.machine.current().is_some() {
-                                next.read_path = token.clone();
-                            }
                         }
                         token
                     }
@@ -968,24 +951,9 @@ fn flight_successors(world: &World, out: &mut Successors) -> Result<(), Violatio
                 }
                 let result = (|| {
                     check_not_revoked_since(&next, epoch)?;
-                    if next.has_store {
-                        // A fenced save is refused once the lease passed to another holder.
-                        let refused = fenced && next.lease != LeaseHolder::Us;
-                        if !store_fails && !refused {
-                            next.store = Some(Record {
-                                value: token.value,
-                                refresh: token.refresh,
-                                issued: token.issued,
-                            });
-                        }
-                        next.saved |= bit(token.value);
-                    }
-                    let published = publish(&mut next, token);
+                    let lease_lost = fenced && next.lease != LeaseHolder::Us;
+                    let published = save_and_publish(&mut next, token, store_fails || lease_lost);
                     next.lock = LockHolder::Nobody;
-                    check(
-                        !next.has_store || next.saved & bit(token.value) != 0,
-                        || "a token with a rotated refresh token was served before its save".into(),
-                    )?;
                     feed(&mut next, Feedback::Called(Called::Installed(published)))?;
                     Ok(next)
                 })();
@@ -1082,18 +1050,8 @@ fn straggler_successors(world: &World, out: &mut Successors) -> Result<(), Viola
             let mut next = world.clone();
             let result = (|| {
                 check_not_revoked_since(&next, epoch)?;
-                if next.has_store {
-                    let refused = owns_lease && next.lease != LeaseHolder::Us;
-                    if !refused {
-                        next.store = Some(Record {
-                            value: token.value,
-                            refresh: token.refresh,
-                            issued: token.issued,
-                        });
-                    }
-                    next.saved |= bit(token.value);
-                }
-                publish(&mut next, token);
+                let lease_lost = owns_lease && next.lease != LeaseHolder::Us;
+                save_and_publish(&mut next, token, lease_lost);
                 next.machine.installed_outside_a_refresh();
                 next.lock = LockHolder::Nobody;
                 next.straggler = None;
@@ -1146,15 +1104,7 @@ fn login_successors(world: &World, out: &mut Successors) -> Result<(), Violation
             let mut next = world.clone();
             let result = (|| {
                 check_not_revoked_since(&next, login.epoch)?;
-                if next.has_store {
-                    next.store = Some(Record {
-                        value: login.token.value,
-                        refresh: login.token.refresh,
-                        issued: login.token.issued,
-                    });
-                    next.saved |= bit(login.token.value);
-                }
-                publish(&mut next, login.token);
+                save_and_publish(&mut next, login.token, false);
                 next.machine.installed_outside_a_refresh();
                 next.lock = LockHolder::Nobody;
                 next.login = None;
@@ -1239,7 +1189,6 @@ fn start(has_store: bool, sliding: bool, budget: Budget) -> World {
     World {
         now: 0,
         machine: Lifecycle::new("model", policy()),
-        read_path: None,
         flight: None,
         straggler: None,
         login: None,
@@ -1254,7 +1203,6 @@ fn start(has_store: bool, sliding: bool, budget: Budget) -> World {
         next_value: 0,
         budget,
         invalidated: 0,
-        saved: 0,
         revoked: 0,
     }
 }

@@ -105,8 +105,6 @@ pub enum Action<T> {
     Wait,
     /// Give the caller this error.
     Fail(Error),
-    /// Remove the token from the read path.
-    Unpublish,
     /// Delete the stored record.
     DeleteStored,
     /// Revoke this token at the source.
@@ -196,7 +194,8 @@ pub struct StoredOffer<'a, V> {
     pub obtained_at: MonoTime,
 }
 
-/// The per-key lifecycle state.
+/// The per-key lifecycle state. The token it holds ([`Lifecycle::current`]) is the one the
+/// manager publishes for its lock-free read path: the manager copies it after every change.
 #[derive(Debug, Clone)]
 pub struct Lifecycle<T: TokenHandle> {
     key: Arc<str>,
@@ -391,7 +390,6 @@ impl<T: TokenHandle> Lifecycle<T> {
                     self.rejected_value = Some(token.value().clone());
                     self.rejected_obtained_at =
                         self.rejected_obtained_at.max(Some(token.obtained_at()));
-                    actions.push(Action::Unpublish);
                     actions.push(Action::CountInvalidation);
                     actions.push(Action::Emit(Event::Invalidated { generation }));
                     actions.push(Action::RearmTimer);
@@ -428,7 +426,6 @@ impl<T: TokenHandle> Lifecycle<T> {
                 self.refresh_token = None;
                 self.clear_failures();
                 let token = self.current.take();
-                actions.push(Action::Unpublish);
                 actions.push(Action::DeleteStored);
                 let generation = token.as_ref().map(T::generation);
                 if let Some(token) = token {
@@ -440,7 +437,6 @@ impl<T: TokenHandle> Lifecycle<T> {
                 self.closed = true;
                 self.current = None;
                 self.refresh_token = None;
-                actions.push(Action::Unpublish);
                 actions.push(Action::StopTimer);
             }
         }

@@ -182,8 +182,8 @@ struct Shared {
     /// The store key, also as events carry it (shared, not copied per event).
     key: Arc<str>,
     coarse_lag: Duration,
-    /// The published token: the lock-free read path loads this and nothing else. It
-    /// mirrors `state.machine.current()` and changes only under the state lock.
+    /// The published token: the lock-free read path loads this and nothing else. A copy of
+    /// `state.machine.current()`, written only by [`Shared::mirror`] under the state lock.
     current: ArcSwapOption<Token>,
     clock: Arc<dyn Clock>,
     source: Arc<dyn Source>,
@@ -677,7 +677,6 @@ impl Shared {
                 Action::CountServedStale => bump(&self.counters.served_stale),
                 Action::CountInvalidation => bump(&self.counters.invalidations),
                 Action::CountFailure => bump(&self.counters.failures),
-                Action::Unpublish => self.current.store(None),
                 Action::Emit(event) => self.emit(event),
                 Action::RefreshFailed {
                     error,
@@ -709,9 +708,20 @@ impl Shared {
         (verdict, deferred)
     }
 
-    /// Copies what the lock-free paths look at from the machine.
+    /// Copies what the lock-free paths look at from the machine; called after every change
+    /// to it, under the state lock.
     fn mirror(&self, state: &State) {
         let machine = &state.machine;
+        let published = machine.current();
+        let shown = self.current.load();
+        let unchanged = match (shown.as_deref(), published) {
+            (Some(shown), Some(published)) => std::ptr::eq(shown, &**published),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged {
+            self.current.store(published.cloned());
+        }
         self.refreshing
             .store(machine.is_refreshing(), Ordering::Release);
         self.retry_at_nanos
@@ -1203,9 +1213,7 @@ impl Shared {
         let admitted = self.state.lock().machine.admit_install(epoch);
         if let Err(refusal) = admitted {
             if refusal == Refusal::Revoked {
-                let error = refusal.into_error(&self.key, "while this refresh ran");
                 self.revoke_discarded(token);
-                return Err(error);
             }
             return Err(refusal.into_error(&self.key, "while this refresh ran"));
         }
@@ -1239,13 +1247,10 @@ impl Shared {
                 self.store_failed("save", &err);
             }
         }
-        Ok(self.publish(
-            move |generation| {
-                token.generation = generation;
-                Arc::new(token)
-            },
-            false,
-        ))
+        Ok(self.publish(move |generation| {
+            token.generation = generation;
+            Arc::new(token)
+        }))
     }
 
     /// A token that arrived after a revoke: revoked at the server too, when the source can
@@ -1262,26 +1267,25 @@ impl Shared {
     }
 
     /// Publishes an admitted token under the state lock (the read path sees it at once).
-    fn publish(
-        self: &Arc<Self>,
-        make: impl FnOnce(u64) -> Arc<Token>,
-        from_store: bool,
-    ) -> Arc<Token> {
+    fn publish(self: &Arc<Self>, make: impl FnOnce(u64) -> Arc<Token>) -> Arc<Token> {
         let token = {
             let mut state = self.state.lock();
             let token = state.machine.publish(make, self.clock.wall_now());
-            if state.machine.current().is_some() {
-                self.current.store(Some(token.clone()));
-            }
+            self.mirror(&state);
             token
         };
+        self.announce(&token, false);
+        token
+    }
+
+    /// After a token was published: its timer, and the event.
+    fn announce(self: &Arc<Self>, token: &Token, from_store: bool) {
         self.ensure_timer();
         self.emit(Event::RefreshSucceeded {
             generation: token.generation,
             expires_at: token.expires_at_wall,
             from_store,
         });
-        token
     }
 
     fn record_of(&self, token: &Token) -> TokenRecord {
@@ -1357,21 +1361,12 @@ impl Shared {
                 make,
                 self.clock.wall_now(),
             );
-            if let (Adoption::Adopted, Some(token)) = &offered {
-                if state.machine.current().is_some() {
-                    self.current.store(Some(token.clone()));
-                }
-            }
+            self.mirror(&state);
             offered
         };
         let token = token.filter(|_| adoption == Adoption::Adopted)?;
         bump(&self.counters.store_loads);
-        self.ensure_timer();
-        self.emit(Event::RefreshSucceeded {
-            generation: token.generation,
-            expires_at: token.expires_at_wall,
-            from_store: true,
-        });
+        self.announce(&token, true);
         Some(token)
     }
 
@@ -1386,12 +1381,14 @@ impl Shared {
 
     fn invalidate(self: &Arc<Self>, generation: u64) -> bool {
         let mut state = self.state.lock();
+        // The machine drops the token exactly when it is this generation.
+        let dropped = state
+            .machine
+            .current()
+            .is_some_and(|token| token.generation == generation);
         let actions = state
             .machine
             .handle(Input::Invalidate { generation }, self.clock.now());
-        let dropped = actions
-            .iter()
-            .any(|action| matches!(action, Action::Unpublish));
         self.execute(&mut state, actions);
         dropped
     }

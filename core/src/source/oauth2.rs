@@ -124,12 +124,18 @@ pub enum DiscoveryMode {
     OAuthAuthorizationServer,
 }
 
-/// The endpoints one discovery document named.
-#[derive(Debug)]
-struct Discovered {
+/// The endpoints of one authorization server, fixed or discovered.
+#[derive(Debug, Clone)]
+struct EndpointUrls {
     token: url::Url,
     revocation: Option<url::Url>,
     authorization: Option<url::Url>,
+}
+
+/// The endpoints one discovery document named.
+#[derive(Debug)]
+struct Discovered {
+    urls: EndpointUrls,
     fetched_at: MonoTime,
 }
 
@@ -217,11 +223,7 @@ impl DiscoveryCache {
 
 #[derive(Clone)]
 enum Endpoints {
-    Fixed {
-        token: url::Url,
-        revocation: Option<url::Url>,
-        authorization: Option<url::Url>,
-    },
+    Fixed(EndpointUrls),
     /// Found through discovery at `issuer` on first use (see the module docs).
     Discover {
         issuer: url::Url,
@@ -233,12 +235,10 @@ enum Endpoints {
 impl fmt::Debug for Endpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Endpoints::Fixed {
-                token, revocation, ..
-            } => f
+            Endpoints::Fixed(urls) => f
                 .debug_struct("Fixed")
-                .field("token", &endpoint_name(token))
-                .field("revocation", &revocation.as_ref().map(endpoint_name))
+                .field("token", &endpoint_name(&urls.token))
+                .field("revocation", &urls.revocation.as_ref().map(endpoint_name))
                 .finish(),
             Endpoints::Discover { issuer, mode, .. } => f
                 .debug_struct("Discover")
@@ -251,9 +251,7 @@ impl fmt::Debug for Endpoints {
 
 /// The endpoints a request goes to, and the document they came from (if discovered).
 struct Resolved {
-    token: url::Url,
-    revocation: Option<url::Url>,
-    authorization: Option<url::Url>,
+    urls: EndpointUrls,
     document: Option<Arc<Discovered>>,
 }
 
@@ -266,8 +264,8 @@ enum Endpoint {
 impl Endpoint {
     fn pick(self, resolved: &Resolved) -> Option<&url::Url> {
         match self {
-            Endpoint::Token => Some(&resolved.token),
-            Endpoint::Revocation => resolved.revocation.as_ref(),
+            Endpoint::Token => Some(&resolved.urls.token),
+            Endpoint::Revocation => resolved.urls.revocation.as_ref(),
         }
     }
 }
@@ -326,11 +324,11 @@ impl OAuth2Source {
     ) -> Result<Self> {
         Ok(Self {
             http: http_client()?,
-            endpoints: Endpoints::Fixed {
+            endpoints: Endpoints::Fixed(EndpointUrls {
                 token: endpoint_url("token_url", token_url)?,
                 revocation: None,
                 authorization: None,
-            },
+            }),
             client_id: client_id.into(),
             client_secret: Some(client_secret.into()),
             auth: ClientAuth::default(),
@@ -424,18 +422,8 @@ impl OAuth2Source {
 
     /// The authorization endpoint for interactive logins
     /// ([`OAuth2Source::authorization_request`]); discovery finds it by itself.
-    pub fn authorization_url(mut self, url: &str) -> Result<Self> {
-        let authorization_url = endpoint_url("authorization_url", url)?;
-        match &mut self.endpoints {
-            Endpoints::Fixed { authorization, .. } => *authorization = Some(authorization_url),
-            Endpoints::Discover { .. } => {
-                return Err(Error::new(
-                    ErrorKind::Configuration,
-                    "authorization_url: set by discovery; don't configure both",
-                ))
-            }
-        }
-        Ok(self)
+    pub fn authorization_url(self, url: &str) -> Result<Self> {
+        self.fixed_endpoint("authorization_url", url, |urls| &mut urls.authorization)
     }
 
     /// An extra parameter of authorization requests (e.g. `prompt=consent`,
@@ -455,7 +443,7 @@ impl OAuth2Source {
     /// from [`crate::source::authorization::LoopbackRedirect`] for desktop apps and CLIs).
     pub async fn authorization_request(&self, redirect_uri: &str) -> Result<AuthorizationRequest> {
         let resolved = self.resolve(None).await?;
-        let endpoint = resolved.authorization.ok_or_else(|| {
+        let endpoint = resolved.urls.authorization.ok_or_else(|| {
             Error::new(
                 ErrorKind::Configuration,
                 "no authorization endpoint: configure authorization_url or use an issuer \
@@ -489,14 +477,24 @@ impl OAuth2Source {
     }
 
     /// RFC 7009 revocation endpoint, used by `Manager::revoke`.
-    pub fn revocation_url(mut self, url: &str) -> Result<Self> {
-        let revocation_url = endpoint_url("revocation_url", url)?;
+    pub fn revocation_url(self, url: &str) -> Result<Self> {
+        self.fixed_endpoint("revocation_url", url, |urls| &mut urls.revocation)
+    }
+
+    /// Sets an optional endpoint of a source with fixed endpoints (discovery names them).
+    fn fixed_endpoint(
+        mut self,
+        field: &str,
+        url: &str,
+        slot: impl FnOnce(&mut EndpointUrls) -> &mut Option<url::Url>,
+    ) -> Result<Self> {
+        let url = endpoint_url(field, url)?;
         match &mut self.endpoints {
-            Endpoints::Fixed { revocation, .. } => *revocation = Some(revocation_url),
+            Endpoints::Fixed(urls) => *slot(urls) = Some(url),
             Endpoints::Discover { .. } => {
                 return Err(Error::new(
                     ErrorKind::Configuration,
-                    "revocation_url: set by discovery; don't configure both",
+                    format!("{field}: set by discovery; don't configure both"),
                 ))
             }
         }
@@ -508,15 +506,9 @@ impl OAuth2Source {
     /// unless another caller already replaced it.
     async fn resolve(&self, failed: Option<&Arc<Discovered>>) -> Result<Resolved> {
         let (issuer, mode, cache) = match &self.endpoints {
-            Endpoints::Fixed {
-                token,
-                revocation,
-                authorization,
-            } => {
+            Endpoints::Fixed(urls) => {
                 return Ok(Resolved {
-                    token: token.clone(),
-                    revocation: revocation.clone(),
-                    authorization: authorization.clone(),
+                    urls: urls.clone(),
                     document: None,
                 })
             }
@@ -557,9 +549,7 @@ impl OAuth2Source {
             },
         };
         Ok(Resolved {
-            token: document.token.clone(),
-            revocation: document.revocation.clone(),
-            authorization: document.authorization.clone(),
+            urls: document.urls.clone(),
             document: Some(document),
         })
     }
@@ -639,21 +629,21 @@ impl OAuth2Source {
                     ),
                 ));
             }
-            let token = endpoint_url("discovery.token_endpoint", &document.token_endpoint)?;
-            let revocation = document
-                .revocation_endpoint
-                .as_deref()
-                .map(|url| endpoint_url("discovery.revocation_endpoint", url))
-                .transpose()?;
-            let authorization = document
-                .authorization_endpoint
-                .as_deref()
-                .map(|url| endpoint_url("discovery.authorization_endpoint", url))
-                .transpose()?;
+            let optional = |field: &str, url: Option<&str>| {
+                url.map(|url| endpoint_url(field, url)).transpose()
+            };
             return Ok(Discovered {
-                token,
-                revocation,
-                authorization,
+                urls: EndpointUrls {
+                    token: endpoint_url("discovery.token_endpoint", &document.token_endpoint)?,
+                    revocation: optional(
+                        "discovery.revocation_endpoint",
+                        document.revocation_endpoint.as_deref(),
+                    )?,
+                    authorization: optional(
+                        "discovery.authorization_endpoint",
+                        document.authorization_endpoint.as_deref(),
+                    )?,
+                },
                 fetched_at: now,
             });
         }

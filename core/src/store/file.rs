@@ -1212,18 +1212,7 @@ impl Store for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record() -> TokenRecord {
-        TokenRecord {
-            version: TokenRecord::VERSION,
-            value: "access-secret-value".into(),
-            token_type: "Bearer".into(),
-            scopes: vec!["read".into()],
-            refresh_token: Some("refresh-secret-value".into()),
-            expires_at_ms: 1_800_000_000_000,
-            obtained_at_ms: 1_799_999_000_000,
-        }
-    }
+    use crate::store::sample_record as record;
 
     #[test]
     fn plaintext_drops_the_refresh_token_and_encrypted_keeps_it() {

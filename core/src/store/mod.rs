@@ -284,21 +284,24 @@ impl<S: BlockingStore> Store for BlockingStoreAdapter<S> {
     }
 }
 
+/// A record with a refresh token, for the stores' unit tests.
+#[cfg(test)]
+pub(crate) fn sample_record() -> TokenRecord {
+    TokenRecord {
+        version: TokenRecord::VERSION,
+        value: "access-secret-value".into(),
+        token_type: "Bearer".into(),
+        scopes: vec!["read".into()],
+        refresh_token: Some("refresh-secret-value".into()),
+        expires_at_ms: 1_800_000_000_000,
+        obtained_at_ms: 1_799_999_000_000,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sample_record as record;
     use super::*;
-
-    fn record() -> TokenRecord {
-        TokenRecord {
-            version: TokenRecord::VERSION,
-            value: "access-secret-value".into(),
-            token_type: "Bearer".into(),
-            scopes: vec!["read".into()],
-            refresh_token: Some("refresh-secret-value".into()),
-            expires_at_ms: 1_800_000_000_000,
-            obtained_at_ms: 1_799_999_000_000,
-        }
-    }
 
     #[test]
     fn record_round_trips_and_debug_redacts() {

@@ -40,6 +40,7 @@ use tokenlease::http::jwt_expiry;
 use tokenlease::oauth2::{ClientAuth, DiscoveryMode, Grant, OAuth2Source};
 use tokenlease::{
     BlockingStore, ErrorKind, Manager, MemoryStore, SecretString, Source, Token, TokenRecord,
+    TokenRef,
 };
 
 const BASIC_CLIENT: &str = "tokenlease-basic";
@@ -282,6 +283,51 @@ impl OidcServer {
             .expect("stats json")
     }
 
+    /// The user's browser (tests/oidc/server.js `/__browser/authorize`, shared by the
+    /// tests of every language): follows the authorization URL, logs alice in, and returns
+    /// the redirect back to the app (with the code or the error).
+    async fn browser_authorize(&self, authorization_url: &str) -> String {
+        let answer: Value = self
+            .browser("authorize", serde_json::json!({ "url": authorization_url }))
+            .await;
+        answer["redirect"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the browser did not come back: {answer}"))
+            .to_owned()
+    }
+
+    /// The user at another device enters `user_code` and approves or denies the login.
+    async fn browser_device(&self, user_code: &str, approve: bool) {
+        let answer = self
+            .browser(
+                "device",
+                serde_json::json!({ "user_code": user_code, "approve": approve }),
+            )
+            .await;
+        assert_eq!(answer["done"], true, "{answer}");
+    }
+
+    /// The user removes the app's access: every grant alice gave ends at once.
+    async fn revoke_all_grants(&self) {
+        let answer = self.browser("revoke-grants", serde_json::json!({})).await;
+        assert!(answer["revoked"].as_u64().unwrap() >= 1, "{answer}");
+    }
+
+    async fn browser(&self, action: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/__browser/{action}", self.origin))
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("the simulated browser answers");
+        let status = response.status();
+        let answer: Value = response.json().await.expect("browser json");
+        assert!(status.is_success(), "browser {action}: {status} {answer}");
+        answer
+    }
+
     async fn token_requests(&self) -> u64 {
         self.stats().await["token_requests"].as_u64().unwrap()
     }
@@ -383,6 +429,12 @@ on_both_mounts!(
     a_code_is_refused_with_another_logins_verifier_or_state,
     a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_required,
     a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh,
+    a_manager_login_through_the_browser_until_the_user_removes_access,
+    a_device_login_waits_through_pending_and_slow_down_until_approved,
+    a_denied_device_login_is_cancelled,
+    a_device_code_nobody_approves_expires_into_login_required,
+    a_device_login_can_be_cancelled_while_it_waits,
+    a_seed_never_rolls_back_a_newer_stored_login,
 );
 
 async fn client_credentials_through_discovery_with_basic_auth(mount: Mount) {
@@ -1349,57 +1401,6 @@ async fn mock_oauth2_the_discovery_form_is_chosen_in_the_config() {
 
 const APP_CLIENT: &str = "tokenlease-app";
 
-/// What the user's browser does: opens the authorization URL, follows the redirects to
-/// the server's login page, submits alice's credentials there, and follows the redirects
-/// back until one leaves for `redirect_uri` (returned, not followed).
-async fn browser_login(authorization_url: &str, redirect_uri: &str) -> String {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut cookies: std::collections::BTreeMap<String, String> = Default::default();
-    let mut url = url::Url::parse(authorization_url).unwrap();
-    for _ in 0..10 {
-        if url.as_str().starts_with(redirect_uri) {
-            return url.to_string();
-        }
-        let login_page = url.path().contains("/interaction/");
-        let request = if login_page {
-            browser
-                .post(url.clone())
-                .form(&[("username", "alice"), ("password", "wonderland")])
-        } else {
-            browser.get(url.clone())
-        };
-        let cookie_header = cookies
-            .iter()
-            .map(|(name, value)| format!("{name}={value}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let response = request
-            .header(reqwest::header::COOKIE, cookie_header)
-            .send()
-            .await
-            .unwrap();
-        for set in response.headers().get_all(reqwest::header::SET_COOKIE) {
-            let pair = set.to_str().unwrap().split(';').next().unwrap();
-            if let Some((name, value)) = pair.split_once('=') {
-                cookies.insert(name.trim().to_owned(), value.trim().to_owned());
-            }
-        }
-        let status = response.status();
-        let Some(location) = response.headers().get(reqwest::header::LOCATION) else {
-            panic!(
-                "the login stopped at {} with {status}: {}",
-                url.path(),
-                response.text().await.unwrap_or_default()
-            );
-        };
-        url = url.join(location.to_str().unwrap()).unwrap();
-    }
-    panic!("the login did not come back to {redirect_uri} within 10 redirects");
-}
-
 fn app_source(server: &OidcServer) -> OAuth2Source {
     // OpenID Connect grants offline_access only with prompt=consent (Core §11).
     OAuth2Source::discover(server.issuer(), APP_CLIENT, None)
@@ -1424,7 +1425,7 @@ async fn a_browser_login_with_pkce_gives_a_rotating_refresh_token(mount: Mount) 
         "the authorization endpoint came from discovery"
     );
     let receiving = tokio::spawn(redirect.receive(Duration::from_secs(30)));
-    let back = browser_login(request.url(), &redirect_uri).await;
+    let back = server.browser_authorize(request.url()).await;
     // The browser's last step: the redirect reaches the app's loopback listener.
     let page = reqwest::get(&back).await.unwrap();
     assert!(page.status().is_success());
@@ -1466,7 +1467,7 @@ async fn a_code_is_refused_with_another_logins_verifier_or_state(mount: Mount) {
     let redirect_uri = redirect.redirect_uri();
     let request = source.authorization_request(&redirect_uri).await.unwrap();
     let other = source.authorization_request(&redirect_uri).await.unwrap();
-    let back = browser_login(request.url(), &redirect_uri).await;
+    let back = server.browser_authorize(request.url()).await;
 
     // Another login's state: a forged or crossed redirect.
     let crossed = other.code_from_redirect(&back).unwrap_err();
@@ -1486,13 +1487,13 @@ async fn a_code_is_refused_with_another_logins_verifier_or_state(mount: Mount) {
 }
 
 /// A whole browser login (loopback redirect, PKCE): the login result.
-async fn log_in(source: &OAuth2Source) -> tokenlease::FetchedToken {
+async fn log_in(server: &OidcServer, source: &OAuth2Source) -> tokenlease::FetchedToken {
     use tokenlease::source::authorization::LoopbackRedirect;
     let redirect = LoopbackRedirect::bind().await.unwrap();
     let redirect_uri = redirect.redirect_uri();
     let request = source.authorization_request(&redirect_uri).await.unwrap();
     let receiving = tokio::spawn(redirect.receive(Duration::from_secs(30)));
-    let back = browser_login(request.url(), &redirect_uri).await;
+    let back = server.browser_authorize(request.url()).await;
     reqwest::get(&back).await.unwrap();
     let returned = receiving.await.unwrap().unwrap();
     let code = request.code_from_redirect(&returned).unwrap();
@@ -1517,7 +1518,7 @@ async fn a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_requir
     assert_eq!(server.token_requests().await, 0);
 
     let first = manager
-        .login(log_in(&source).await)
+        .login(log_in(&server, &source).await)
         .await
         .unwrap()
         .into_arc();
@@ -1563,7 +1564,7 @@ async fn a_user_login_is_refreshed_until_the_server_ends_it_then_login_is_requir
 
     // A new login: everything works again, from the new session.
     let relogin = manager
-        .login(log_in(&source).await)
+        .login(log_in(&server, &source).await)
         .await
         .unwrap()
         .into_arc();
@@ -1600,7 +1601,7 @@ async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: 
         .store(Arc::new(MemoryStore::new()))
         .build();
     let login = manager
-        .login(log_in(&source).await)
+        .login(log_in(&server, &source).await)
         .await
         .unwrap()
         .into_arc();
@@ -1633,4 +1634,330 @@ async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: 
         "no refresh token was redeemed twice: {}",
         stats["errors"]
     );
+}
+
+fn user_login_config(server: &OidcServer, client_id: &str, store: &str) -> String {
+    serde_json::json!({
+        "source": {
+            "type": "oauth2",
+            "issuer": server.issuer(),
+            "client_id": client_id,
+            "grant": {"type": "user_login"},
+            "scopes": ["openid", "offline_access"],
+            "authorization_params": {"prompt": "consent"},
+        },
+        "store": serde_json::from_str::<Value>(store).unwrap(),
+    })
+    .to_string()
+}
+
+/// What every binding's login test does, in Rust: a login through the manager's own
+/// helpers, a refresh with rotation, the user removing the app's access (login required
+/// for every caller, once, nothing hangs), and a new login.
+async fn a_manager_login_through_the_browser_until_the_user_removes_access(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let manager = Manager::from_config(&user_login_config(
+        &server,
+        APP_CLIENT,
+        r#"{"type": "memory"}"#,
+    ))
+    .unwrap();
+    let redirect_uri = "http://127.0.0.1:49152/callback";
+    let request = manager.begin_login(redirect_uri).await.unwrap();
+    let back = server.browser_authorize(request.url()).await;
+    let first = manager
+        .complete_login(&request, &back)
+        .await
+        .unwrap()
+        .into_arc();
+    assert!(server.is_active(first.value()).await);
+    // A redirect is used once: the same one again is refused by the server.
+    let replayed = manager.complete_login(&request, &back).await.unwrap_err();
+    assert_eq!(replayed.kind(), ErrorKind::InvalidGrant, "{replayed}");
+
+    let first = manager
+        .login(log_in(&server, &app_source(&server)).await)
+        .await
+        .unwrap()
+        .into_arc();
+    assert!(manager.invalidate(&first));
+    let second = manager.token().await.unwrap().into_arc();
+    assert!(second.refresh_token().unwrap().expose() != first.refresh_token().unwrap().expose());
+
+    let refused_before = server.stats().await["errors"]["invalid_grant"]
+        .as_u64()
+        .unwrap_or(0);
+    server.revoke_all_grants().await;
+    assert!(manager.invalidate(&second));
+    let callers: Vec<_> = (0..64)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move { manager.token().await.map(|_| ()) })
+        })
+        .collect();
+    for caller in callers {
+        let err = tokio::time::timeout(Duration::from_secs(30), caller)
+            .await
+            .expect("no caller hangs")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LoginRequired, "{err}");
+    }
+    assert_eq!(
+        server.stats().await["errors"]["invalid_grant"]
+            .as_u64()
+            .unwrap(),
+        refused_before + 1,
+        "one refresh attempt for 64 callers"
+    );
+
+    let request = manager.begin_login(redirect_uri).await.unwrap();
+    let back = server.browser_authorize(request.url()).await;
+    let again = manager
+        .complete_login(&request, &back)
+        .await
+        .unwrap()
+        .into_arc();
+    assert_eq!(
+        manager.token().await.unwrap().generation(),
+        again.generation()
+    );
+}
+
+/// Waits (at most 60 s) until the server's error counter `code` reaches `at_least`.
+async fn until_server_answered(server: &OidcServer, code: &str, at_least: u64) {
+    for _ in 0..600 {
+        if server.stats().await["errors"][code].as_u64().unwrap_or(0) >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server never answered {code}: {}", server.stats().await);
+}
+
+async fn a_device_login_waits_through_pending_and_slow_down_until_approved(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let manager = Manager::from_config(&user_login_config(
+        &server,
+        APP_CLIENT,
+        r#"{"type": "memory"}"#,
+    ))
+    .unwrap();
+    let device = manager.start_device_login().await.unwrap();
+    assert_eq!(
+        device.interval(),
+        Duration::from_secs(1),
+        "the server's interval"
+    );
+    assert!(device
+        .verification_uri()
+        .starts_with(&format!("{}/device", server.issuer())));
+    assert!(device
+        .verification_uri_complete()
+        .unwrap()
+        .contains(device.user_code()));
+    let waiting = {
+        let manager = manager.clone();
+        let device = device.clone();
+        tokio::spawn(async move {
+            manager
+                .complete_device_login(&device)
+                .await
+                .map(TokenRef::into_arc)
+        })
+    };
+    // The server paces polls at 2 s although it advertises 1 s: the second poll is told to
+    // slow down, and the client then waits 5 s longer.
+    until_server_answered(&server, "authorization_pending", 1).await;
+    until_server_answered(&server, "slow_down", 1).await;
+    server.browser_device(device.user_code(), true).await;
+    let token = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the device login ends")
+        .unwrap()
+        .unwrap();
+    assert!(server.is_active(token.value()).await);
+    assert!(
+        token.refresh_token().is_some(),
+        "the device login seeds a refresh token"
+    );
+    let stats = server.stats().await;
+    assert_eq!(
+        stats["errors"]["slow_down"], 1,
+        "after slow_down the client polls slower: {stats}"
+    );
+    assert_eq!(
+        stats["grants"]["urn:ietf:params:oauth:grant-type:device_code"],
+        1
+    );
+    assert_eq!(
+        manager.token().await.unwrap().generation(),
+        token.generation()
+    );
+}
+
+async fn a_denied_device_login_is_cancelled(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let manager = Manager::from_config(&user_login_config(
+        &server,
+        APP_CLIENT,
+        r#"{"type": "memory"}"#,
+    ))
+    .unwrap();
+    let device = manager.start_device_login().await.unwrap();
+    server.browser_device(device.user_code(), false).await;
+    let denied = tokio::time::timeout(
+        Duration::from_secs(60),
+        manager.complete_device_login(&device),
+    )
+    .await
+    .expect("the device login ends")
+    .unwrap_err();
+    assert_eq!(denied.kind(), ErrorKind::Cancelled, "{denied}");
+    assert!(denied.to_string().contains("denied"), "{denied}");
+    let after = manager.token().await.unwrap_err();
+    assert_eq!(after.kind(), ErrorKind::LoginRequired);
+}
+
+async fn a_device_code_nobody_approves_expires_into_login_required(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    // tokenlease-tv-brief's device codes live 3 s.
+    let manager = Manager::from_config(&user_login_config(
+        &server,
+        "tokenlease-tv-brief",
+        r#"{"type": "memory"}"#,
+    ))
+    .unwrap();
+    let device = manager.start_device_login().await.unwrap();
+    assert_eq!(device.expires_in(), Duration::from_secs(3));
+    let expired = tokio::time::timeout(
+        Duration::from_secs(60),
+        manager.complete_device_login(&device),
+    )
+    .await
+    .expect("the device login ends")
+    .unwrap_err();
+    assert_eq!(expired.kind(), ErrorKind::LoginRequired, "{expired}");
+    assert!(expired.to_string().contains("expired"), "{expired}");
+}
+
+async fn a_device_login_can_be_cancelled_while_it_waits(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let manager = Manager::from_config(&user_login_config(
+        &server,
+        APP_CLIENT,
+        r#"{"type": "memory"}"#,
+    ))
+    .unwrap();
+    let device = manager.start_device_login().await.unwrap();
+    let waiting = {
+        let manager = manager.clone();
+        let device = device.clone();
+        tokio::spawn(async move { manager.complete_device_login(&device).await.map(|_| ()) })
+    };
+    until_server_answered(&server, "authorization_pending", 1).await;
+    device.cancel();
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("cancel ends the wait at once")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(cancelled.kind(), ErrorKind::Cancelled, "{cancelled}");
+}
+
+async fn a_seed_never_rolls_back_a_newer_stored_login(mount: Mount) {
+    let Some(server) = OidcServer::start(mount) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "tokenlease-seed-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let store = serde_json::json!({
+        "type": "file",
+        "dir": dir,
+        "encryption_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    })
+    .to_string();
+    let config = user_login_config(&server, APP_CLIENT, &store);
+    let source = app_source(&server);
+
+    // First run: the app seeds the manager with the login result it got (from AppAuth,
+    // say) and keeps that result in its own preferences.
+    let seeded_at = SystemTime::now();
+    let login = log_in(&server, &source).await;
+    let kept = login.clone();
+    let manager = Manager::from_config(&config).unwrap();
+    let first = manager
+        .seed(login, Some(seeded_at))
+        .await
+        .unwrap()
+        .into_arc();
+    assert!(manager.invalidate(&first));
+    let rotated = manager.token().await.unwrap().into_arc();
+    assert_eq!(server.grants("refresh_token").await, 1);
+    manager.close();
+
+    // Next run: seeding again with the kept (older) result must not roll back the rotated
+    // tokens in the encrypted store: their refresh token is the live one, the kept one is
+    // dead (redeeming it would even revoke the whole family).
+    let requests = server.token_requests().await;
+    let restarted = Manager::from_config(&config).unwrap();
+    let served = restarted
+        .seed(kept.clone(), Some(seeded_at))
+        .await
+        .unwrap()
+        .into_arc();
+    assert!(
+        served.value().expose() == rotated.value().expose(),
+        "the stored token is served"
+    );
+    assert_eq!(
+        server.token_requests().await,
+        requests,
+        "0 logins, 0 refreshes"
+    );
+    assert!(restarted.invalidate(&served));
+    restarted.token().await.unwrap();
+    assert_eq!(
+        server.grants("refresh_token").await,
+        2,
+        "refreshed with the rotated token"
+    );
+    assert!(
+        server.stats().await["errors"]
+            .get("invalid_grant")
+            .is_none(),
+        "the dead kept refresh token was never sent"
+    );
+
+    // Without an issue time, any stored token wins as well.
+    let third = Manager::from_config(&config).unwrap();
+    let served = third.seed(kept, None).await.unwrap().into_arc();
+    assert!(served.value().expose() != first.value().expose());
+
+    // A newer login (issued after the stored one) does replace it.
+    let newer = log_in(&server, &source).await;
+    let newer_value = newer.value.clone();
+    let replaced = third
+        .seed(newer, Some(SystemTime::now()))
+        .await
+        .unwrap()
+        .into_arc();
+    assert!(replaced.value().expose() == newer_value.expose());
+    let _ = std::fs::remove_dir_all(&dir);
 }

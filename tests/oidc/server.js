@@ -53,6 +53,20 @@
 //   (token_requests counts every POST to the token endpoint, successful or not;
 //   grants/errors count by grant type / error code; paths counts every request but these
 //   by "METHOD /path").
+// - the device authorization grant (RFC 8628, features.deviceFlow) for `tokenlease-app` and
+//   `tokenlease-tv-brief` (whose device codes live DEVICE_BRIEF_TTL seconds). oidc-provider
+//   sends no `interval` and never answers `slow_down`; this server (TEST-ONLY, as the
+//   spec's server side) advertises `interval` DEVICE_INTERVAL and answers `slow_down` to a
+//   pending poll that comes sooner than DEVICE_MIN_POLL seconds after the previous one, so
+//   a client is seen to back off by 5 s. Polls, approval and denial are oidc-provider's.
+// - TEST-ONLY, the user's browser (so tests in every language share one): at the host's root,
+//   POST /__browser/authorize with JSON {"url": AUTHORIZATION_URL} follows the URL as a
+//   browser would, logs alice in, and answers {"redirect": URL} with the first redirect
+//   that leaves this server (the client's redirect URI with the code or the error);
+//   POST /__browser/device with {"user_code": CODE, "approve": true|false} enters the code
+//   at the verification page, confirms or aborts, logs alice in, answers {"done": true};
+//   POST /__browser/revoke-grants ends every grant alice gave (as a user removing the app's
+//   access in account settings): all their access and refresh tokens die at once.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -99,6 +113,10 @@ const RESOURCE = 'urn:tokenlease:api';
 const USERNAME = 'alice';
 const PASSWORD = 'wonderland';
 const ACCESS_TOKEN_TTL = 60;
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const DEVICE_INTERVAL = 1;
+const DEVICE_MIN_POLL = 2;
+const DEVICE_BRIEF_TTL = 3;
 
 const stats = {
   token_requests: 0,
@@ -136,11 +154,24 @@ const APP_CLIENT = {
   client_id: 'tokenlease-app',
   application_type: 'native',
   token_endpoint_auth_method: 'none',
-  grant_types: ['authorization_code', 'refresh_token'],
+  grant_types: ['authorization_code', 'refresh_token', DEVICE_GRANT],
   response_types: ['code'],
   redirect_uris: ['http://127.0.0.1/callback'],
   scope: 'api:read openid offline_access',
 };
+
+// A public device client (a TV, a CLI) whose device codes expire after DEVICE_BRIEF_TTL s.
+const BRIEF_DEVICE_CLIENT = {
+  client_id: 'tokenlease-tv-brief',
+  token_endpoint_auth_method: 'none',
+  grant_types: [DEVICE_GRANT, 'refresh_token'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api:read openid offline_access',
+};
+
+// Every grant alice gave, for /__browser/revoke-grants.
+const grantIds = new Set();
 
 function configuration() {
   return {
@@ -148,6 +179,7 @@ function configuration() {
       staticClient('tokenlease-basic', 'client_secret_basic'),
       staticClient('tokenlease-post', 'client_secret_post'),
       APP_CLIENT,
+      BRIEF_DEVICE_CLIENT,
     ],
     // The login and consent pages of this server (handled below, not oidc-provider's
     // development pages): a test drives them with HTTP requests, as a browser would.
@@ -178,6 +210,19 @@ function configuration() {
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
       },
       userinfo: { enabled: true },
+      deviceFlow: {
+        enabled: true,
+        // Plain pages: the simulated browser below reads their forms.
+        async userCodeInputSource(ctx, form) {
+          ctx.body = `<!DOCTYPE html><html><body>${form}<button type="submit" form="op.deviceInputForm">Continue</button></body></html>`;
+        },
+        async userCodeConfirmSource(ctx, form) {
+          ctx.body = `<!DOCTYPE html><html><body>${form}</body></html>`;
+        },
+        async successSource(ctx) {
+          ctx.body = '<!DOCTYPE html><html><body>signed in</body></html>';
+        },
+      },
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => undefined,
@@ -200,6 +245,9 @@ function configuration() {
       IdToken: ACCESS_TOKEN_TTL,
       RefreshToken: 3600,
       Grant: 3600,
+      DeviceCode: (_ctx, _token, client) => (
+        client && client.clientId === BRIEF_DEVICE_CLIENT.client_id ? DEVICE_BRIEF_TTL : 600
+      ),
     },
     // Errors go to the client as JSON; nothing renders HTML here.
     async renderError(ctx, out) {
@@ -229,6 +277,7 @@ function registerPasswordGrant(provider) {
     const grant = new provider.Grant({ accountId, clientId: client.clientId });
     grant.addOIDCScope(scope);
     const grantId = await grant.save();
+    grantIds.add(grantId);
 
     const at = new provider.AccessToken({
       accountId, client, grantId, gty: 'password', scope,
@@ -309,6 +358,7 @@ async function interaction(req, res, url) {
   const grant = new provider.Grant({ accountId: USERNAME, clientId: details.params.client_id });
   if (details.params.scope) grant.addOIDCScope(details.params.scope);
   const grantId = await grant.save();
+  grantIds.add(grantId);
   await provider.interactionFinished(
     req,
     res,
@@ -317,9 +367,155 @@ async function interaction(req, res, url) {
   );
 }
 
+// TEST-ONLY: the user's browser (see the header comment). Real HTTP requests to this
+// server, with a cookie jar, following redirects by hand.
+async function readJson(req) {
+  let text = '';
+  for await (const chunk of req) {
+    text += chunk;
+    if (text.length > 65536) throw new Error('request body too large');
+  }
+  return JSON.parse(text || '{}');
+}
+
+function browser() {
+  const cookies = new Map();
+  return async function visit(url, form) {
+    const headers = { cookie: [...cookies].map(([name, value]) => `${name}=${value}`).join('; ') };
+    const init = { method: form ? 'POST' : 'GET', headers, redirect: 'manual' };
+    if (form) {
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+      init.body = new URLSearchParams(form).toString();
+    }
+    const response = await fetch(url, init);
+    for (const set of response.headers.getSetCookie()) {
+      const [pair] = set.split(';');
+      const at = pair.indexOf('=');
+      if (at > 0) cookies.set(pair.slice(0, at).trim(), pair.slice(at + 1).trim());
+    }
+    const location = response.headers.get('location');
+    return {
+      status: response.status,
+      location: location ? new URL(location, url).toString() : undefined,
+      body: await response.text(),
+    };
+  };
+}
+
+const LOGIN_FORM = { username: USERNAME, password: PASSWORD };
+
+// Follows redirects (logging in at the login page) until one leaves this server.
+async function browse(visit, startUrl, origin, firstForm) {
+  let url = startUrl;
+  let form = firstForm;
+  for (let hop = 0; hop < 12; hop += 1) {
+    if (new URL(url).origin !== origin) return { redirect: url };
+    const page = await visit(url, form);
+    form = undefined;
+    if (page.location) {
+      url = page.location;
+      if (new URL(url).pathname.startsWith(`${MOUNT}/interaction/`)) {
+        const login = await visit(url, LOGIN_FORM);
+        if (!login.location) throw new Error(`the login page answered ${login.status}: ${login.body}`);
+        url = login.location;
+      }
+      continue;
+    }
+    return { status: page.status, body: page.body };
+  }
+  throw new Error('more than 12 redirects');
+}
+
+function formField(html, name) {
+  const match = new RegExp(`name="${name}"[^>]*value="([^"]*)"`).exec(html)
+    || new RegExp(`value="([^"]*)"[^>]*name="${name}"`).exec(html);
+  return match ? match[1] : undefined;
+}
+
+async function browserRoute(req, res, path, origin) {
+  const body = await readJson(req);
+  if (path === '/__browser/authorize') {
+    if (typeof body.url !== 'string' || new URL(body.url).origin !== origin) {
+      sendJson(res, 400, { error: 'url must be an authorization URL of this server' });
+      return;
+    }
+    const outcome = await browse(browser(), body.url, origin);
+    sendJson(res, outcome.redirect ? 200 : 502, outcome);
+    return;
+  }
+  if (path === '/__browser/device') {
+    const visit = browser();
+    const verification = `${origin}${MOUNT}/device`;
+    const input = await visit(verification);
+    const xsrf = formField(input.body, 'xsrf');
+    if (!xsrf) throw new Error(`no xsrf field on the verification page: ${input.body}`);
+    const confirm = await visit(verification, { xsrf, user_code: String(body.user_code || '') });
+    const confirmXsrf = formField(confirm.body, 'xsrf');
+    if (!confirmXsrf) {
+      sendJson(res, 400, { error: 'user code refused', page: confirm.body });
+      return;
+    }
+    const choice = body.approve === false ? { abort: 'yes' } : { confirm: 'yes' };
+    const outcome = await browse(visit, verification, origin, {
+      xsrf: confirmXsrf, user_code: String(body.user_code), ...choice,
+    });
+    sendJson(res, 200, { done: true, status: outcome.status });
+    return;
+  }
+  if (path === '/__browser/revoke-grants') {
+    let revoked = 0;
+    for (const grantId of grantIds) {
+      await Promise.all([
+        provider.AccessToken.revokeByGrantId(grantId),
+        provider.RefreshToken.revokeByGrantId(grantId),
+        provider.AuthorizationCode.revokeByGrantId(grantId),
+        provider.DeviceCode.revokeByGrantId(grantId),
+        provider.Grant.adapter.destroy(grantId),
+      ]);
+      revoked += 1;
+    }
+    grantIds.clear();
+    stats.revoked_grants += revoked;
+    sendJson(res, 200, { revoked });
+    return;
+  }
+  sendJson(res, 404, { error: 'not_found' });
+}
+
+// TEST-ONLY (see the header comment): `interval` in device authorization responses, and
+// `slow_down` for a pending poll sooner than DEVICE_MIN_POLL s after the previous one.
+const lastPoll = new Map();
+function deviceFlowPacing(ctx, next) {
+  return next().then(() => {
+    if (ctx.method === 'POST' && ctx.path === '/device/auth' && ctx.status === 200 && ctx.body) {
+      ctx.body = { ...ctx.body, interval: DEVICE_INTERVAL };
+      return;
+    }
+    const params = ctx.oidc && ctx.oidc.params;
+    if (ctx.method !== 'POST' || ctx.path !== '/token' || !params || params.grant_type !== DEVICE_GRANT) return;
+    const now = Date.now();
+    const previous = lastPoll.get(params.device_code);
+    lastPoll.set(params.device_code, now);
+    const pending = ctx.body && ctx.body.error === 'authorization_pending';
+    if (pending && previous !== undefined && now - previous < DEVICE_MIN_POLL * 1000) {
+      bump(stats.errors, 'slow_down');
+      ctx.status = 400;
+      ctx.body = { error: 'slow_down', error_description: 'polling too quickly' };
+    }
+  });
+}
+
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
   const path = url.pathname;
+  if (provider && req.method === 'POST' && path.startsWith('/__browser/')) {
+    const { port } = server.address();
+    browserRoute(req, res, path, `http://127.0.0.1:${port}`).catch((err) => {
+      console.error('oidc test server: browser failed', err);
+      if (!res.headersSent) sendJson(res, 500, { error: 'browser_failed', detail: String(err.message) });
+    });
+    return;
+  }
   if (provider && path.startsWith(`${MOUNT}/interaction/`)) {
     interaction(req, res, url).catch((err) => {
       console.error('oidc test server: interaction failed', err);
@@ -377,6 +573,7 @@ server.listen(0, '127.0.0.1', () => {
   const issuer = `http://127.0.0.1:${port}${MOUNT}`;
   provider = new Provider(issuer, configuration());
   registerPasswordGrant(provider);
+  provider.use(deviceFlowPacing);
   provider.on('grant.success', (ctx) => bump(stats.grants, ctx.oidc.params.grant_type));
   provider.on('grant.error', (_ctx, err) => bump(stats.errors, err.error || 'unknown'));
   provider.on('server_error', (_ctx, err) => {

@@ -106,6 +106,17 @@ pub struct OAuth2Config {
     /// Revocation endpoint (fixed endpoints only).
     #[serde(default)]
     pub revocation_url: Option<String>,
+    /// Authorization endpoint for interactive logins (fixed endpoints only; discovery
+    /// finds it).
+    #[serde(default)]
+    pub authorization_url: Option<String>,
+    /// Device authorization endpoint, RFC 8628 (fixed endpoints only; discovery finds it).
+    #[serde(default)]
+    pub device_authorization_url: Option<String>,
+    /// Extra parameters of interactive login URLs (e.g. `prompt = "consent"`,
+    /// `login_hint`).
+    #[serde(default)]
+    pub authorization_params: std::collections::BTreeMap<String, String>,
     /// `audience` parameter.
     #[serde(default)]
     pub audience: Option<String>,
@@ -632,6 +643,9 @@ impl SourceConfig {
                     scopes,
                     client_auth,
                     revocation_url,
+                    authorization_url,
+                    device_authorization_url,
+                    authorization_params,
                     audience,
                     resource,
                     extra_params,
@@ -706,6 +720,15 @@ impl SourceConfig {
                     .client_auth(to_auth(client_auth));
                 if let Some(url) = revocation_url {
                     source = source.revocation_url(url)?;
+                }
+                if let Some(url) = authorization_url {
+                    source = source.authorization_url(url)?;
+                }
+                if let Some(url) = device_authorization_url {
+                    source = source.device_authorization_url(url)?;
+                }
+                for (name, value) in authorization_params {
+                    source = source.authorization_param(name.clone(), value.clone());
                 }
                 if let Some(audience) = audience {
                     source = source.audience(audience.clone());

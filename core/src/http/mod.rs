@@ -456,6 +456,21 @@ pub fn oauth_error_code(body: &[u8]) -> Option<String> {
         })
 }
 
+/// The OAuth2 `error_description` of an error response body, when it is a JSON object
+/// with a string one (foreign text: redact it before showing it).
+pub fn oauth_error_description(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Described {
+        error_description: String,
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    serde_json::from_slice::<Described>(body)
+        .ok()
+        .map(|described| described.error_description)
+}
+
 /// What a failed token- or revocation-endpoint answer means: the status decides first,
 /// the OAuth2 `error` code only where the status leaves it open (see the module docs and
 /// the table in docs/interop.md).

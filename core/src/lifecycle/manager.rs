@@ -32,6 +32,9 @@ use crate::secret::SecretString;
 use crate::source::Source;
 use crate::store::{unix_ms, Lease, LeaseOutcome, Store, TokenRecord};
 
+#[cfg(feature = "http")]
+mod login;
+
 /// A token borrowed from a manager's cache.
 ///
 /// Reading a fresh token costs one lock-free load and no allocation: the handle pins the
@@ -528,6 +531,38 @@ impl Manager {
     /// Blocking form of [`Manager::login`].
     pub fn login_blocking(&self, login: FetchedToken) -> Result<TokenRef> {
         self.block_on(self.login(login))
+    }
+
+    /// Hands the manager a login result the app kept from before (AppAuth's saved state,
+    /// a token from an earlier run) without rolling back anything newer: when memory or
+    /// the store already holds a token obtained at or after `issued_at` (with `None`: any
+    /// stored token at all), that one is served (refreshed with its own, possibly rotated,
+    /// refresh token when it is due) and the seed is ignored; otherwise the seed is
+    /// installed as [`Manager::login`] does. Use `login` for a *new* interactive login.
+    pub async fn seed(
+        &self,
+        seed: FetchedToken,
+        issued_at: Option<SystemTime>,
+    ) -> Result<TokenRef> {
+        let shared = self.shared.clone();
+        let newer_held = AbortOnDrop(runtime::spawn(async move {
+            shared.holds_newer_than(issued_at).await
+        }))
+        .await?;
+        if newer_held {
+            self.token().await
+        } else {
+            self.login(seed).await
+        }
+    }
+
+    /// Blocking form of [`Manager::seed`].
+    pub fn seed_blocking(
+        &self,
+        seed: FetchedToken,
+        issued_at: Option<SystemTime>,
+    ) -> Result<TokenRef> {
+        self.block_on(self.seed(seed, issued_at))
     }
 
     /// Logs out: revokes the token at the source, clears memory and store, emits
@@ -1391,6 +1426,36 @@ impl Shared {
             .handle(Input::Invalidate { generation }, self.clock.now());
         self.execute(&mut state, actions);
         dropped
+    }
+
+    /// Whether memory or the store holds a token obtained at or after `issued_at` (any
+    /// token when `None`): a seed from then must not replace it.
+    async fn holds_newer_than(&self, issued_at: Option<SystemTime>) -> Result<bool> {
+        let is_newer = |obtained: SystemTime| issued_at.map_or(true, |seed| obtained >= seed);
+        let current_obtained = self
+            .state
+            .lock()
+            .machine
+            .current()
+            .map(|token| self.clock.wall_of_mono(token.obtained_at));
+        if current_obtained.is_some_and(is_newer) {
+            return Ok(true);
+        }
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        match self
+            .store_call("load", Duration::ZERO, store.load(&self.key))
+            .await
+        {
+            Ok(Some(record)) if record.validate().is_ok() => Ok(is_newer(record.obtained_at())),
+            Ok(_) => Ok(false),
+            Err(err) => {
+                // Seeding over a record we could not read could roll back a newer one.
+                self.store_failed("load", &err);
+                Err(err)
+            }
+        }
     }
 
     async fn login(self: Arc<Self>, login: FetchedToken) -> Outcome {

@@ -31,7 +31,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::error::{redact_foreign_text, Error, ErrorKind, Result};
 use crate::secret::SecretString;
 
+/// A source a person logs in to interactively (the OAuth2 source): what
+/// [`crate::Manager::begin_login`] and [`crate::Manager::start_device_login`] drive.
+#[async_trait::async_trait]
+pub trait InteractiveLogin: Send + Sync {
+    /// See [`crate::oauth2::OAuth2Source::authorization_request`].
+    async fn authorization_request(&self, redirect_uri: &str) -> Result<AuthorizationRequest>;
+    /// See [`crate::oauth2::OAuth2Source::exchange_code`].
+    async fn exchange_code(
+        &self,
+        request: &AuthorizationRequest,
+        code: &AuthorizationCode,
+    ) -> Result<crate::FetchedToken>;
+    /// See [`crate::oauth2::OAuth2Source::start_device_authorization`].
+    async fn start_device_authorization(
+        &self,
+    ) -> Result<crate::source::device::DeviceAuthorization>;
+    /// See [`crate::oauth2::OAuth2Source::poll_device_authorization`].
+    async fn poll_device_authorization(
+        &self,
+        device: &crate::source::device::DeviceAuthorization,
+    ) -> Result<crate::FetchedToken>;
+}
+
 /// A PKCE pair (RFC 7636): a fresh high-entropy verifier and its S256 challenge.
+#[derive(Clone)]
 pub struct Pkce {
     verifier: SecretString,
     challenge: String,
@@ -89,6 +113,7 @@ fn random_text() -> String {
 }
 
 /// One interactive login in progress: the URL to open, and what checks its result.
+#[derive(Clone)]
 pub struct AuthorizationRequest {
     url: url::Url,
     redirect_uri: url::Url,

@@ -3,6 +3,8 @@
 #[cfg(feature = "http")]
 pub mod authorization;
 #[cfg(feature = "http")]
+pub mod device;
+#[cfg(feature = "http")]
 pub mod oauth2;
 #[cfg(feature = "http")]
 pub mod session;
@@ -50,6 +52,13 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     /// about to lapse is replaced by a new login instead.
     fn supports_keep_alive(&self) -> bool {
         false
+    }
+
+    /// The interactive logins (authorization code, device flow) this source offers, if
+    /// any. The default has none.
+    #[cfg(feature = "http")]
+    fn interactive_login(&self) -> Option<&dyn authorization::InteractiveLogin> {
+        None
     }
 }
 

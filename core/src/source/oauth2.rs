@@ -32,13 +32,16 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::http::{
     basic_auth_header, cross_check_jwt_expiry, discovery_issuer, endpoint_name, endpoint_url,
     form_body, http_client, oauth_authorization_server_url, oauth_error_code,
-    openid_configuration_url, parse_token_response, quoted_server_value, read_body,
-    read_body_prefix, same_issuer, server_date, token_endpoint_error, transport_error,
+    oauth_error_description, openid_configuration_url, parse_token_response, quoted_server_value,
+    read_body, read_body_prefix, same_issuer, server_date, token_endpoint_error, transport_error,
     MAX_BODY_BYTES, MAX_INSPECTED_ERROR_BODY_BYTES,
 };
 use crate::lifecycle::token::{FetchedToken, Token};
 use crate::secret::SecretString;
-use crate::source::authorization::{AuthorizationCode, AuthorizationRequest};
+use crate::source::authorization::{AuthorizationCode, AuthorizationRequest, InteractiveLogin};
+use crate::source::device::{
+    judge_poll_error, DeviceAuthorization, PollAnswer, MAX_POLL_INTERVAL, SLOW_DOWN_STEP,
+};
 use crate::source::Source;
 
 /// How the client authenticates at the token endpoint.
@@ -130,6 +133,7 @@ struct EndpointUrls {
     token: url::Url,
     revocation: Option<url::Url>,
     authorization: Option<url::Url>,
+    device_authorization: Option<url::Url>,
 }
 
 /// The endpoints one discovery document named.
@@ -223,7 +227,7 @@ impl DiscoveryCache {
 
 #[derive(Clone)]
 enum Endpoints {
-    Fixed(EndpointUrls),
+    Fixed(Box<EndpointUrls>),
     /// Found through discovery at `issuer` on first use (see the module docs).
     Discover {
         issuer: url::Url,
@@ -259,6 +263,7 @@ struct Resolved {
 enum Endpoint {
     Token,
     Revocation,
+    DeviceAuthorization,
 }
 
 impl Endpoint {
@@ -266,6 +271,7 @@ impl Endpoint {
         match self {
             Endpoint::Token => Some(&resolved.urls.token),
             Endpoint::Revocation => resolved.urls.revocation.as_ref(),
+            Endpoint::DeviceAuthorization => resolved.urls.device_authorization.as_ref(),
         }
     }
 }
@@ -313,6 +319,8 @@ struct DiscoveryDocument {
     revocation_endpoint: Option<String>,
     #[serde(default)]
     authorization_endpoint: Option<String>,
+    #[serde(default)]
+    device_authorization_endpoint: Option<String>,
 }
 
 impl OAuth2Source {
@@ -324,11 +332,12 @@ impl OAuth2Source {
     ) -> Result<Self> {
         Ok(Self {
             http: http_client()?,
-            endpoints: Endpoints::Fixed(EndpointUrls {
+            endpoints: Endpoints::Fixed(Box::new(EndpointUrls {
                 token: endpoint_url("token_url", token_url)?,
                 revocation: None,
                 authorization: None,
-            }),
+                device_authorization: None,
+            })),
             client_id: client_id.into(),
             client_secret: Some(client_secret.into()),
             auth: ClientAuth::default(),
@@ -476,6 +485,109 @@ impl OAuth2Source {
         self.token_request_with(form, false).await
     }
 
+    /// The device authorization endpoint (RFC 8628) for device logins
+    /// ([`OAuth2Source::start_device_authorization`]); discovery finds it by itself.
+    pub fn device_authorization_url(self, url: &str) -> Result<Self> {
+        self.fixed_endpoint("device_authorization_url", url, |urls| {
+            &mut urls.device_authorization
+        })
+    }
+
+    /// Starts a device login (RFC 8628 §3.1): the user code and verification URI to show.
+    pub async fn start_device_authorization(&self) -> Result<DeviceAuthorization> {
+        let scope = self.scopes.join(" ");
+        let mut form = Vec::new();
+        if !scope.is_empty() {
+            form.push(("scope", scope.as_str()));
+        }
+        let Some((url, mut response)) = self.post_to(Endpoint::DeviceAuthorization, &form).await?
+        else {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                "no device authorization endpoint: configure device_authorization_url or use an \
+                 issuer whose discovery document names one",
+            ));
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let (body, _complete) = read_body_prefix(
+                &mut response,
+                &endpoint_name(&url),
+                MAX_INSPECTED_ERROR_BODY_BYTES,
+            )
+            .await?;
+            return Err(token_endpoint_error(&url, status, &headers, &body));
+        }
+        let body = read_body(response, &endpoint_name(&url), MAX_BODY_BYTES).await?;
+        DeviceAuthorization::from_response(&endpoint_name(&url), &body)
+    }
+
+    /// Polls the token endpoint for a device login (RFC 8628 §3.4) until the user approved
+    /// it: every `interval`, 5 s slower after each `slow_down`. Ends with
+    /// [`ErrorKind::Cancelled`] when the user denied it or [`DeviceAuthorization::cancel`]
+    /// was called, [`ErrorKind::LoginRequired`] when the code expired first. Transient
+    /// failures (5xx, timeouts, connection errors) are polled through until the code expires.
+    pub async fn poll_device_authorization(
+        &self,
+        device: &DeviceAuthorization,
+    ) -> Result<FetchedToken> {
+        let mut interval = device.interval();
+        loop {
+            if tokio::time::Instant::now() + interval >= device.deadline() {
+                return Err(Error::new(
+                    ErrorKind::LoginRequired,
+                    "the device code expired before the user approved it; start a new login",
+                ));
+            }
+            device.pause(interval).await?;
+            let form = vec![
+                ("grant_type", DEVICE_CODE_GRANT),
+                ("device_code", device.device_code().expose()),
+            ];
+            let Some((url, mut response)) =
+                self.post_to(Endpoint::Token, &form).await.or_else(|err| {
+                    if err.kind().is_transient() {
+                        Ok(None)
+                    } else {
+                        Err(err)
+                    }
+                })?
+            else {
+                continue;
+            };
+            let status = response.status();
+            if status.is_success() {
+                return self.token_answer(&url, response).await;
+            }
+            let headers = response.headers().clone();
+            let (body, _complete) = read_body_prefix(
+                &mut response,
+                &endpoint_name(&url),
+                MAX_INSPECTED_ERROR_BODY_BYTES,
+            )
+            .await?;
+            let code = oauth_error_code(&body);
+            let description = oauth_error_description(&body);
+            match judge_poll_error(code.as_deref(), description.as_deref()) {
+                Some(Ok(PollAnswer::Pending)) => {}
+                Some(Ok(PollAnswer::SlowDown)) => {
+                    interval = (interval + SLOW_DOWN_STEP).min(MAX_POLL_INTERVAL);
+                }
+                Some(Err(err)) => return Err(err),
+                None => {
+                    let err = token_endpoint_error(&url, status, &headers, &body);
+                    if err.kind().is_transient() {
+                        // Like slow_down: the server is struggling; ask less often.
+                        interval = (interval + SLOW_DOWN_STEP).min(MAX_POLL_INTERVAL);
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
     /// RFC 7009 revocation endpoint, used by `Manager::revoke`.
     pub fn revocation_url(self, url: &str) -> Result<Self> {
         self.fixed_endpoint("revocation_url", url, |urls| &mut urls.revocation)
@@ -490,7 +602,7 @@ impl OAuth2Source {
     ) -> Result<Self> {
         let url = endpoint_url(field, url)?;
         match &mut self.endpoints {
-            Endpoints::Fixed(urls) => *slot(urls) = Some(url),
+            Endpoints::Fixed(urls) => *slot(&mut **urls) = Some(url),
             Endpoints::Discover { .. } => {
                 return Err(Error::new(
                     ErrorKind::Configuration,
@@ -508,7 +620,7 @@ impl OAuth2Source {
         let (issuer, mode, cache) = match &self.endpoints {
             Endpoints::Fixed(urls) => {
                 return Ok(Resolved {
-                    urls: urls.clone(),
+                    urls: EndpointUrls::clone(urls),
                     document: None,
                 })
             }
@@ -643,6 +755,10 @@ impl OAuth2Source {
                         "discovery.authorization_endpoint",
                         document.authorization_endpoint.as_deref(),
                     )?,
+                    device_authorization: optional(
+                        "discovery.device_authorization_endpoint",
+                        document.device_authorization_endpoint.as_deref(),
+                    )?,
                 },
                 fetched_at: now,
             });
@@ -775,9 +891,7 @@ impl OAuth2Source {
         let status = response.status();
         let headers = response.headers().clone();
         if status.is_success() {
-            let body = read_body(response, &endpoint_name(&token_url), MAX_BODY_BYTES).await?;
-            let fetched = parse_token_response(&token_url, &body)?;
-            Ok(cross_check_jwt_expiry(fetched, server_date(&headers)))
+            self.token_answer(&token_url, response).await
         } else {
             // An error is judged by its status and the start of its body (an OAuth2 error
             // object is small): a gateway's endless 503 page stays a transient error.
@@ -791,6 +905,49 @@ impl OAuth2Source {
         }
     }
 }
+
+impl OAuth2Source {
+    /// Reads a successful token endpoint answer.
+    async fn token_answer(
+        &self,
+        token_url: &url::Url,
+        response: reqwest::Response,
+    ) -> Result<FetchedToken> {
+        let headers = response.headers().clone();
+        let body = read_body(response, &endpoint_name(token_url), MAX_BODY_BYTES).await?;
+        let fetched = parse_token_response(token_url, &body)?;
+        Ok(cross_check_jwt_expiry(fetched, server_date(&headers)))
+    }
+}
+
+#[async_trait]
+impl InteractiveLogin for OAuth2Source {
+    async fn authorization_request(&self, redirect_uri: &str) -> Result<AuthorizationRequest> {
+        OAuth2Source::authorization_request(self, redirect_uri).await
+    }
+
+    async fn exchange_code(
+        &self,
+        request: &AuthorizationRequest,
+        code: &AuthorizationCode,
+    ) -> Result<FetchedToken> {
+        OAuth2Source::exchange_code(self, request, code).await
+    }
+
+    async fn start_device_authorization(&self) -> Result<DeviceAuthorization> {
+        OAuth2Source::start_device_authorization(self).await
+    }
+
+    async fn poll_device_authorization(
+        &self,
+        device: &DeviceAuthorization,
+    ) -> Result<FetchedToken> {
+        OAuth2Source::poll_device_authorization(self, device).await
+    }
+}
+
+/// RFC 8628 §3.4.
+const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 #[async_trait]
 impl Source for OAuth2Source {
@@ -829,6 +986,10 @@ impl Source for OAuth2Source {
             ("refresh_token", refresh_token.expose()),
         ])
         .await
+    }
+
+    fn interactive_login(&self) -> Option<&dyn InteractiveLogin> {
+        Some(self)
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {

@@ -602,7 +602,7 @@ impl OAuth2Source {
     ) -> Result<Self> {
         let url = endpoint_url(field, url)?;
         match &mut self.endpoints {
-            Endpoints::Fixed(urls) => *slot(&mut **urls) = Some(url),
+            Endpoints::Fixed(urls) => *slot(urls) = Some(url),
             Endpoints::Discover { .. } => {
                 return Err(Error::new(
                     ErrorKind::Configuration,

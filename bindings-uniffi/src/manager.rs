@@ -183,6 +183,10 @@ impl NativeTokenManager {
 }
 
 impl NativeTokenManager {
+    pub(crate) fn manager(&self) -> &Manager {
+        &self.manager
+    }
+
     fn with_foreign_source(
         source: ForeignSource,
         store: Option<Arc<dyn TokenStore>>,

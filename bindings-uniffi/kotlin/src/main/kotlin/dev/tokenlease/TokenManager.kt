@@ -74,7 +74,64 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
      */
     fun invalidate(generation: ULong): Boolean = native.invalidate(generation)
 
-    /** Logs out: revokes at the source, clears memory and store. */
+    /**
+     * Starts a user login with the authorization code grant and PKCE: open
+     * [LoginRequest.url] in the browser (AppAuth, a Custom Tab), then hand the URL it is
+     * redirected back to to [completeLogin]. [redirectUri] must be registered for the client.
+     * Throws [TokenleaseException.Configuration] unless the source is an OAuth2 one.
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun beginLogin(redirectUri: String): LoginRequest = native.beginLogin(redirectUri)
+
+    /**
+     * Finishes a user login with the redirect URL: checks its state, redeems the code with
+     * the PKCE verifier, persists and serves the tokens (waiting callers get them). The user
+     * saying no is [TokenleaseException.Cancelled]; a forged redirect
+     * [TokenleaseException.Protocol].
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun completeLogin(request: LoginRequest, redirectUrl: String): TokenInfo =
+        lifted(native.completeLogin(request, redirectUrl))
+
+    /** Starts a device login (RFC 8628): show [DeviceLogin.userCode] and its verification URI. */
+    @Throws(TokenleaseException::class)
+    suspend fun startDeviceLogin(): DeviceLogin = native.startDeviceLogin()
+
+    /**
+     * Waits until the user approved [device], then persists and serves the tokens. Denied,
+     * or this coroutine cancelled: [TokenleaseException.Cancelled] /
+     * `CancellationException`; the code expired: [TokenleaseException.LoginRequired].
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun completeDeviceLogin(device: DeviceLogin): TokenInfo {
+        try {
+            return lifted(native.completeDeviceLogin(device))
+        } catch (cancelled: kotlinx.coroutines.CancellationException) {
+            device.cancel()
+            throw cancelled
+        }
+    }
+
+    /**
+     * Hands over the result of a new interactive login done elsewhere (AppAuth's token
+     * response): persisted and served from now on.
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun login(result: FetchedToken): TokenInfo = lifted(native.login(result))
+
+    /**
+     * Hands over a login result kept from before (e.g. at every app start) without rolling
+     * back anything newer: a token in memory or the store obtained at or after
+     * [issuedAtUnixMs] (null: any stored token) is served instead.
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun seed(result: FetchedToken, issuedAtUnixMs: Long? = null): TokenInfo =
+        lifted(native.seed(result, issuedAtUnixMs?.toULong()))
+
+    /**
+     * Logs out: revokes at the source (for a user login: the access and the refresh token,
+     * RFC 7009), clears memory and store.
+     */
     @Throws(TokenleaseException::class)
     suspend fun revoke() = native.revoke()
 

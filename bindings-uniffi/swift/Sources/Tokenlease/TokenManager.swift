@@ -74,7 +74,57 @@ public final class TokenManager: @unchecked Sendable {
     /// token never discards a newer one). Returns whether it did.
     public func invalidate(generation: UInt64) -> Bool { native.invalidate(generation: generation) }
 
-    /// Logs out: revokes at the source, clears memory and store.
+    /// Starts a user login with the authorization code grant and PKCE: open `url()` of the
+    /// result in the browser (AppAuth, `ASWebAuthenticationSession`), then hand the URL it
+    /// redirects back to to `completeLogin`. `redirectUri` must be registered for the
+    /// client. Throws `TokenleaseError.Configuration` unless the source is an OAuth2 one.
+    public func beginLogin(redirectUri: String) async throws -> LoginRequest {
+        try await native.beginLogin(redirectUri: redirectUri)
+    }
+
+    /// Finishes a user login with the redirect URL: checks its state, redeems the code with
+    /// the PKCE verifier, persists and serves the tokens (waiting callers get them). The
+    /// user saying no is `TokenleaseError.Cancelled`; a forged redirect `.Protocol`.
+    public func completeLogin(request: LoginRequest, redirectUrl: String) async throws -> TokenInfo {
+        lifted(try await native.completeLogin(request: request, redirectUrl: redirectUrl))
+    }
+
+    /// Starts a device login (RFC 8628): show `userCode()` and `verificationUri()`.
+    public func startDeviceLogin() async throws -> DeviceLogin {
+        try await native.startDeviceLogin()
+    }
+
+    /// Waits until the user approved `device`, then persists and serves the tokens. Denied,
+    /// or `device.cancel()`: `TokenleaseError.Cancelled`; the task cancelled:
+    /// `CancellationError`; the code expired: `TokenleaseError.LoginRequired`.
+    public func completeDeviceLogin(device: DeviceLogin) async throws -> TokenInfo {
+        try Task.checkCancellation()
+        do {
+            return lifted(try await withTaskCancellationHandler {
+                try await native.completeDeviceLogin(device: device)
+            } onCancel: {
+                device.cancel()
+            })
+        } catch TokenleaseError.Cancelled where Task.isCancelled {
+            throw CancellationError()
+        }
+    }
+
+    /// Hands over the result of a new interactive login done elsewhere (AppAuth's token
+    /// response): persisted and served from now on.
+    public func login(result: FetchedToken) async throws -> TokenInfo {
+        lifted(try await native.login(login: result))
+    }
+
+    /// Hands over a login result kept from before (e.g. at every app start) without rolling
+    /// back anything newer: a token in memory or the store obtained at or after
+    /// `issuedAtUnixMs` (nil: any stored token) is served instead.
+    public func seed(result: FetchedToken, issuedAtUnixMs: UInt64? = nil) async throws -> TokenInfo {
+        lifted(try await native.seed(login: result, issuedAtUnixMs: issuedAtUnixMs))
+    }
+
+    /// Logs out: revokes at the source (for a user login: the access and the refresh token,
+    /// RFC 7009), clears memory and store.
     public func revoke() async throws { try await native.revoke() }
 
     /// Blocking form of `revoke()`.

@@ -69,6 +69,7 @@ mod tests {
                 expires_in_ms: 60_000,
                 token_type: "Bearer".into(),
                 refresh_token: None,
+                id_token: None,
             })
         }
     }

@@ -265,6 +265,7 @@ mod tests {
                 expires_in_ms: 600,
                 token_type: "Bearer".into(),
                 refresh_token: Some(SecretString::new(refresh)),
+                id_token: None,
             }
         }
     }

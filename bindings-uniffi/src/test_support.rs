@@ -36,6 +36,7 @@ impl TokenSource for CountingSource {
             expires_in_ms: 60_000,
             token_type: "Bearer".into(),
             refresh_token: None,
+            id_token: None,
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct TokenInfo {
     pub expires_at_unix_ms: u64,
     /// Generation; pass it to `invalidate` when a server rejects this token.
     pub generation: u64,
+    /// The OpenID Connect ID token of a user login (opaque: verify it before trusting
+    /// what it says), or null/nil.
+    pub id_token: Option<SecretString>,
 }
 
 impl From<&Token> for TokenInfo {
@@ -39,6 +42,7 @@ impl From<&Token> for TokenInfo {
             token_type: token.token_type().to_owned(),
             expires_at_unix_ms: unix_ms(token.expires_at_wall()),
             generation: token.generation(),
+            id_token: token.id_token().cloned(),
         }
     }
 }
@@ -58,6 +62,9 @@ pub struct FetchedToken {
     /// A refresh token, when the server issued one (persisted by the store).
     #[uniffi(default = None)]
     pub refresh_token: Option<SecretString>,
+    /// An OpenID Connect ID token (kept opaque, persisted with the login).
+    #[uniffi(default = None)]
+    pub id_token: Option<SecretString>,
 }
 
 impl From<FetchedToken> for tokenlease::FetchedToken {
@@ -74,6 +81,7 @@ impl From<FetchedToken> for tokenlease::FetchedToken {
         if let Some(refresh_token) = fetched.refresh_token {
             token = token.with_refresh_token(refresh_token);
         }
+        token.id_token = fetched.id_token;
         token
     }
 }

@@ -50,6 +50,7 @@ fn record(value: &str) -> TokenRecord {
         token_type: "Bearer".into(),
         scopes: vec!["read".into()],
         refresh_token: Some("refresh-secret-value".into()),
+        id_token: None,
         expires_at_ms: now_ms() + 3_600_000,
         obtained_at_ms: now_ms(),
     }

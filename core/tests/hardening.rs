@@ -631,6 +631,7 @@ fn a_store_record_with_an_absurd_lifetime_is_not_adopted() {
         token_type: "Bearer".into(),
         scopes: vec![],
         refresh_token: None,
+        id_token: None,
         expires_at_ms: u64::MAX / 2,
         obtained_at_ms: 1,
     };

@@ -128,6 +128,7 @@ impl Source for RacingSource {
             token_type: "Bearer".into(),
             scopes: vec![],
             refresh_token: Some("refresh-2".into()),
+            id_token: None,
             expires_at_ms: ms(now + 15 * MINUTE),
             obtained_at_ms: ms(now),
         };

@@ -304,6 +304,8 @@ struct TokenResponse {
     #[serde(default)]
     refresh_token: Option<String>,
     #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
     scope: Option<String>,
 }
 
@@ -371,6 +373,10 @@ pub fn parse_token_response(url: &url::Url, body: &[u8]) -> Result<FetchedToken>
             .unwrap_or_default(),
         refresh_token: response
             .refresh_token
+            .filter(|t| !t.is_empty())
+            .map(SecretString::new),
+        id_token: response
+            .id_token
             .filter(|t| !t.is_empty())
             .map(SecretString::new),
         lifetime,

@@ -1222,6 +1222,11 @@ impl Shared {
         let windows = self
             .policy
             .windows_with_random_jitter(sent_at.min(now), expires_at);
+        // OIDC Core §12.2: a refresh may come without an ID token; the login's stays.
+        let id_token = fetched.id_token.or_else(|| {
+            previous_refresh_token.as_ref()?;
+            self.state.lock().machine.current()?.id_token.clone()
+        });
         let mut token = Token {
             value: fetched.value,
             token_type: if fetched.token_type.is_empty() {
@@ -1231,6 +1236,7 @@ impl Shared {
             },
             scopes: fetched.scopes,
             refresh_token: fetched.refresh_token.or(previous_refresh_token),
+            id_token,
             generation: 0,
             obtained_at: sent_at,
             refresh_at: windows.refresh_at,
@@ -1330,6 +1336,7 @@ impl Shared {
             token_type: token.token_type.clone(),
             scopes: token.scopes.clone(),
             refresh_token: token.refresh_token.clone(),
+            id_token: token.id_token.clone(),
             expires_at_ms: unix_ms(token.expires_at_wall),
             obtained_at_ms: unix_ms(self.clock.wall_of_mono(token.obtained_at)),
         }
@@ -1372,6 +1379,7 @@ impl Shared {
                 token_type: record.token_type.clone(),
                 scopes: record.scopes.clone(),
                 refresh_token: record.refresh_token.clone(),
+                id_token: record.id_token.clone(),
                 generation,
                 obtained_at,
                 refresh_at: windows.refresh_at,

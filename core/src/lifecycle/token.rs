@@ -17,6 +17,7 @@ pub struct Token {
     pub(crate) token_type: String,
     pub(crate) scopes: Vec<String>,
     pub(crate) refresh_token: Option<SecretString>,
+    pub(crate) id_token: Option<SecretString>,
     pub(crate) generation: u64,
     pub(crate) obtained_at: MonoTime,
     pub(crate) refresh_at: MonoTime,
@@ -47,6 +48,7 @@ impl Clone for Token {
             token_type: self.token_type.clone(),
             scopes: self.scopes.clone(),
             refresh_token: self.refresh_token.clone(),
+            id_token: self.id_token.clone(),
             generation: self.generation,
             obtained_at: self.obtained_at,
             refresh_at: self.refresh_at,
@@ -78,6 +80,13 @@ impl Token {
     /// The refresh token that came with this token, if any.
     pub fn refresh_token(&self) -> Option<&SecretString> {
         self.refresh_token.as_ref()
+    }
+
+    /// The OpenID Connect ID token of the login, kept opaque (never parsed or verified
+    /// here): for `id_token_hint` at logout, or for the app to verify and read. A refresh
+    /// that returns none keeps the login's.
+    pub fn id_token(&self) -> Option<&SecretString> {
+        self.id_token.as_ref()
     }
 
     /// Increases by one with every token a manager installs; used to invalidate exactly
@@ -198,6 +207,8 @@ pub struct FetchedToken {
     pub scopes: Vec<String>,
     /// A refresh token, when the server issued (or rotated) one.
     pub refresh_token: Option<SecretString>,
+    /// An OpenID Connect ID token, kept opaque.
+    pub id_token: Option<SecretString>,
     /// The lifetime.
     pub lifetime: Lifetime,
     /// When the request was sent, if the source measured it; otherwise the manager uses
@@ -216,6 +227,7 @@ impl FetchedToken {
             token_type: "Bearer".to_owned(),
             scopes: Vec::new(),
             refresh_token: None,
+            id_token: None,
             lifetime: Lifetime::ExpiresIn(expires_in),
             sent_at: None,
             idle_timeout: None,
@@ -267,6 +279,11 @@ impl FetchedToken {
                 return bad(format!("a refresh token that {problem}"));
             }
         }
+        if let Some(id_token) = &self.id_token {
+            if let Err(problem) = check_token_text(id_token.expose()) {
+                return bad(format!("an ID token that {problem}"));
+            }
+        }
         if self.token_type.len() > 64 || !self.token_type.bytes().all(|b| b.is_ascii_graphic()) {
             return bad("a token type that is not a short word of visible ASCII".to_owned());
         }
@@ -315,6 +332,7 @@ impl fmt::Debug for FetchedToken {
             .field("token_type", &self.token_type)
             .field("scopes", &self.scopes)
             .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_id_token", &self.id_token.is_some())
             .field("lifetime", &self.lifetime)
             .field("idle_timeout", &self.idle_timeout)
             .finish()

@@ -249,9 +249,11 @@ impl RecordCodec {
     pub(crate) fn encode(&self, key_hash: &str, record: &TokenRecord) -> Result<Vec<u8>> {
         let envelope = match &self.key {
             None => {
-                // Refresh tokens are only ever written encrypted.
+                // Refresh tokens (and ID tokens: personal data) are only ever written
+                // encrypted.
                 let mut record = record.clone();
                 record.refresh_token = None;
+                record.id_token = None;
                 let json = Zeroizing::new(record.to_json()?);
                 let value = serde_json::from_str(&json)
                     .map_err(|_| store_error("cannot encode token record"))?;
@@ -1220,8 +1222,10 @@ mod tests {
         let plain = RecordCodec::new(None);
         let bytes = plain.encode(&hash, &record()).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("refresh-secret-value"));
+        assert!(!String::from_utf8_lossy(&bytes).contains("id-secret-value"));
         let decoded = plain.decode(&hash, &bytes, "x").unwrap();
         assert_eq!(decoded.refresh_token, None);
+        assert_eq!(decoded.id_token, None);
         assert_eq!(decoded.value, record().value);
 
         let sealed = RecordCodec::new(Some(EncryptionKey::generate()));

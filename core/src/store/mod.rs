@@ -37,6 +37,9 @@ pub struct TokenRecord {
     /// Refresh token, if any.
     #[serde(default)]
     pub refresh_token: Option<SecretString>,
+    /// OpenID Connect ID token, if any (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<SecretString>,
     /// Expiry, ms since the Unix epoch.
     pub expires_at_ms: u64,
     /// When the token was obtained, ms since the Unix epoch.
@@ -145,6 +148,7 @@ impl fmt::Debug for TokenRecord {
             .field("token_type", &self.token_type)
             .field("scopes", &self.scopes)
             .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_id_token", &self.id_token.is_some())
             .field("expires_at_ms", &self.expires_at_ms)
             .finish()
     }
@@ -293,6 +297,7 @@ pub(crate) fn sample_record() -> TokenRecord {
         token_type: "Bearer".into(),
         scopes: vec!["read".into()],
         refresh_token: Some("refresh-secret-value".into()),
+        id_token: Some("id-secret-value".into()),
         expires_at_ms: 1_800_000_000_000,
         obtained_at_ms: 1_799_999_000_000,
     }

@@ -102,6 +102,8 @@ final class UserLoginTests: XCTestCase {
         let first = try await manager.completeLogin(request: request, redirectUrl: OidcProvider.authorize(request.url()))
         let served = try await manager.token()
         XCTAssertEqual(first, served)
+        XCTAssertNotNil(first.idToken, "the OpenID Connect ID token is kept")
+        XCTAssertFalse("\(first)".contains(first.idToken!.expose()), "and never printed")
 
         // Refreshed with the refresh-token grant; the server rotates the refresh token.
         let refreshes = OidcProvider.stat("grants", "refresh_token")

@@ -27,6 +27,8 @@ class UserLoginTest {
             assertTrue(!request.toString().contains(request.url()), "no state or verifier in toString")
             val first = manager.completeLogin(request, OidcProvider.browserAuthorize(request.url()))
             assertEquals(first, manager.token())
+            assertTrue(first.idToken != null, "the OpenID Connect ID token is kept")
+            assertTrue(!first.toString().contains(first.idToken!!.expose()), "and never printed")
 
             // Refreshed with the refresh-token grant; the server rotates the refresh token.
             val refreshes = OidcProvider.stat("grants", "refresh_token")

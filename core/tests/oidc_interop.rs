@@ -1608,6 +1608,7 @@ async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: 
         .into_arc();
     // Past the access token's expiry: every caller needs the refresh.
     clock.advance(ACCESS_TOKEN_TTL + Duration::from_secs(1));
+    let started = std::time::Instant::now();
     let callers: Vec<_> = (0..1000)
         .map(|_| {
             let manager = manager.clone();
@@ -1618,6 +1619,7 @@ async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: 
     for caller in callers {
         generations.insert(caller.await.unwrap().unwrap());
     }
+    let all_served = started.elapsed();
     assert_eq!(
         generations.len(),
         1,
@@ -1634,6 +1636,14 @@ async fn a_thousand_tasks_at_the_expiry_of_a_user_login_make_one_refresh(mount: 
         stats["errors"].as_object().unwrap().is_empty(),
         "no refresh token was redeemed twice: {}",
         stats["errors"]
+    );
+    eprintln!(
+        "BENCH user login at expiry: 1000 callers -> {} refresh_token grant(s), {} token \
+         endpoint errors, all served {:.0} ms after the first call (the server holds the \
+         refresh 300 ms)",
+        server.grants("refresh_token").await,
+        stats["errors"].as_object().unwrap().len(),
+        all_served.as_secs_f64() * 1000.0
     );
 }
 

@@ -64,6 +64,7 @@ fn record() -> TokenRecord {
         scopes: vec!["read".into(), "write".into()],
         refresh_token: Some("bench-refresh-token-0123456789abcdef".into()),
         id_token: None,
+        idle: None,
         expires_at_ms: now + 3_600_000,
         obtained_at_ms: now,
     }

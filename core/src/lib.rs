@@ -65,5 +65,6 @@ pub use redis_store::{RedisOptions, RedisStore};
 pub use secret::SecretString;
 pub use source::{source_fn, BlockingSource, BlockingSourceAdapter, FnSource, Source};
 pub use store::{
-    BlockingStore, BlockingStoreAdapter, Lease, LeaseOutcome, MemoryStore, Store, TokenRecord,
+    BlockingStore, BlockingStoreAdapter, IdleRecord, Lease, LeaseOutcome, MemoryStore, Store,
+    TokenRecord,
 };

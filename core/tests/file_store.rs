@@ -51,6 +51,7 @@ fn record(value: &str) -> TokenRecord {
         scopes: vec!["read".into()],
         refresh_token: Some("refresh-secret-value".into()),
         id_token: None,
+        idle: None,
         expires_at_ms: now_ms() + 3_600_000,
         obtained_at_ms: now_ms(),
     }

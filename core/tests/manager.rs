@@ -455,6 +455,7 @@ fn a_nearly_expired_stored_record_is_not_used() {
         scopes: vec![],
         refresh_token: None,
         id_token: None,
+        idle: None,
         expires_at_ms: tokenlease_ms(clock.wall_now() + Duration::from_secs(1)),
         obtained_at_ms: tokenlease_ms(clock.wall_now() - 15 * MINUTE),
     };

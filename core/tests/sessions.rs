@@ -342,3 +342,61 @@ mod over_loopback {
         assert_eq!(server.stats().session_logins, 1);
     }
 }
+
+fn session_manager_on(
+    api: Arc<SessionApi>,
+    clock: &ManualClock,
+    store: Arc<tokenlease::MemoryStore>,
+) -> Manager {
+    Manager::builder_from_arc(api)
+        .clock(Arc::new(clock.clone()))
+        .policy(policy())
+        .store(store)
+        .key("session")
+        .build()
+}
+
+#[test]
+fn a_sliding_session_keeps_its_idle_state_across_a_restart() {
+    let clock = ManualClock::with_wall(std::time::SystemTime::now());
+    let store = Arc::new(tokenlease::MemoryStore::new());
+    let api = SessionApi::new(true);
+    let first = session_manager_on(api.clone(), &clock, store.clone());
+    let token = first.token_blocking().unwrap().into_arc();
+    let record = store.get("session").expect("persisted");
+    let idle = record.idle.expect("the idle state is persisted");
+    assert_eq!(idle.timeout_ms, 15 * 60 * 1000);
+    // The first process keeps the session alive at minute 10 and that is persisted.
+    wait_until("timer armed", || {
+        clock.next_timer() == Some(token.refresh_at())
+    });
+    clock.advance(10 * MINUTE);
+    wait_until("kept alive", || api.keep_alives.load(Ordering::SeqCst) == 1);
+    wait_until("keep-alive persisted", || {
+        store.get("session").unwrap().idle.unwrap().last_used_ms
+            >= idle.last_used_ms + 10 * 60 * 1000
+    });
+    first.close();
+
+    // Restarted 4 minutes later (14 minutes after the login, 4 after the keep-alive):
+    // the session is adopted, still idle-bound, and served without a login.
+    clock.advance(4 * MINUTE);
+    let second = session_manager_on(api.clone(), &clock, store.clone());
+    let adopted = second.token_blocking().unwrap().into_arc();
+    assert_eq!(adopted.value().expose(), token.value().expose());
+    assert_eq!(adopted.idle_timeout(), Some(15 * MINUTE));
+    assert_eq!(
+        api.logins.load(Ordering::SeqCst),
+        1,
+        "no login after the restart"
+    );
+    second.close();
+
+    // Restarted again, past the idle timeout since the last known use: never served; a
+    // new login instead.
+    clock.advance(12 * MINUTE);
+    let third = session_manager_on(api.clone(), &clock, store);
+    let replaced = third.token_blocking().unwrap();
+    assert_ne!(replaced.value().expose(), token.value().expose());
+    assert_eq!(api.logins.load(Ordering::SeqCst), 2);
+}

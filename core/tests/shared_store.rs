@@ -129,6 +129,7 @@ impl Source for RacingSource {
             scopes: vec![],
             refresh_token: Some("refresh-2".into()),
             id_token: None,
+            idle: None,
             expires_at_ms: ms(now + 15 * MINUTE),
             obtained_at_ms: ms(now),
         };

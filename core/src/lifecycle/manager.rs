@@ -7,7 +7,7 @@ use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use futures::future::BoxFuture;
@@ -30,7 +30,7 @@ use crate::lifecycle::token::{FetchedToken, IdleWindows, Lifetime, Token};
 use crate::runtime;
 use crate::secret::SecretString;
 use crate::source::Source;
-use crate::store::{unix_ms, Lease, LeaseOutcome, Store, TokenRecord};
+use crate::store::{unix_ms, IdleRecord, Lease, LeaseOutcome, Store, TokenRecord};
 
 #[cfg(feature = "http")]
 mod login;
@@ -924,11 +924,38 @@ impl Shared {
             .await;
         if result.is_ok() {
             token.mark_used(now);
+            self.persist_idle_state(&token).await;
             self.emit(Event::KeptAlive {
                 generation: token.generation,
             });
         }
         result
+    }
+
+    /// Saves a sliding session's record after a keep-alive, so a restarted process knows
+    /// the session was used. Only while it is still the published token (a revoke or a
+    /// newer token in between wins; the install lock orders it with both).
+    async fn persist_idle_state(self: &Arc<Self>, token: &Arc<Token>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let _install = self.install_lock.lock().await;
+        let still_current = self
+            .state
+            .lock()
+            .machine
+            .current()
+            .is_some_and(|current| current.generation == token.generation);
+        if !still_current {
+            return;
+        }
+        let record = self.record_of(token);
+        if let Err(err) = self
+            .store_call("save", Duration::ZERO, store.save(&self.key, &record))
+            .await
+        {
+            self.store_failed("save", &err);
+        }
     }
 
     /// Asks the store for the lease: `Ok(Some)` acquired, `Ok(None)` busy.
@@ -1337,6 +1364,10 @@ impl Shared {
             scopes: token.scopes.clone(),
             refresh_token: token.refresh_token.clone(),
             id_token: token.id_token.clone(),
+            idle: token.idle.map(|idle| IdleRecord {
+                timeout_ms: u64::try_from(idle.timeout.as_millis()).unwrap_or(u64::MAX),
+                last_used_ms: unix_ms(self.clock.wall_of_mono(token.last_used())),
+            }),
             expires_at_ms: unix_ms(token.expires_at_wall),
             obtained_at_ms: unix_ms(self.clock.wall_of_mono(token.obtained_at)),
         }
@@ -1373,6 +1404,28 @@ impl Shared {
         let windows = self
             .policy
             .windows_with_random_jitter(obtained_at, expires_at);
+        // A sliding session comes back with its idle timeout and last known use, so it is
+        // kept alive (or replaced) when the process that wrote it would have done so.
+        let idle = record.idle.map(|idle| {
+            let timeout = Duration::from_millis(idle.timeout_ms);
+            let last_used = self
+                .clock
+                .mono_of_wall(UNIX_EPOCH + Duration::from_millis(idle.last_used_ms))
+                .min(now);
+            let windows = IdleWindows {
+                timeout,
+                advisory: self.policy.advisory_window(timeout),
+                mandatory: self.policy.mandatory_window(timeout),
+            };
+            (windows, last_used)
+        });
+        let last_used = idle.map_or(obtained_at, |(_, last_used)| last_used);
+        let mandatory_at = match idle {
+            Some((idle, last_used)) => windows
+                .mandatory_at
+                .min(last_used + idle.timeout - idle.mandatory),
+            None => windows.mandatory_at,
+        };
         let make = |generation| {
             Arc::new(Token {
                 value: record.value.clone(),
@@ -1386,8 +1439,8 @@ impl Shared {
                 mandatory_at: windows.mandatory_at,
                 expires_at,
                 expires_at_wall: record.expires_at(),
-                idle: None,
-                last_used: AtomicU64::new(obtained_at.as_nanos()),
+                idle: idle.map(|(windows, _)| windows),
+                last_used: AtomicU64::new(last_used.as_nanos()),
             })
         };
         let (adoption, token) = {
@@ -1397,7 +1450,7 @@ impl Shared {
                     epoch,
                     value: &record.value,
                     refresh_token: record.refresh_token.as_ref(),
-                    mandatory_at: windows.mandatory_at,
+                    mandatory_at,
                     obtained_at,
                 },
                 self.clock.now(),

@@ -44,6 +44,19 @@ pub struct TokenRecord {
     pub expires_at_ms: u64,
     /// When the token was obtained, ms since the Unix epoch.
     pub obtained_at_ms: u64,
+    /// A sliding session's idle state, so a restarted process keeps it alive (or logs in
+    /// again) exactly when the first one would have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleRecord>,
+}
+
+/// The idle state of a sliding session in a [`TokenRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleRecord {
+    /// The idle timeout every use restarts, ms.
+    pub timeout_ms: u64,
+    /// The last use known when the record was written, ms since the Unix epoch.
+    pub last_used_ms: u64,
 }
 
 impl TokenRecord {
@@ -84,6 +97,11 @@ impl TokenRecord {
             .unwrap_or(u64::MAX);
         if self.expires_at_ms.saturating_sub(self.obtained_at_ms) > max_ms {
             return bad("lifetime is longer than the ten-year bound");
+        }
+        if let Some(idle) = &self.idle {
+            if idle.timeout_ms == 0 || idle.timeout_ms > max_ms {
+                return bad("idle timeout is zero or beyond the ten-year bound");
+            }
         }
         Ok(())
     }
@@ -298,6 +316,7 @@ pub(crate) fn sample_record() -> TokenRecord {
         scopes: vec!["read".into()],
         refresh_token: Some("refresh-secret-value".into()),
         id_token: Some("id-secret-value".into()),
+        idle: None,
         expires_at_ms: 1_800_000_000_000,
         obtained_at_ms: 1_799_999_000_000,
     }

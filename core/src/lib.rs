@@ -58,6 +58,8 @@ pub use events::{Counters, Event, EventListener, RefreshReason, Status, TokenSta
 #[cfg(unix)]
 pub use file_store::{EncryptionKey, FileStore, LeaseInfo};
 pub use lifecycle::manager::{Manager, ManagerBuilder, Rejection, RetryError, TokenRef};
+#[cfg(feature = "http")]
+pub use lifecycle::manager::{ResponseVerdict, MAX_JUDGED_HEADERS};
 pub use lifecycle::token::{check_token_text, FetchedToken, Lifetime, Token, MAX_TOKEN_BYTES};
 pub use policy::Policy;
 #[cfg(feature = "redis")]

@@ -11,7 +11,7 @@ use common::*;
 use tokenlease::client::{AuthorizedClient, Authorizer};
 use tokenlease::clock::ManualClock;
 use tokenlease::config::ManagerConfig;
-use tokenlease::{Clock, ErrorKind, Manager, MemoryStore, Store};
+use tokenlease::{Clock, ErrorKind, Manager, MemoryStore, ResponseVerdict, Store};
 use tokenlease_test_server::{Control, Outage, OutageMode, RateLimit, ServerConfig, TestServer};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -429,4 +429,83 @@ fn faults_mid_run_cause_no_failures_while_a_valid_token_exists() {
             .all(|k| *k == (ErrorKind::Expired, Some(ErrorKind::Transient))),
         "{kinds:?}"
     );
+}
+
+/// What every binding's HTTP integration does with a manager, against the real server: the
+/// header comes from core (the session's own header here, not `Authorization`), and core
+/// judges the response by the config's `expired` rules.
+#[test]
+fn a_binding_asks_core_for_the_header_and_the_verdict() {
+    let server = TestServer::start_background(ServerConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let manager = Manager::from_config(&session_config(&server, false)).unwrap();
+    let http = reqwest::Client::new();
+    let call = |token: &tokenlease::Token| {
+        let (name, value) = manager
+            .request_header(token.value(), token.token_type())
+            .unwrap();
+        assert_eq!(name, "vmware-api-session-id");
+        assert!(value.expose() == token.value().expose());
+        let request = http
+            .get(server.session_resource_url())
+            .header(name, value.expose());
+        runtime.block_on(async {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let body = response.bytes().await.unwrap().to_vec();
+            (status, headers, body)
+        })
+    };
+    let judge = |token: &tokenlease::Token,
+                 (status, headers, body): &(u16, Vec<(String, String)>, Vec<u8>)| {
+        assert_eq!(manager.needs_response_body(*status), *status != 200);
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        manager.judge_response(token.generation(), *status, &headers, body)
+    };
+
+    let token = manager.token_blocking().unwrap().into_arc();
+    let answer = call(&token);
+    assert_eq!(answer.0, 200);
+    assert_eq!(judge(&token, &answer), ResponseVerdict::Accepted);
+
+    // The server ends the session (idle timeout on its clock): 401 INVALID_SESSION.
+    server.advance(Duration::from_secs(16 * 60));
+    let answer = call(&token);
+    assert_eq!(answer.0, 401);
+    assert_eq!(judge(&token, &answer), ResponseVerdict::Rejected);
+    assert!(
+        manager.cached().is_none(),
+        "the rejected session is discarded"
+    );
+    // A late verdict on the same old token never discards the new one.
+    let fresh = manager.token_blocking().unwrap().into_arc();
+    assert_ne!(fresh.generation(), token.generation());
+    assert_eq!(judge(&token, &answer), ResponseVerdict::Rejected);
+    assert_eq!(manager.cached().unwrap().generation(), fresh.generation());
+    assert_eq!(call(&fresh).0, 200);
+    assert_eq!(server.stats().session_logins, 2);
+
+    // A 401 that is not the config's expiry (no INVALID_SESSION in the body) is not a
+    // rejection of the token.
+    assert_eq!(
+        manager.judge_response(
+            fresh.generation(),
+            401,
+            &[],
+            b"{\"fault\": \"NO_PERMISSION\"}"
+        ),
+        ResponseVerdict::Accepted
+    );
+    assert_eq!(manager.cached().unwrap().generation(), fresh.generation());
 }

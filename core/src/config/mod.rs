@@ -601,13 +601,14 @@ impl ManagerConfig {
         let BuiltSource {
             source,
             default_key,
-            ..
+            authorizer,
         } = self.source.build()?;
         let store = self.store.open()?;
         Ok(Manager::builder_from_arc(source)
             .key(self.key.clone().unwrap_or(default_key))
             .policy(policy)
             .store(store)
+            .authorizer(authorizer)
             .build())
     }
 }
@@ -929,9 +930,9 @@ impl AuthorizedClient {
     /// Builds a manager and an HTTP client attaching its tokens the way the configured
     /// source says (bearer for OAuth2, the session's header for session logins).
     pub fn from_config(text: &str) -> Result<AuthorizedClient> {
-        let config = ManagerConfig::parse(text)?;
-        let authorizer = config.source.build()?.authorizer;
-        AuthorizedClient::new(config.build()?, authorizer)
+        let manager = Manager::from_config(text)?;
+        let authorizer = manager.authorizer();
+        AuthorizedClient::new(manager, authorizer)
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::is_token_rejected;
 use crate::lifecycle::token::Token;
+use crate::secret::SecretString;
 
 /// How the token is attached to API requests.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,8 +57,14 @@ impl Default for ExpiredSpec {
 
 /// How a token is attached to a request and how a rejection of it is recognised.
 pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
+    /// The header that carries a token with this value and type (marked sensitive).
+    fn header(&self, value: &SecretString, token_type: &str) -> Result<(HeaderName, HeaderValue)>;
     /// Adds the token to the request headers.
-    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()>;
+    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
+        let (name, value) = self.header(token.value(), token.token_type())?;
+        headers.insert(name, value);
+        Ok(())
+    }
     /// Whether a response with this status needs its body read to be classified. Asked
     /// for error statuses only: a successful response is always accepted, its body left
     /// unread for the application.
@@ -67,26 +74,30 @@ pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool;
 }
 
+/// A header value that carries a secret: never printed by `http`'s Debug, never indexed.
+fn sensitive_value(text: &str) -> Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(text)
+        .map_err(|_| Error::new(ErrorKind::Protocol, "the token is not a valid header value"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// OAuth2 bearer tokens (RFC 6750): `Authorization: Bearer <token>`; a 401 with
 /// `error="invalid_token"` (or a bare Bearer challenge) is a rejection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BearerAuthorizer;
 
 impl Authorizer for BearerAuthorizer {
-    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
-        let scheme =
-            if token.token_type().eq_ignore_ascii_case("bearer") || token.token_type().is_empty() {
-                "Bearer"
-            } else {
-                token.token_type()
-            };
-        let mut value = HeaderValue::from_str(&format!("{scheme} {}", token.value().expose()))
-            .map_err(|_| {
-                Error::new(ErrorKind::Protocol, "the token is not a valid header value")
-            })?;
-        value.set_sensitive(true);
-        headers.insert(AUTHORIZATION, value);
-        Ok(())
+    fn header(&self, value: &SecretString, token_type: &str) -> Result<(HeaderName, HeaderValue)> {
+        let scheme = if token_type.eq_ignore_ascii_case("bearer") || token_type.is_empty() {
+            "Bearer"
+        } else {
+            token_type
+        };
+        Ok((
+            AUTHORIZATION,
+            sensitive_value(&format!("{scheme} {}", value.expose()))?,
+        ))
     }
 
     fn may_be_rejection(&self, status: StatusCode) -> bool {
@@ -125,12 +136,7 @@ impl HeaderAuthorizer {
 
     /// The header carrying `token`.
     pub fn header_for(&self, token: &Token) -> Result<(HeaderName, HeaderValue)> {
-        let mut value =
-            HeaderValue::from_str(&format!("{}{}", self.prefix, token.value().expose())).map_err(
-                |_| Error::new(ErrorKind::Protocol, "the token is not a valid header value"),
-            )?;
-        value.set_sensitive(true);
-        Ok((self.header.clone(), value))
+        self.header(token.value(), token.token_type())
     }
 
     /// Whether a response means the token expired (see [`ExpiredSpec`]).
@@ -156,10 +162,11 @@ impl HeaderAuthorizer {
 }
 
 impl Authorizer for HeaderAuthorizer {
-    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
-        let (name, value) = self.header_for(token)?;
-        headers.insert(name, value);
-        Ok(())
+    fn header(&self, value: &SecretString, _token_type: &str) -> Result<(HeaderName, HeaderValue)> {
+        Ok((
+            self.header.clone(),
+            sensitive_value(&format!("{}{}", self.prefix, value.expose()))?,
+        ))
     }
 
     fn may_be_rejection(&self, status: StatusCode) -> bool {

@@ -34,6 +34,10 @@ use crate::store::{unix_ms, IdleRecord, Lease, LeaseOutcome, Store, TokenRecord}
 
 #[cfg(feature = "http")]
 mod login;
+#[cfg(feature = "http")]
+mod requests;
+#[cfg(feature = "http")]
+pub use requests::{ResponseVerdict, MAX_JUDGED_HEADERS};
 
 /// A token borrowed from a manager's cache.
 ///
@@ -103,6 +107,8 @@ pub struct ManagerBuilder {
     policy: Policy,
     clock: Option<Arc<dyn Clock>>,
     listeners: Vec<Arc<dyn EventListener>>,
+    #[cfg(feature = "http")]
+    authorizer: Option<Arc<dyn crate::http::authorize::Authorizer>>,
 }
 
 impl fmt::Debug for ManagerBuilder {
@@ -147,6 +153,14 @@ impl ManagerBuilder {
         self
     }
 
+    /// How the tokens travel on API requests and their rejections are recognised
+    /// ([`Manager::request_header`], [`Manager::judge_response`]); bearer by default.
+    #[cfg(feature = "http")]
+    pub fn authorizer(mut self, authorizer: Arc<dyn crate::http::authorize::Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
     /// Builds the manager. Nothing is fetched until the first `token()` call.
     pub fn build(self) -> Manager {
         let clock = self.clock.unwrap_or_else(system_clock);
@@ -174,6 +188,8 @@ impl ManagerBuilder {
                 counters: AtomicCounters::default(),
                 source_gate: Arc::new(tokio::sync::Mutex::new(())),
                 install_lock: tokio::sync::Mutex::new(()),
+                #[cfg(feature = "http")]
+                authorizer: self.authorizer,
             }),
         }
     }
@@ -210,6 +226,9 @@ struct Shared {
     /// Held from an install's admission to its publication (across the store save), and
     /// by revoke while it clears the store, so a revoke comes before an install or after.
     install_lock: tokio::sync::Mutex<()>,
+    /// How tokens travel on API requests (`None`: bearer).
+    #[cfg(feature = "http")]
+    authorizer: Option<Arc<dyn crate::http::authorize::Authorizer>>,
 }
 
 /// The policy as managers hold it: the default one is shared by every manager of the
@@ -374,6 +393,8 @@ impl Manager {
             policy: Policy::default(),
             clock: None,
             listeners: Vec::new(),
+            #[cfg(feature = "http")]
+            authorizer: None,
         }
     }
 

@@ -834,8 +834,8 @@ impl Source for SessionLogin {
 }
 
 impl Authorizer for SessionLogin {
-    fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
-        self.authorizer().authorize(token, headers)
+    fn header(&self, value: &SecretString, token_type: &str) -> Result<(HeaderName, HeaderValue)> {
+        self.authorizer().header(value, token_type)
     }
 
     fn may_be_rejection(&self, status: StatusCode) -> bool {

@@ -1,0 +1,108 @@
+//! The request-side decisions every binding's HTTP integration needs, made in core from the
+//! manager's configuration: which header carries the token (a bearer `Authorization`, a
+//! session's own header), and what a response means (the token rejected, per the config's
+//! `expired` rules, or the token used). Bindings pass status, headers and a bounded body
+//! prefix, and retry once when told the token was rejected; nothing else.
+
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::StatusCode;
+
+use super::Manager;
+use crate::error::Result;
+use crate::http::authorize::{Authorizer, BearerAuthorizer};
+use crate::http::MAX_INSPECTED_ERROR_BODY_BYTES;
+use crate::secret::SecretString;
+
+/// Response headers looked at, at most (the rest are ignored).
+pub const MAX_JUDGED_HEADERS: usize = 256;
+
+/// What a response to a request made with a token means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseVerdict {
+    /// The token was accepted (or the failure is not about it); for a sliding session the
+    /// use was recorded.
+    Accepted,
+    /// The token was rejected (expired, revoked, a session that ended): the manager has
+    /// discarded it. Get a token again and retry the request once.
+    Rejected,
+}
+
+impl Manager {
+    /// How this manager's tokens travel and their rejections are recognised (bearer
+    /// tokens unless the configuration says otherwise).
+    pub fn authorizer(&self) -> Arc<dyn Authorizer> {
+        self.shared
+            .authorizer
+            .clone()
+            .unwrap_or_else(|| Arc::new(BearerAuthorizer))
+    }
+
+    /// The header (name, value) that carries a token with this value and type on an API
+    /// request. The value contains the token: it is a [`SecretString`].
+    pub fn request_header(
+        &self,
+        value: &SecretString,
+        token_type: &str,
+    ) -> Result<(String, SecretString)> {
+        let (name, value) = self.authorizer().header(value, token_type)?;
+        let value = value
+            .to_str()
+            .map(|text| SecretString::new(text.to_owned()))
+            .unwrap_or_default();
+        Ok((name.as_str().to_owned(), value))
+    }
+
+    /// Whether a response with this status needs (a prefix of) its body read before
+    /// [`Manager::judge_response`] can tell whether it rejects the token. Successful
+    /// responses never do.
+    pub fn needs_response_body(&self, status: u16) -> bool {
+        StatusCode::from_u16(status)
+            .is_ok_and(|status| !status.is_success() && self.authorizer().may_be_rejection(status))
+    }
+
+    /// Judges the response to a request made with the token of `generation`: a rejection
+    /// (per the configuration's rules) discards exactly that token, so the next `token()`
+    /// brings a new one and the caller retries once; an accepted response records the use
+    /// of a sliding session. `body_prefix` beyond
+    /// [`MAX_INSPECTED_ERROR_BODY_BYTES`] and headers beyond [`MAX_JUDGED_HEADERS`] are
+    /// ignored; malformed headers are skipped.
+    pub fn judge_response(
+        &self,
+        generation: u64,
+        status: u16,
+        headers: &[(&str, &str)],
+        body_prefix: &[u8],
+    ) -> ResponseVerdict {
+        let Ok(status) = StatusCode::from_u16(status) else {
+            return ResponseVerdict::Accepted;
+        };
+        let rejected = !status.is_success() && {
+            let authorizer = self.authorizer();
+            authorizer.may_be_rejection(status) && {
+                let mut map = HeaderMap::new();
+                for (name, value) in headers.iter().take(MAX_JUDGED_HEADERS) {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        map.append(name, value);
+                    }
+                }
+                let body = &body_prefix[..body_prefix.len().min(MAX_INSPECTED_ERROR_BODY_BYTES)];
+                authorizer.is_rejection(status, &map, body)
+            }
+        };
+        if rejected {
+            self.invalidate_generation(generation);
+            return ResponseVerdict::Rejected;
+        }
+        if let Some(token) = self.shared.current.load_full() {
+            if token.generation == generation {
+                self.report_use(&token);
+            }
+        }
+        ResponseVerdict::Accepted
+    }
+}

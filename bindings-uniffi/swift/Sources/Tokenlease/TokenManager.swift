@@ -130,6 +130,23 @@ public final class TokenManager: @unchecked Sendable {
     /// Blocking form of `revoke()`.
     public func revokeBlocking() throws { try native.revokeBlocking() }
 
+    /// The header that carries `token` on an API request, as the configuration says (bearer
+    /// `Authorization`, or a session's own header). Its value contains the token.
+    public func requestHeader(token: TokenInfo) throws -> RequestHeader { try native.requestHeader(token: token) }
+
+    /// Whether a response with `status` needs a body prefix (at most 64 KiB) for `judgeResponse`.
+    public func needsResponseBody(status: Int) -> Bool {
+        (0...0xFFFF).contains(status) && native.needsResponseBody(status: UInt16(status))
+    }
+
+    /// Judges the response to a request made with the token of `generation`: true when it
+    /// rejects the token per the configuration's rules (the token is discarded: get one again
+    /// and retry once). `data(for:session:)` does this for you.
+    public func judgeResponse(generation: UInt64, status: Int, headers: [ResponseHeader], bodyPrefix: Data) -> Bool {
+        (0...0xFFFF).contains(status)
+            && native.judgeResponse(generation: generation, status: UInt16(status), headers: headers, bodyPrefix: bodyPrefix)
+    }
+
     /// A snapshot of state, deadlines, last error and counters.
     public func status() -> ManagerStatus { native.status() }
 

@@ -139,6 +139,24 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
     @Throws(TokenleaseException::class)
     fun revokeBlocking() = native.revokeBlocking()
 
+    /**
+     * The header that carries [token] on an API request, as the configuration says (bearer
+     * `Authorization`, or a session's own header). Its value contains the token.
+     */
+    @Throws(TokenleaseException::class)
+    fun requestHeader(token: TokenInfo): RequestHeader = native.requestHeader(token)
+
+    /** Whether a response with [status] needs a body prefix (≤ 64 KiB) for [judgeResponse]. */
+    fun needsResponseBody(status: Int): Boolean = status in 0..0xFFFF && native.needsResponseBody(status.toUShort())
+
+    /**
+     * Judges the response to a request made with the token of [generation]: true when it
+     * rejects the token per the configuration's rules (the token is discarded: get one again
+     * and retry the request once). [TokenleaseInterceptor] and [TokenleaseHttp] do this for you.
+     */
+    fun judgeResponse(generation: ULong, status: Int, headers: List<ResponseHeader>, bodyPrefix: ByteArray): Boolean =
+        status in 0..0xFFFF && native.judgeResponse(generation, status.toUShort(), headers, bodyPrefix)
+
     /** A snapshot of state, deadlines, last error and counters. */
     fun status(): ManagerStatus = native.status()
 

@@ -1,0 +1,65 @@
+//! Request authorization and response verdicts for Kotlin's and Swift's HTTP helpers: the
+//! decisions are core's ([`tokenlease::Manager::request_header`],
+//! [`tokenlease::Manager::judge_response`]); the helpers only carry headers and bytes.
+
+use tokenlease::SecretString;
+
+use crate::errors::BindingResult;
+use crate::manager::NativeTokenManager;
+use crate::token::TokenInfo;
+
+/// A header that carries a token. `value` contains the token: a `SecretString`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RequestHeader {
+    /// Header name (`Authorization`, `vmware-api-session-id`, ...).
+    pub name: String,
+    /// Header value (`Bearer …`, or the session id with the configured prefix).
+    pub value: SecretString,
+}
+
+/// A response header, as the HTTP library returned it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ResponseHeader {
+    /// Header name.
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+#[uniffi::export]
+impl NativeTokenManager {
+    /// The header that carries `token` on an API request, as this manager's configuration
+    /// says (bearer `Authorization`, or a session's own header and prefix).
+    pub fn request_header(&self, token: TokenInfo) -> BindingResult<RequestHeader> {
+        let (name, value) = self
+            .manager()
+            .request_header(&token.value, &token.token_type)?;
+        Ok(RequestHeader { name, value })
+    }
+
+    /// Whether a response with `status` needs a prefix of its body (at most 64 KiB) for
+    /// `judgeResponse`. Successful responses never do.
+    pub fn needs_response_body(&self, status: u16) -> bool {
+        self.manager().needs_response_body(status)
+    }
+
+    /// Judges the response to a request made with the token of `generation`: `true` when
+    /// it rejects the token per the configuration's rules (the manager has discarded it:
+    /// get a token again and retry once); `false` otherwise (a sliding session's use is
+    /// recorded). Headers beyond 256 and body bytes beyond 64 KiB are ignored.
+    pub fn judge_response(
+        &self,
+        generation: u64,
+        status: u16,
+        headers: Vec<ResponseHeader>,
+        body_prefix: Vec<u8>,
+    ) -> bool {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|header| (header.name.as_str(), header.value.as_str()))
+            .collect();
+        self.manager()
+            .judge_response(generation, status, &headers, &body_prefix)
+            == tokenlease::ResponseVerdict::Rejected
+    }
+}

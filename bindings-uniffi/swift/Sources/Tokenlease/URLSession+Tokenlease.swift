@@ -1,0 +1,48 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+extension TokenManager {
+    /// Sends `request` with this manager's token (in the header the configuration names)
+    /// and, when core judges the response a rejection of that token (401 `invalid_token`, a
+    /// session's `INVALID_SESSION`, ... per the configuration), sends it once more with the
+    /// new token. Requests with a body stream are not retried.
+    public func data(for request: URLRequest, session: URLSession = .shared) async throws -> (Data, HTTPURLResponse) {
+        let first = try await token()
+        let (data, response) = try await Self.send(try authorized(request, first), session)
+        guard rejects(response, data, first), request.httpBodyStream == nil else { return (data, response) }
+        return try await Self.send(try authorized(request, try await token()), session)
+    }
+
+    private func authorized(_ request: URLRequest, _ token: TokenInfo) throws -> URLRequest {
+        let header = try requestHeader(token: token)
+        var request = request
+        request.setValue(header.value.expose(), forHTTPHeaderField: header.name)
+        return request
+    }
+
+    private func rejects(_ response: HTTPURLResponse, _ data: Data, _ token: TokenInfo) -> Bool {
+        guard needsResponseBody(status: response.statusCode) else { return false }
+        let headers = response.allHeaderFields.compactMap { name, value -> ResponseHeader? in
+            guard let name = name as? String else { return nil }
+            return ResponseHeader(name: name, value: "\(value)")
+        }
+        return judgeResponse(generation: token.generation, status: response.statusCode,
+                             headers: headers, bodyPrefix: data.prefix(64 * 1024))
+    }
+
+    private static func send(_ request: URLRequest, _ session: URLSession) async throws -> (Data, HTTPURLResponse) {
+        try await withCheckedThrowingContinuation { continuation in
+            session.dataTask(with: request) { data, response, error in
+                if let error {
+                    continuation.resume(throwing: error)
+                } else if let response = response as? HTTPURLResponse {
+                    continuation.resume(returning: (data ?? Data(), response))
+                } else {
+                    continuation.resume(throwing: URLError(.badServerResponse))
+                }
+            }.resume()
+        }
+    }
+}

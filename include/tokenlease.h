@@ -263,8 +263,22 @@ typedef uint32_t tl_refresh_reason;
 #endif // __cplusplus
 
 /**
- * What a C `fetch`/`refresh` callback reports, filled through `tl_fetch_output_set_*`.
- * Opaque; owned by tokenlease and valid only during the callback.
+ * A device login in progress (RFC 8628), from `tl_manager_start_device_login`: what to show
+ * the user, and the secret device code. Opaque.
+ *
+ * Its accessors, `tl_device_login_cancel` and `tl_manager_complete_device_login` may be
+ * called from any threads at once; `tl_device_login_free` must not race with them (cancel,
+ * wait for `tl_manager_complete_device_login` to return, then free).
+ */
+typedef struct tl_device_login tl_device_login;
+
+/**
+ * A token result, filled through `tl_fetch_output_set_*`. Opaque.
+ *
+ * Two uses: what a C `fetch`/`refresh` callback reports (then owned by tokenlease and valid
+ * only during the callback), and the result of a login the application did itself (e.g.
+ * with a platform SDK) for `tl_manager_login` / `tl_manager_seed` (then created with
+ * `tl_fetch_output_new` and owned by the caller until `tl_fetch_output_free`).
  */
 typedef struct tl_fetch_output tl_fetch_output;
 
@@ -272,6 +286,17 @@ typedef struct tl_fetch_output tl_fetch_output;
  * What a C `load` callback reports. Opaque; valid only during the callback.
  */
 typedef struct tl_load_output tl_load_output;
+
+/**
+ * An interactive login in progress with the authorization code grant and PKCE (RFC 7636),
+ * from `tl_manager_begin_login`. Opaque; holds the secret `state` and PKCE verifier that
+ * `tl_manager_complete_login` checks the redirect with (wiped by `tl_login_request_free`).
+ *
+ * Immutable: its accessors and `tl_manager_complete_login` may use it from several threads
+ * at once; `tl_login_request_free` must not race with them. It does not refer to its
+ * manager: freeing the manager first is allowed.
+ */
+typedef struct tl_login_request tl_login_request;
 
 /**
  * A token manager for one credential: gets, caches and refreshes its token in the
@@ -532,6 +557,261 @@ extern "C" {
  * Ownership: the string is static; never free it. Thread-safety: callable from any thread.
  */
 const char *tl_version(void);
+
+/**
+ * Starts an interactive login with the authorization code grant and PKCE: `*out` receives a
+ * request whose URL (`tl_login_request_url`) the application opens in the user's browser.
+ * When the browser comes back to `redirect_uri` (with `code` and `state` in its query), hand
+ * that whole URL to `tl_manager_complete_login`.
+ *
+ * `redirect_uri` (NUL-terminated UTF-8) must be registered for the client; desktop apps and
+ * CLIs use a loopback one (`http://127.0.0.1:PORT/callback`, RFC 8252). The manager's source
+ * must be an `oauth2` source (e.g. with `"grant": {"type": "user_login"}`), else
+ * `TL_CONFIGURATION`; a `redirect_uri` that is not an absolute URL is `TL_USAGE`. Blocks for
+ * the discovery request when the issuer's metadata is not cached yet.
+ *
+ * On failure `*out` is NULL and the detail is in `tl_manager_last_error`. Ownership: the
+ * caller owns the request and releases it with `tl_login_request_free`. Thread-safety:
+ * callable from any thread; not from inside a tokenlease callback (`TL_USAGE`).
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `redirect_uri` NULL or NUL-terminated; `out` NULL or
+ * writable.
+ */
+tl_result tl_manager_begin_login(const struct tl_manager *mgr,
+                                 const char *redirect_uri,
+                                 struct tl_login_request **out);
+
+/**
+ * The URL to open in the user's browser (NUL-terminated), or NULL when `req` is NULL. It
+ * carries the request's `state`: do not log it.
+ *
+ * Ownership: borrowed from `req`; valid until `tl_login_request_free(req)`. Thread-safety:
+ * callable from any thread.
+ *
+ * # Safety
+ * `req` must be NULL or a live `tl_login_request`.
+ */
+const char *tl_login_request_url(const struct tl_login_request *req);
+
+/**
+ * The redirect URI the request names (NUL-terminated, normalised as a URL, e.g.
+ * `http://127.0.0.1:49152/callback`), or NULL when `req` is NULL: where to listen for the
+ * browser's return.
+ *
+ * Ownership: borrowed from `req`; valid until `tl_login_request_free(req)`. Thread-safety:
+ * callable from any thread.
+ *
+ * # Safety
+ * `req` must be NULL or a live `tl_login_request`.
+ */
+const char *tl_login_request_redirect_uri(const struct tl_login_request *req);
+
+/**
+ * Frees a login request and wipes its secrets. NULL is a no-op.
+ *
+ * Ownership: takes ownership of `req`; pointers from its accessors dangle afterwards.
+ * Thread-safety: must not race with other calls on `req`.
+ *
+ * # Safety
+ * `req` must be NULL or a request from `tl_manager_begin_login` not freed before.
+ */
+void tl_login_request_free(struct tl_login_request *req);
+
+/**
+ * Finishes an interactive login: checks `redirect_url` (the whole URL the browser was sent
+ * back to, NUL-terminated UTF-8: its `state` must be the request's, an `error` answer is
+ * reported), redeems the code with the PKCE verifier, stores the tokens (with their refresh
+ * token) and serves them from now on; a refresh of an earlier session still in flight is
+ * overtaken. Blocks for the token request.
+ *
+ * Results: `TL_OK`; `TL_CANCELLED` when the user denied the login (`access_denied`);
+ * `TL_PROTOCOL` for a redirect with another `state`, none, or to another place than the
+ * request's redirect URI (forged or foreign); `TL_INVALID_GRANT` when the server refuses the
+ * code (e.g. used twice); `TL_NULL_ARGUMENT` / `TL_INVALID_UTF8` for bad arguments. The
+ * detail is in `tl_manager_last_error` (never a token value).
+ *
+ * `out` may be NULL; otherwise `*out` receives the new token as a `tl_token` (NULL on
+ * failure), which the caller releases with `tl_token_free`. Ownership: `req` and
+ * `redirect_url` are only read. Thread-safety: callable from any thread; not from inside a
+ * tokenlease callback (`TL_USAGE`).
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `req` NULL or a live `tl_login_request`;
+ * `redirect_url` NULL or NUL-terminated; `out` NULL or writable.
+ */
+tl_result tl_manager_complete_login(const struct tl_manager *mgr,
+                                    const struct tl_login_request *req,
+                                    const char *redirect_url,
+                                    struct tl_token **out);
+
+/**
+ * Starts a device login (RFC 8628, for CLIs and devices without a browser): `*out` receives
+ * what to show the user (`tl_device_login_user_code`, `tl_device_login_verification_uri`,
+ * and for a QR code `tl_device_login_verification_uri_complete`); then call
+ * `tl_manager_complete_device_login`, which waits for the user. Blocks for the device
+ * authorization request.
+ *
+ * The manager's source must be an `oauth2` source whose server has a device authorization
+ * endpoint (discovered, or `device_authorization_url`), else `TL_CONFIGURATION`. On failure
+ * `*out` is NULL and the detail is in `tl_manager_last_error`. Ownership: the caller owns the
+ * handle and releases it with `tl_device_login_free`. Thread-safety: callable from any
+ * thread; not from inside a tokenlease callback (`TL_USAGE`).
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `out` NULL or writable.
+ */
+tl_result tl_manager_start_device_login(const struct tl_manager *mgr, struct tl_device_login **out);
+
+/**
+ * The code the user enters at the verification URI (NUL-terminated), or NULL when `dev` is
+ * NULL.
+ *
+ * Ownership: borrowed from `dev`; valid until `tl_device_login_free(dev)`. Thread-safety:
+ * callable from any thread.
+ *
+ * # Safety
+ * `dev` must be NULL or a live `tl_device_login`.
+ */
+const char *tl_device_login_user_code(const struct tl_device_login *dev);
+
+/**
+ * Where the user goes to approve, on a phone or computer (an http(s) URL, NUL-terminated),
+ * or NULL when `dev` is NULL.
+ *
+ * Ownership: borrowed from `dev`; valid until `tl_device_login_free(dev)`. Thread-safety:
+ * callable from any thread.
+ *
+ * # Safety
+ * `dev` must be NULL or a live `tl_device_login`.
+ */
+const char *tl_device_login_verification_uri(const struct tl_device_login *dev);
+
+/**
+ * The verification URI with the user code in it (for a QR code), NUL-terminated; NULL when
+ * the server gave none or `dev` is NULL.
+ *
+ * Ownership: borrowed from `dev`; valid until `tl_device_login_free(dev)`. Thread-safety:
+ * callable from any thread.
+ *
+ * # Safety
+ * `dev` must be NULL or a live `tl_device_login`.
+ */
+const char *tl_device_login_verification_uri_complete(const struct tl_device_login *dev);
+
+/**
+ * How long the user has to approve, in milliseconds from `tl_manager_start_device_login`
+ * (bounded by 30 minutes); 0 when `dev` is NULL.
+ *
+ * Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `dev` must be NULL or a live `tl_device_login`.
+ */
+uint64_t tl_device_login_expires_in_ms(const struct tl_device_login *dev);
+
+/**
+ * The polling interval the server asked for, in milliseconds (5000 when it named none;
+ * `tl_manager_complete_device_login` follows it and slows down when told to); 0 when `dev`
+ * is NULL.
+ *
+ * Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `dev` must be NULL or a live `tl_device_login`.
+ */
+uint64_t tl_device_login_interval_ms(const struct tl_device_login *dev);
+
+/**
+ * Cancels the device login: a `tl_manager_complete_device_login` waiting on `dev` (on any
+ * thread) returns `TL_CANCELLED` promptly, and so does one started later. Idempotent. Returns
+ * `TL_NULL_ARGUMENT` when `dev` is NULL.
+ *
+ * Thread-safety: callable from any thread, also while another thread waits in
+ * `tl_manager_complete_device_login` (not concurrently with `tl_device_login_free`). Never
+ * blocks.
+ *
+ * # Safety
+ * `dev` must be NULL or a live `tl_device_login`.
+ */
+tl_result tl_device_login_cancel(const struct tl_device_login *dev);
+
+/**
+ * Frees a device login and wipes its device code. NULL is a no-op.
+ *
+ * Ownership: takes ownership of `dev`; pointers from its accessors dangle afterwards.
+ * Thread-safety: must not race with other calls on `dev` (cancel it and wait for a
+ * `tl_manager_complete_device_login` on it to return first).
+ *
+ * # Safety
+ * `dev` must be NULL or a handle from `tl_manager_start_device_login` not freed before.
+ */
+void tl_device_login_free(struct tl_device_login *dev);
+
+/**
+ * Waits until the user approved the device login, polling the token endpoint as the server
+ * asks (its interval; 5 s longer after each `slow_down`), then stores the tokens and serves
+ * them from now on, as `tl_manager_complete_login` does. Blocks the calling thread, at most
+ * until the device code expires.
+ *
+ * Results: `TL_OK`; `TL_CANCELLED` when the user denied it or `tl_device_login_cancel` was
+ * called (from any thread); `TL_LOGIN_REQUIRED` when the code expired before the user
+ * approved; `TL_NULL_ARGUMENT` for a NULL `mgr` or `dev`. The detail is in
+ * `tl_manager_last_error`.
+ *
+ * `out` may be NULL; otherwise `*out` receives the new token as a `tl_token` (NULL on
+ * failure), which the caller releases with `tl_token_free`. Thread-safety: callable from any
+ * thread; not from inside a tokenlease callback (`TL_USAGE`).
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `dev` NULL or a live `tl_device_login` (not freed
+ * before this returns); `out` NULL or writable.
+ */
+tl_result tl_manager_complete_device_login(const struct tl_manager *mgr,
+                                           const struct tl_device_login *dev,
+                                           struct tl_token **out);
+
+/**
+ * Hands the manager the result of a new interactive login the application did itself (e.g.
+ * through AppAuth or another platform SDK), filled into a `tl_fetch_output` from
+ * `tl_fetch_output_new`: the token (and its refresh token, which the manager refreshes with
+ * from then on) is stored and served, replacing whatever the manager held; a refresh of the
+ * previous session still in flight is overtaken. Use `tl_manager_seed` instead for a result
+ * kept from before (it never rolls back a newer one). Blocks for the store.
+ *
+ * `login` must hold a token (`TL_INVALID_ARGUMENT` otherwise). `out` may be NULL; otherwise
+ * `*out` receives the installed token as a `tl_token` (NULL on failure). Ownership: `login`
+ * is only read (its values are copied); the caller still frees it. Thread-safety: callable
+ * from any thread; not from inside a tokenlease callback (`TL_USAGE`).
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `login` NULL or a live `tl_fetch_output` not used by
+ * another thread during the call; `out` NULL or writable.
+ */
+tl_result tl_manager_login(const struct tl_manager *mgr,
+                           const struct tl_fetch_output *login,
+                           struct tl_token **out);
+
+/**
+ * Hands the manager a login result the application kept from before (a platform SDK's
+ * saved state, a token from an earlier run) without ever rolling back anything newer: when
+ * memory or the store already hold a token obtained at or after `issued_at_unix_ms`
+ * (milliseconds since the Unix epoch; 0 means unknown, and then any stored token counts as
+ * newer), that token is served (refreshed with its own, possibly rotated, refresh token when
+ * due) and `login` is ignored; otherwise `login` is installed as `tl_manager_login` does.
+ * Blocks for the store (and a refresh, when the stored token needs one).
+ *
+ * `login` must hold a token (`TL_INVALID_ARGUMENT` otherwise). `out` may be NULL; otherwise
+ * `*out` receives the token served from now on (NULL on failure). Ownership and
+ * thread-safety as for `tl_manager_login`.
+ *
+ * # Safety
+ * As for `tl_manager_login`.
+ */
+tl_result tl_manager_seed(const struct tl_manager *mgr,
+                          const struct tl_fetch_output *login,
+                          uint64_t issued_at_unix_ms,
+                          struct tl_token **out);
 
 /**
  * Creates a manager from a configuration text, JSON (when it starts with `{`) or TOML: the
@@ -809,11 +1089,14 @@ tl_result tl_result_message(uint32_t code, char *buf, size_t len, size_t *writte
  *
  * Returns `TL_NULL_ARGUMENT`, `TL_INVALID_UTF8`, or `TL_INVALID_ARGUMENT` for an empty
  * value, one with a control character (an interior NUL, CR, LF, ...), one over 64 KiB, or
- * a lifetime over ten years (e.g. a negative number cast to `uint64_t`). Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
- * from inside the callback that received `out`.
+ * a lifetime over ten years (e.g. a negative number cast to `uint64_t`). Ownership: the
+ * bytes are copied; the caller keeps its buffer. Thread-safety: only from inside the
+ * callback that received `out` (an output from `tl_fetch_output_new`: from one thread at a
+ * time).
  *
  * # Safety
- * `out` must be the output passed to the running callback; `value` NULL or readable for
+ * `out` must be NULL, the output passed to the running callback or a live output from
+ * `tl_fetch_output_new`; `value` NULL or readable for
  * `len` bytes.
  */
 tl_result tl_fetch_output_set_token(struct tl_fetch_output *out,
@@ -824,10 +1107,12 @@ tl_result tl_fetch_output_set_token(struct tl_fetch_output *out,
 /**
  * Reports the token type (NUL-terminated UTF-8, copied). Optional; default `"Bearer"`.
  *
- * Thread-safety: only from inside the callback that received `out`.
+ * Thread-safety: only from inside the callback that received `out` (an output from
+ * `tl_fetch_output_new`: from one thread at a time).
  *
  * # Safety
- * `out` must be the output passed to the running callback; `token_type` NULL or a
+ * `out` must be NULL, the output passed to the running callback or a live output from
+ * `tl_fetch_output_new`; `token_type` NULL or a
  * NUL-terminated string.
  */
 tl_result tl_fetch_output_set_token_type(struct tl_fetch_output *out, const char *token_type);
@@ -836,10 +1121,12 @@ tl_result tl_fetch_output_set_token_type(struct tl_fetch_output *out, const char
  * Reports a refresh token (`len` bytes of UTF-8, copied). Optional; tokenlease passes it
  * to the `refresh` callback for the next refresh.
  *
- * Thread-safety: only from inside the callback that received `out`.
+ * Thread-safety: only from inside the callback that received `out` (an output from
+ * `tl_fetch_output_new`: from one thread at a time).
  *
  * # Safety
- * `out` must be the output passed to the running callback; `value` NULL or readable for
+ * `out` must be NULL, the output passed to the running callback or a live output from
+ * `tl_fetch_output_new`; `value` NULL or readable for
  * `len` bytes.
  */
 tl_result tl_fetch_output_set_refresh_token(struct tl_fetch_output *out,
@@ -851,13 +1138,45 @@ tl_result tl_fetch_output_set_refresh_token(struct tl_fetch_output *out,
  * UTF-8, copied). Optional. It reaches `tl_manager_last_error` and events: never put a
  * secret in it.
  *
- * Thread-safety: only from inside the callback that received `out`.
+ * Thread-safety: only from inside the callback that received `out` (an output from
+ * `tl_fetch_output_new`: from one thread at a time).
  *
  * # Safety
- * `out` must be the output passed to the running callback; `message` NULL or a
+ * `out` must be NULL, the output passed to the running callback or a live output from
+ * `tl_fetch_output_new`; `message` NULL or a
  * NUL-terminated string.
  */
 tl_result tl_fetch_output_set_error_message(struct tl_fetch_output *out, const char *message);
+
+/**
+ * Creates an empty `tl_fetch_output` for a login result the application obtained itself
+ * (e.g. through a platform SDK such as AppAuth), to hand to `tl_manager_login` or
+ * `tl_manager_seed`: fill it with `tl_fetch_output_set_token` (required; `expires_in_ms`
+ * counts from the `tl_manager_login` call), `tl_fetch_output_set_refresh_token` and
+ * `tl_fetch_output_set_token_type`.
+ *
+ * On success `*out` receives the handle; `TL_NULL_ARGUMENT` when `out` is NULL.
+ * Ownership: the caller owns the handle and releases it with `tl_fetch_output_free` (which
+ * wipes the secrets it holds). Thread-safety: callable from any thread; one handle is used
+ * by one thread at a time.
+ *
+ * # Safety
+ * `out` must be NULL or writable.
+ */
+tl_result tl_fetch_output_new(struct tl_fetch_output **out);
+
+/**
+ * Frees a `tl_fetch_output` from `tl_fetch_output_new` and wipes the token values it holds
+ * (they are secret values, zeroized on drop). NULL is a no-op. Never call it on the output a
+ * callback received (tokenlease owns that one).
+ *
+ * Ownership: takes ownership of `out`. Thread-safety: must not race with other calls on
+ * `out`.
+ *
+ * # Safety
+ * `out` must be NULL or a handle from `tl_fetch_output_new` not freed before.
+ */
+void tl_fetch_output_free(struct tl_fetch_output *out);
 
 /**
  * Reports the loaded record: `json` (`len` bytes of UTF-8, copied; no terminator needed).

@@ -3,9 +3,10 @@
 //! Conventions, following rustls-ffi:
 //!
 //! - Every function is named `tl_<type>_<verb>` and returns a [`tl_result`] unless it cannot
-//!   fail (accessors of a `tl_token`, `_free`).
-//! - Handles (`tl_manager`, `tl_token`) are opaque pointers created by the library and
-//!   released by a NULL-safe `_free`.
+//!   fail (accessors of a `tl_token`, `tl_login_request` or `tl_device_login`, `_free`).
+//! - Handles (`tl_manager`, `tl_token`, `tl_login_request`, `tl_device_login`,
+//!   `tl_fetch_output`) are opaque pointers created by the library and released by a
+//!   NULL-safe `_free`.
 //! - Every export runs inside one panic boundary: a Rust panic becomes `TL_INTERNAL` and never
 //!   unwinds into C.
 //! - Text is copied into caller buffers, always NUL-terminated. A buffer that is too small
@@ -19,6 +20,7 @@
 
 mod boundary;
 mod events;
+mod login;
 mod manager;
 mod result;
 mod result_text;
@@ -27,6 +29,7 @@ mod store;
 mod token;
 
 pub use events::{tl_event, tl_event_callback, tl_event_kind, tl_refresh_reason};
+pub use login::{tl_device_login, tl_login_request};
 pub use manager::{tl_counters, tl_manager, tl_status, tl_token_state};
 pub use result::tl_result;
 pub use source::{tl_fetch_output, tl_source_callbacks};

@@ -28,7 +28,7 @@ use crate::token::tl_token;
 /// `tl_manager_revoke`) must not be called from inside a tokenlease callback: they return
 /// `TL_USAGE` there.
 pub struct tl_manager {
-    manager: Manager,
+    pub(crate) manager: Manager,
     last_error: Mutex<String>,
     events: Arc<EventSlot>,
     gate: Arc<Gate>,
@@ -71,7 +71,7 @@ thread_local! {
 /// Callers pass `mgr` straight from an export whose contract requires it to be NULL or a
 /// live `tl_manager`.
 #[inline]
-fn manager_call(
+pub(crate) fn manager_call(
     mgr: *const tl_manager,
     f: impl FnOnce(&tl_manager) -> Result<(), Failure>,
 ) -> tl_result {

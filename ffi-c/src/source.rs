@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::boundary::{
-    ffi_boundary, str_arg, token_text, utf8_arg, CallbackScope, Failure, UserData,
+    ffi_boundary, ffi_boundary_or, str_arg, token_text, utf8_arg, CallbackScope, Failure, UserData,
 };
 use crate::result::tl_result;
 
@@ -63,8 +63,12 @@ pub struct tl_source_callbacks {
     >,
 }
 
-/// What a C `fetch`/`refresh` callback reports, filled through `tl_fetch_output_set_*`.
-/// Opaque; owned by tokenlease and valid only during the callback.
+/// A token result, filled through `tl_fetch_output_set_*`. Opaque.
+///
+/// Two uses: what a C `fetch`/`refresh` callback reports (then owned by tokenlease and valid
+/// only during the callback), and the result of a login the application did itself (e.g.
+/// with a platform SDK) for `tl_manager_login` / `tl_manager_seed` (then created with
+/// `tl_fetch_output_new` and owned by the caller until `tl_fetch_output_free`).
 #[derive(Default)]
 pub struct tl_fetch_output {
     value: Option<SecretString>,
@@ -87,26 +91,28 @@ impl tl_fetch_output {
     /// Turns a callback's return code and output into the source's result.
     fn finish(self, code: u32, callback: &str) -> Result<FetchedToken> {
         match tl_result::from_code(code) {
-            Some(tl_result::TL_OK) => {
-                let Some(value) = self.value else {
-                    return Err(Error::new(
-                        ErrorKind::Protocol,
-                        format!("the C {callback} callback returned TL_OK without calling tl_fetch_output_set_token"),
-                    ));
-                };
-                let lifetime = if self.expires_in_ms == 0 {
-                    Lifetime::Unknown
-                } else {
-                    Lifetime::ExpiresIn(Duration::from_millis(self.expires_in_ms))
-                };
-                let mut fetched =
-                    FetchedToken::bearer(value, Duration::ZERO).with_lifetime(lifetime);
-                fetched.token_type = self.token_type.unwrap_or_default();
-                fetched.refresh_token = self.refresh_token;
-                Ok(fetched)
-            }
+            Some(tl_result::TL_OK) => self.to_fetched().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("the C {callback} callback returned TL_OK without calling tl_fetch_output_set_token"),
+                )
+            }),
             other => Err(callback_error(code, other, callback, self.message)),
         }
+    }
+
+    /// The token reported so far (`None` before `tl_fetch_output_set_token`).
+    pub(crate) fn to_fetched(&self) -> Option<FetchedToken> {
+        let value = self.value.clone()?;
+        let lifetime = if self.expires_in_ms == 0 {
+            Lifetime::Unknown
+        } else {
+            Lifetime::ExpiresIn(Duration::from_millis(self.expires_in_ms))
+        };
+        let mut fetched = FetchedToken::bearer(value, Duration::ZERO).with_lifetime(lifetime);
+        fetched.token_type = self.token_type.clone().unwrap_or_default();
+        fetched.refresh_token = self.refresh_token.clone();
+        Some(fetched)
     }
 }
 
@@ -275,8 +281,8 @@ fn with_output(
     f: impl FnOnce(&mut tl_fetch_output) -> std::result::Result<(), Failure>,
 ) -> tl_result {
     ffi_boundary(|| {
-        // SAFETY: NULL or the tl_fetch_output passed to the running callback, per the
-        // setters' contract; the callback has exclusive use of it.
+        // SAFETY: NULL, the tl_fetch_output passed to the running callback, or a live one from
+        // tl_fetch_output_new, per the setters' contract; the caller has exclusive use of it.
         let Some(out) = (unsafe { out.as_mut() }) else {
             return tl_result::TL_NULL_ARGUMENT;
         };
@@ -294,11 +300,14 @@ fn with_output(
 ///
 /// Returns `TL_NULL_ARGUMENT`, `TL_INVALID_UTF8`, or `TL_INVALID_ARGUMENT` for an empty
 /// value, one with a control character (an interior NUL, CR, LF, ...), one over 64 KiB, or
-/// a lifetime over ten years (e.g. a negative number cast to `uint64_t`). Ownership: the bytes are copied; the caller keeps its buffer. Thread-safety: only
-/// from inside the callback that received `out`.
+/// a lifetime over ten years (e.g. a negative number cast to `uint64_t`). Ownership: the
+/// bytes are copied; the caller keeps its buffer. Thread-safety: only from inside the
+/// callback that received `out` (an output from `tl_fetch_output_new`: from one thread at a
+/// time).
 ///
 /// # Safety
-/// `out` must be the output passed to the running callback; `value` NULL or readable for
+/// `out` must be NULL, the output passed to the running callback or a live output from
+/// `tl_fetch_output_new`; `value` NULL or readable for
 /// `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn tl_fetch_output_set_token(
@@ -328,10 +337,12 @@ pub unsafe extern "C" fn tl_fetch_output_set_token(
 
 /// Reports the token type (NUL-terminated UTF-8, copied). Optional; default `"Bearer"`.
 ///
-/// Thread-safety: only from inside the callback that received `out`.
+/// Thread-safety: only from inside the callback that received `out` (an output from
+/// `tl_fetch_output_new`: from one thread at a time).
 ///
 /// # Safety
-/// `out` must be the output passed to the running callback; `token_type` NULL or a
+/// `out` must be NULL, the output passed to the running callback or a live output from
+/// `tl_fetch_output_new`; `token_type` NULL or a
 /// NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn tl_fetch_output_set_token_type(
@@ -349,10 +360,12 @@ pub unsafe extern "C" fn tl_fetch_output_set_token_type(
 /// Reports a refresh token (`len` bytes of UTF-8, copied). Optional; tokenlease passes it
 /// to the `refresh` callback for the next refresh.
 ///
-/// Thread-safety: only from inside the callback that received `out`.
+/// Thread-safety: only from inside the callback that received `out` (an output from
+/// `tl_fetch_output_new`: from one thread at a time).
 ///
 /// # Safety
-/// `out` must be the output passed to the running callback; `value` NULL or readable for
+/// `out` must be NULL, the output passed to the running callback or a live output from
+/// `tl_fetch_output_new`; `value` NULL or readable for
 /// `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn tl_fetch_output_set_refresh_token(
@@ -373,10 +386,12 @@ pub unsafe extern "C" fn tl_fetch_output_set_refresh_token(
 /// UTF-8, copied). Optional. It reaches `tl_manager_last_error` and events: never put a
 /// secret in it.
 ///
-/// Thread-safety: only from inside the callback that received `out`.
+/// Thread-safety: only from inside the callback that received `out` (an output from
+/// `tl_fetch_output_new`: from one thread at a time).
 ///
 /// # Safety
-/// `out` must be the output passed to the running callback; `message` NULL or a
+/// `out` must be NULL, the output passed to the running callback or a live output from
+/// `tl_fetch_output_new`; `message` NULL or a
 /// NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn tl_fetch_output_set_error_message(
@@ -389,4 +404,50 @@ pub unsafe extern "C" fn tl_fetch_output_set_error_message(
         out.message = Some(tl_core::redact_foreign_text(message));
         Ok(())
     })
+}
+
+/// Creates an empty `tl_fetch_output` for a login result the application obtained itself
+/// (e.g. through a platform SDK such as AppAuth), to hand to `tl_manager_login` or
+/// `tl_manager_seed`: fill it with `tl_fetch_output_set_token` (required; `expires_in_ms`
+/// counts from the `tl_manager_login` call), `tl_fetch_output_set_refresh_token` and
+/// `tl_fetch_output_set_token_type`.
+///
+/// On success `*out` receives the handle; `TL_NULL_ARGUMENT` when `out` is NULL.
+/// Ownership: the caller owns the handle and releases it with `tl_fetch_output_free` (which
+/// wipes the secrets it holds). Thread-safety: callable from any thread; one handle is used
+/// by one thread at a time.
+///
+/// # Safety
+/// `out` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tl_fetch_output_new(out: *mut *mut tl_fetch_output) -> tl_result {
+    ffi_boundary(|| {
+        if out.is_null() {
+            return tl_result::TL_NULL_ARGUMENT;
+        }
+        let handle = Box::into_raw(Box::default());
+        // SAFETY: non-NULL and writable per the contract.
+        unsafe { out.write(handle) };
+        tl_result::TL_OK
+    })
+}
+
+/// Frees a `tl_fetch_output` from `tl_fetch_output_new` and wipes the token values it holds
+/// (they are secret values, zeroized on drop). NULL is a no-op. Never call it on the output a
+/// callback received (tokenlease owns that one).
+///
+/// Ownership: takes ownership of `out`. Thread-safety: must not race with other calls on
+/// `out`.
+///
+/// # Safety
+/// `out` must be NULL or a handle from `tl_fetch_output_new` not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn tl_fetch_output_free(out: *mut tl_fetch_output) {
+    ffi_boundary_or((), || {
+        if !out.is_null() {
+            // SAFETY: `out` came from Box::into_raw in tl_fetch_output_new and ownership
+            // returns here exactly once per the contract.
+            drop(unsafe { Box::from_raw(out) });
+        }
+    });
 }

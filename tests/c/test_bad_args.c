@@ -1,4 +1,5 @@
-/* Every bad-argument case of the C ABI returns a result code; none crashes. No network. */
+/* Every bad-argument case of the C ABI returns a result code; none crashes. No network (the
+ * login checks use a closed loopback port that is never reached). */
 #include "test_support.h"
 
 #define NOT_UTF8 "\xff\xfe"
@@ -277,10 +278,192 @@ static void test_bad_callback_results(void) {
     tl_manager_free(mgr);
 }
 
+/* A user-login manager with fixed endpoints on a closed loopback port: begin_login needs no
+ * network (no discovery), so the argument checks run offline. */
+static tl_manager *offline_login_manager(void) {
+    tl_manager *mgr = NULL;
+    CHECK_RC(tl_manager_from_config(
+                 "{\"source\": {\"type\": \"oauth2\", \"client_id\": \"app\","
+                 " \"token_url\": \"http://127.0.0.1:9/token\","
+                 " \"authorization_url\": \"http://127.0.0.1:9/authorize\","
+                 " \"grant\": {\"type\": \"user_login\"}, \"scopes\": [\"openid\"]}}",
+                 &mgr),
+             TL_OK);
+    return mgr;
+}
+
+static void test_login_arguments(void) {
+    char detail[512], redirect[2048];
+    size_t written = 0;
+    tl_manager *mgr = offline_login_manager();
+    if (!mgr) return;
+
+    /* tl_manager_begin_login. */
+    tl_login_request *req = (tl_login_request *)1;
+    CHECK_RC(tl_manager_begin_login(NULL, "http://127.0.0.1:1/cb", &req), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_begin_login(mgr, "http://127.0.0.1:1/cb", NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_begin_login(mgr, NULL, &req), TL_NULL_ARGUMENT);
+    CHECK(req == NULL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "redirect_uri") != NULL);
+    CHECK_RC(tl_manager_begin_login(mgr, NOT_UTF8, &req), TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_begin_login(mgr, "not a url", &req), TL_USAGE);
+    CHECK(req == NULL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "redirect_uri") != NULL);
+    CHECK_RC(tl_manager_begin_login(mgr, "http://127.0.0.1:49152/callback", &req), TL_OK);
+    if (!req) goto done;
+    const char *url = tl_login_request_url(req);
+    CHECK(url != NULL && strncmp(url, "http://127.0.0.1:9/authorize?", 29) == 0);
+    CHECK(strcmp(tl_login_request_redirect_uri(req), "http://127.0.0.1:49152/callback") == 0);
+    CHECK(tl_login_request_url(NULL) == NULL && tl_login_request_redirect_uri(NULL) == NULL);
+
+    /* tl_manager_complete_login: NULL request or redirect, non-UTF-8, forged redirects. None
+     * of these reaches the (closed) token endpoint. */
+    tl_token *tok = (tl_token *)1;
+    CHECK_RC(tl_manager_complete_login(NULL, req, "http://127.0.0.1:49152/callback", &tok),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_complete_login(mgr, NULL, "http://127.0.0.1:49152/callback?code=x", &tok),
+             TL_NULL_ARGUMENT);
+    CHECK(tok == NULL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strcmp(detail, "argument `req` is NULL") == 0);
+    tok = (tl_token *)1;
+    CHECK_RC(tl_manager_complete_login(mgr, req, NULL, &tok), TL_NULL_ARGUMENT);
+    CHECK(tok == NULL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strcmp(detail, "argument `redirect_url` is NULL") == 0);
+    CHECK_RC(tl_manager_complete_login(mgr, req, NOT_UTF8, NULL), TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_complete_login(mgr, req, "not a url", NULL), TL_PROTOCOL);
+    CHECK_RC(tl_manager_complete_login(mgr, req,
+                                       "http://127.0.0.1:49152/callback?code=c&state=forged",
+                                       NULL),
+             TL_PROTOCOL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "state") != NULL);
+    /* The user said no: the redirect carries the error and the request's own state. */
+    const char *state = strstr(url, "state=");
+    CHECK(state != NULL);
+    if (state != NULL) {
+        size_t state_len = strcspn(state + 6, "&");
+        snprintf(redirect, sizeof redirect,
+                 "http://127.0.0.1:49152/callback?error=access_denied&state=%.*s",
+                 (int)state_len, state + 6);
+        CHECK_RC(tl_manager_complete_login(mgr, req, redirect, &tok), TL_CANCELLED);
+        CHECK(tok == NULL);
+    }
+    tl_login_request_free(req);
+
+    /* Device logins: this source has no device endpoint; NULL handles. */
+    tl_device_login *dev = (tl_device_login *)1;
+    CHECK_RC(tl_manager_start_device_login(NULL, &dev), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_start_device_login(mgr, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_start_device_login(mgr, &dev), TL_CONFIGURATION);
+    CHECK(dev == NULL);
+    CHECK_RC(tl_manager_complete_device_login(mgr, NULL, &tok), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strcmp(detail, "argument `dev` is NULL") == 0);
+    CHECK(tl_device_login_user_code(NULL) == NULL);
+    CHECK(tl_device_login_verification_uri(NULL) == NULL);
+    CHECK(tl_device_login_verification_uri_complete(NULL) == NULL);
+    CHECK(tl_device_login_expires_in_ms(NULL) == 0 && tl_device_login_interval_ms(NULL) == 0);
+    CHECK_RC(tl_device_login_cancel(NULL), TL_NULL_ARGUMENT);
+
+    /* tl_manager_login / tl_manager_seed: NULL or empty login results. */
+    tl_fetch_output *login = NULL;
+    CHECK_RC(tl_fetch_output_new(NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_fetch_output_new(&login), TL_OK);
+    CHECK_RC(tl_manager_login(mgr, NULL, &tok), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_login(NULL, login, &tok), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_login(mgr, login, &tok), TL_INVALID_ARGUMENT);
+    CHECK(tok == NULL);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "tl_fetch_output_set_token") != NULL);
+    CHECK_RC(tl_manager_seed(mgr, NULL, 0, &tok), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_seed(mgr, login, 0, &tok), TL_INVALID_ARGUMENT);
+    CHECK_RC(tl_fetch_output_set_token(login, "", 0, 1000), TL_INVALID_ARGUMENT);
+    CHECK_RC(tl_fetch_output_set_token(login, "line\nbreak", 10, 1000), TL_INVALID_ARGUMENT);
+
+    /* A closed manager installs nothing. */
+    CHECK_RC(tl_fetch_output_set_token(login, "late-login", 10, 1000), TL_OK);
+    CHECK_RC(tl_manager_close(mgr), TL_OK);
+    tok = (tl_token *)1;
+    CHECK_RC(tl_manager_login(mgr, login, &tok), TL_CLOSED);
+    CHECK(tok == NULL);
+    CHECK_RC(tl_manager_seed(mgr, login, 0, NULL), TL_CLOSED);
+    tl_fetch_output_free(login);
+done:
+    tl_manager_free(mgr);
+    tl_login_request_free(NULL);
+    tl_device_login_free(NULL);
+    tl_fetch_output_free(NULL);
+
+    /* A source without interactive logins (a C source). */
+    struct probe p;
+    memset(&p, 0, sizeof p);
+    mgr = probe_manager(&p, 0);
+    if (!mgr) return;
+    req = (tl_login_request *)1;
+    CHECK_RC(tl_manager_begin_login(mgr, "http://127.0.0.1:49152/callback", &req), TL_CONFIGURATION);
+    CHECK(req == NULL);
+    dev = (tl_device_login *)1;
+    CHECK_RC(tl_manager_start_device_login(mgr, &dev), TL_CONFIGURATION);
+    CHECK(dev == NULL);
+    tl_manager_free(mgr);
+}
+
+/* tl_manager_login and tl_manager_seed need no network: a C source's manager, memory only. */
+static void test_login_and_seed_offline(void) {
+    struct probe p;
+    memset(&p, 0, sizeof p);
+    tl_manager *mgr = probe_manager(&p, 0);
+    if (!mgr) return;
+    char buf[64];
+    size_t written = 0;
+    uint64_t generation = 0;
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, &generation), TL_OK);
+    CHECK(strcmp(buf, "probe-token-value") == 0);
+
+    tl_fetch_output *login = NULL;
+    CHECK_RC(tl_fetch_output_new(&login), TL_OK);
+    CHECK_RC(tl_fetch_output_set_token(login, "seeded-value", 12, 600000), TL_OK);
+    CHECK_RC(tl_fetch_output_set_refresh_token(login, "seeded-refresh", 14), TL_OK);
+    /* Issued long before the token the manager holds, or at an unknown time: not installed. */
+    tl_token *tok = NULL;
+    CHECK_RC(tl_manager_seed(mgr, login, 1000, &tok), TL_OK);
+    const char *value = NULL;
+    CHECK(tok != NULL && tl_token_value(tok, &value, NULL) == TL_OK &&
+          strcmp(value, "probe-token-value") == 0);
+    tl_token_free(tok);
+    CHECK_RC(tl_manager_seed(mgr, login, 0, NULL), TL_OK);
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, NULL), TL_OK);
+    CHECK(strcmp(buf, "probe-token-value") == 0);
+    /* Issued after it (an hour from now): installed. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t in_an_hour = ((uint64_t)ts.tv_sec + 3600u) * 1000u;
+    CHECK_RC(tl_manager_seed(mgr, login, in_an_hour, &tok), TL_OK);
+    CHECK(tok != NULL && tl_token_value(tok, &value, NULL) == TL_OK &&
+          strcmp(value, "seeded-value") == 0);
+    CHECK(tl_token_generation(tok) > generation);
+    tl_token_free(tok);
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, NULL), TL_OK);
+    CHECK(strcmp(buf, "seeded-value") == 0);
+    /* A login always replaces. */
+    CHECK_RC(tl_fetch_output_set_token(login, "login-value", 11, 600000), TL_OK);
+    CHECK_RC(tl_manager_login(mgr, login, NULL), TL_OK);
+    CHECK_RC(tl_manager_token(mgr, buf, sizeof buf, &written, NULL), TL_OK);
+    CHECK(strcmp(buf, "login-value") == 0);
+    tl_fetch_output_free(login);
+    tl_manager_free(mgr);
+}
+
 int main(void) {
     RUN(test_result_codes);
     RUN(test_constructor_arguments);
     RUN(test_manager_arguments);
     RUN(test_bad_callback_results);
+    RUN(test_login_arguments);
+    RUN(test_login_and_seed_offline);
     return finish();
 }

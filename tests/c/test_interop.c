@@ -6,6 +6,13 @@
  *   issuer's path, client credentials (basic, post), a password grant with a rotating refresh
  *   token, revocation, a bad secret is TL_INVALID_CREDENTIALS, an issuer without metadata
  *   is TL_CONFIGURATION naming both well-known URLs;
+ * - user logins of the public app client `tokenlease-app` (issue 15), with the server's
+ *   simulated browser (POST /__browser/authorize, /__browser/device, /__browser/revoke-grants):
+ *   login required -> tl_manager_begin_login / tl_manager_complete_login -> refresh with
+ *   rotation -> the user removes the app's access (TL_LOGIN_REQUIRED for every thread, one
+ *   refused refresh) -> a new login with the device flow -> logout; a denied device login is
+ *   TL_CANCELLED, tl_device_login_cancel from another thread ends a waiting one;
+ *   tl_manager_seed never rolls back a newer token in an encrypted file store;
  * - no.nav.security:mock-oauth2-server (tests/mock-oauth2/launch), issuer
  *   http://127.0.0.1:PORT/default.
  *
@@ -15,10 +22,13 @@
  * TOKENLEASE_TEST_SERVER_URL. */
 #include "test_support.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #define SECRET "tokenlease-secret"
@@ -29,10 +39,22 @@ typedef struct {
     char url[256];   /* what the server printed: the issuer (oidc) or the base URL (mock) */
     char origin[128]; /* http://127.0.0.1:PORT */
     int port;
+    int stdout_fd;   /* read to its end by `drain` (oidc-provider prints notices later) */
+    pthread_t drain;
 } spawned;
 
-static spawned g_oidc = {-1, -1, "", "", 0};
-static spawned g_mock = {-1, -1, "", "", 0};
+static spawned g_oidc = {-1, -1, "", "", 0, -1, 0};
+static spawned g_mock = {-1, -1, "", "", 0, -1, 0};
+
+/* Reads and discards a server's stdout until it exits: a server writing to a closed pipe
+ * would die of EPIPE (oidc-provider prints notices on stdout during logins). */
+static void *drain_stdout(void *arg) {
+    int fd = *(int *)arg;
+    char buf[4096];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    return NULL;
+}
 
 static int ci(void) {
     const char *value = getenv("CI");
@@ -101,13 +123,18 @@ static int spawn_server(char *const argv[], const char *prefix, spawned *out) {
             found = 1;
         }
     }
-    close(out_pipe[0]); /* the servers print nothing more on stdout */
     if (!found) {
+        close(out_pipe[0]);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         close(out->stdin_fd);
         out->pid = -1;
         return 0;
+    }
+    out->stdout_fd = out_pipe[0];
+    if (pthread_create(&out->drain, NULL, drain_stdout, &out->stdout_fd) != 0) {
+        close(out->stdout_fd);
+        out->stdout_fd = -1;
     }
     /* http://127.0.0.1:PORT[/path] */
     const char *host = strstr(out->url, "://");
@@ -123,16 +150,24 @@ static void stop_server(spawned *server) {
     if (server->pid <= 0) return;
     close(server->stdin_fd);
     kill(server->pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
+    int exited = 0;
+    for (int i = 0; i < 100 && !exited; i++) {
         if (waitpid(server->pid, NULL, WNOHANG) == server->pid) {
-            server->pid = -1;
-            return;
+            exited = 1;
+        } else {
+            sleep_ms(50);
         }
-        sleep_ms(50);
     }
-    kill(server->pid, SIGKILL);
-    waitpid(server->pid, NULL, 0);
+    if (!exited) {
+        kill(server->pid, SIGKILL);
+        waitpid(server->pid, NULL, 0);
+    }
     server->pid = -1;
+    if (server->stdout_fd >= 0) {
+        pthread_join(server->drain, NULL); /* the pipe's writer is gone: EOF */
+        close(server->stdout_fd);
+        server->stdout_fd = -1;
+    }
 }
 
 /* A number after "KEY": in the oidc server's /__stats JSON (0 when absent, -1 on failure). */
@@ -306,6 +341,452 @@ static void test_mock_oauth2_server_path_issuer(void) {
     CHECK_RC(tl_manager_free(mgr), TL_OK);
 }
 
+/* ---- user logins (issue 15) ---- */
+
+#define APP_CLIENT "tokenlease-app"
+#define REDIRECT_URI "http://127.0.0.1:49152/callback"
+#define ENCRYPTION_KEY "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+/* The user-login configuration every binding's login test uses; `store` is a JSON object. */
+static tl_manager *user_login_manager(const char *client_id, const char *store) {
+    char config[2048];
+    snprintf(config, sizeof config,
+             "{\"source\": {\"type\": \"oauth2\", \"issuer\": \"%s\", \"client_id\": \"%s\","
+             " \"grant\": {\"type\": \"user_login\"}, \"scopes\": [\"openid\", \"offline_access\"],"
+             " \"authorization_params\": {\"prompt\": \"consent\"}}, \"store\": %s}",
+             g_oidc.url, client_id, store);
+    tl_manager *mgr = NULL;
+    tl_result rc = tl_manager_from_config(config, &mgr);
+    if (rc != TL_OK) {
+        char detail[512];
+        size_t written = 0;
+        tl_manager_last_error(NULL, detail, sizeof detail, &written);
+        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
+    }
+    return mgr;
+}
+
+/* Copies the JSON string field "key" of `body` into `out` (no escapes expected: URLs, codes
+ * and opaque tokens). 1 when found. */
+static int json_string(const char *body, const char *key, char *out, size_t len) {
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "\"%s\":\"", key);
+    const char *at = strstr(body, pattern);
+    if (at == NULL) return 0;
+    at += strlen(pattern);
+    const char *end = strchr(at, '"');
+    if (end == NULL || (size_t)(end - at) >= len) return 0;
+    memcpy(out, at, (size_t)(end - at));
+    out[end - at] = '\0';
+    return memchr(at, '\\', (size_t)(end - at)) == NULL;
+}
+
+/* A number after "KEY": in the "errors" object of /__stats (0 when absent, -1 on failure). */
+static long oidc_error_stat(const char *code) {
+    char body[16384];
+    if (http_to(g_oidc.port, "GET", "/__stats", NULL, NULL, NULL, body, sizeof body) != 200)
+        return -1;
+    const char *errors = strstr(body, "\"errors\":{");
+    if (errors == NULL) return -1;
+    const char *end = strchr(errors, '}');
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "\"%s\":", code);
+    const char *at = strstr(errors, pattern);
+    return at && at < end ? strtol(at + strlen(pattern), NULL, 10) : 0;
+}
+
+/* The user's browser: follows the authorization URL, logs alice in, and returns the redirect
+ * back to the app (with code and state) in `redirect`. 1 on success. */
+static int browser_authorize(const char *url, char *redirect, size_t len) {
+    char json[3072], body[8192] = "";
+    snprintf(json, sizeof json, "{\"url\": \"%s\"}", url);
+    int status = http_to(g_oidc.port, "POST", "/__browser/authorize", NULL, "application/json",
+                         json, body, sizeof body);
+    if (status != 200) {
+        fprintf(stderr, "/__browser/authorize: %d %s\n", status, body);
+        return 0;
+    }
+    return json_string(body, "redirect", redirect, len);
+}
+
+/* The user, at another device, enters `user_code` and approves or denies. 1 on success. */
+static int browser_device(const char *user_code, int approve) {
+    char json[256], body[4096];
+    snprintf(json, sizeof json, "{\"user_code\": \"%s\", \"approve\": %s}", user_code,
+             approve ? "true" : "false");
+    int status = http_to(g_oidc.port, "POST", "/__browser/device", NULL, "application/json", json,
+                         body, sizeof body);
+    if (status != 200 || strstr(body, "\"done\":true") == NULL) {
+        fprintf(stderr, "/__browser/device: %d %s\n", status, body);
+        return 0;
+    }
+    return 1;
+}
+
+/* The user removes the app's access: every grant alice gave ends. Returns how many. */
+static long browser_revoke_grants(void) {
+    char body[1024];
+    if (http_to(g_oidc.port, "POST", "/__browser/revoke-grants", NULL, "application/json", "{}",
+                body, sizeof body) != 200)
+        return -1;
+    const char *at = strstr(body, "\"revoked\":");
+    return at ? strtol(at + strlen("\"revoked\":"), NULL, 10) : -1;
+}
+
+/* The path of the issuer (e.g. "/realms/tl"). */
+static const char *issuer_path(void) {
+    const char *path = strchr(strstr(g_oidc.url, "://") + 3, '/');
+    return path ? path : "";
+}
+
+/* A login the application did without tokenlease (as a platform SDK would): the device flow
+ * over plain HTTP, approved by the user at once. Fills `login` (a tl_fetch_output from
+ * tl_fetch_output_new) and copies the access token into `access`. 1 on success. */
+static int external_login(tl_fetch_output *login, char *access, size_t access_len) {
+    char path[300], body[8192], device_code[256], user_code[64], refresh[512];
+    snprintf(path, sizeof path, "%s/device/auth", issuer_path());
+    if (http_to(g_oidc.port, "POST", path, NULL, "application/x-www-form-urlencoded",
+                "client_id=" APP_CLIENT "&scope=openid%20offline_access", body,
+                sizeof body) != 200 ||
+        !json_string(body, "device_code", device_code, sizeof device_code) ||
+        !json_string(body, "user_code", user_code, sizeof user_code)) {
+        fprintf(stderr, "device authorization: %s\n", body);
+        return 0;
+    }
+    if (!browser_device(user_code, 1)) return 0;
+    char form[512];
+    snprintf(form, sizeof form,
+             "grant_type=urn%%3Aietf%%3Aparams%%3Aoauth%%3Agrant-type%%3Adevice_code"
+             "&device_code=%s&client_id=" APP_CLIENT,
+             device_code);
+    snprintf(path, sizeof path, "%s/token", issuer_path());
+    if (http_to(g_oidc.port, "POST", path, NULL, "application/x-www-form-urlencoded", form, body,
+                sizeof body) != 200 ||
+        !json_string(body, "access_token", access, access_len) ||
+        !json_string(body, "refresh_token", refresh, sizeof refresh)) {
+        fprintf(stderr, "device token: %s\n", body);
+        return 0;
+    }
+    const char *expires = strstr(body, "\"expires_in\":");
+    uint64_t expires_in_s = expires ? (uint64_t)strtoull(expires + 13, NULL, 10) : 0;
+    return tl_fetch_output_set_token(login, access, strlen(access), expires_in_s * 1000) == TL_OK &&
+           tl_fetch_output_set_refresh_token(login, refresh, strlen(refresh)) == TL_OK &&
+           tl_fetch_output_set_token_type(login, "Bearer") == TL_OK;
+}
+
+static uint64_t now_unix_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void last_error(const tl_manager *mgr, char *detail, size_t len) {
+    size_t written = 0;
+    if (tl_manager_last_error(mgr, detail, len, &written) != TL_OK) detail[0] = '\0';
+}
+
+struct token_call {
+    tl_manager *mgr;
+    pthread_barrier_t *barrier;
+    tl_result rc;
+};
+
+static void *call_token(void *arg) {
+    struct token_call *call = arg;
+    char token[2048];
+    size_t written = 0;
+    pthread_barrier_wait(call->barrier);
+    call->rc = tl_manager_token(call->mgr, token, sizeof token, &written, NULL);
+    return NULL;
+}
+
+#define LOGIN_THREADS 16
+
+static void test_user_login_browser_refresh_access_removed_device_relogin_logout(void) {
+    tl_manager *mgr = user_login_manager(APP_CLIENT, "{\"type\": \"memory\"}");
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    char token[2048], detail[1024], redirect[3072];
+    size_t written = 0;
+    uint64_t generation = 0;
+
+    /* Nobody logged in yet. */
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_LOGIN_REQUIRED);
+
+    /* The browser login: the URL goes to the user's browser, the redirect comes back. */
+    tl_login_request *req = NULL;
+    CHECK_RC(tl_manager_begin_login(mgr, REDIRECT_URI, &req), TL_OK);
+    if (!req) goto done;
+    const char *url = tl_login_request_url(req);
+    char authorize_prefix[320];
+    snprintf(authorize_prefix, sizeof authorize_prefix, "%s/auth?", g_oidc.url);
+    CHECK(url != NULL && strncmp(url, authorize_prefix, strlen(authorize_prefix)) == 0);
+    CHECK(url != NULL && strstr(url, "code_challenge_method=S256") != NULL);
+    CHECK(strcmp(tl_login_request_redirect_uri(req), REDIRECT_URI) == 0);
+    CHECK(browser_authorize(url, redirect, sizeof redirect));
+    CHECK(strncmp(redirect, REDIRECT_URI "?", strlen(REDIRECT_URI) + 1) == 0);
+    tl_token *first = NULL;
+    CHECK_RC(tl_manager_complete_login(mgr, req, redirect, &first), TL_OK);
+    if (!first) {
+        last_error(mgr, detail, sizeof detail);
+        fprintf(stderr, "complete_login: %s\n", detail);
+        tl_login_request_free(req);
+        goto done;
+    }
+    const char *first_value = NULL;
+    CHECK_RC(tl_token_value(first, &first_value, NULL), TL_OK);
+    CHECK(oidc_is_active(first_value) == 1);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK(strcmp(token, first_value) == 0 && generation == tl_token_generation(first));
+    /* A redirect is good once: the server refuses the code the second time (and, as its
+     * replay detection, revokes what the code issued). */
+    tl_token *replayed = (tl_token *)1;
+    CHECK_RC(tl_manager_complete_login(mgr, req, redirect, &replayed), TL_INVALID_GRANT);
+    CHECK(replayed == NULL);
+    CHECK(oidc_is_active(first_value) == 0);
+    tl_login_request_free(req);
+    tl_token_free(first);
+
+    /* So the user logs in again, and that login is served from now on. */
+    req = NULL;
+    CHECK_RC(tl_manager_begin_login(mgr, REDIRECT_URI, &req), TL_OK);
+    if (!req) goto done;
+    CHECK(browser_authorize(tl_login_request_url(req), redirect, sizeof redirect));
+    first = NULL;
+    CHECK_RC(tl_manager_complete_login(mgr, req, redirect, &first), TL_OK);
+    tl_login_request_free(req);
+    if (!first) goto done;
+    CHECK_RC(tl_token_value(first, &first_value, NULL), TL_OK);
+    CHECK(oidc_is_active(first_value) == 1);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK(strcmp(token, first_value) == 0 && generation == tl_token_generation(first));
+
+    /* Refreshed with rotation: one refresh-token grant, a new value. */
+    long refreshes = oidc_stat("refresh_token");
+    bool invalidated = false;
+    CHECK_RC(tl_manager_invalidate(mgr, generation, &invalidated), TL_OK);
+    CHECK(invalidated);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK(strcmp(token, first_value) != 0);
+    CHECK(oidc_stat("refresh_token") == refreshes + 1);
+    CHECK(oidc_is_active(token) == 1);
+    tl_token_free(first);
+
+    /* The user removes the app's access: every thread gets TL_LOGIN_REQUIRED, from one refused
+     * refresh, and nothing hangs. */
+    long refused = oidc_error_stat("invalid_grant");
+    CHECK(browser_revoke_grants() >= 1);
+    CHECK_RC(tl_manager_invalidate(mgr, generation, &invalidated), TL_OK);
+    CHECK(invalidated);
+    pthread_t threads[LOGIN_THREADS];
+    struct token_call calls[LOGIN_THREADS];
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, LOGIN_THREADS);
+    for (int i = 0; i < LOGIN_THREADS; i++) {
+        calls[i].mgr = mgr;
+        calls[i].barrier = &barrier;
+        calls[i].rc = TL_OK;
+        pthread_create(&threads[i], NULL, call_token, &calls[i]);
+    }
+    for (int i = 0; i < LOGIN_THREADS; i++) {
+        pthread_join(threads[i], NULL);
+        CHECK_RC(calls[i].rc, TL_LOGIN_REQUIRED);
+    }
+    pthread_barrier_destroy(&barrier);
+    CHECK(oidc_error_stat("invalid_grant") == refused + 1);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_LOGIN_REQUIRED);
+    CHECK(oidc_error_stat("invalid_grant") == refused + 1); /* asked again: no new request */
+
+    /* A new login with the device flow. */
+    tl_device_login *dev = NULL;
+    CHECK_RC(tl_manager_start_device_login(mgr, &dev), TL_OK);
+    if (!dev) goto done;
+    const char *user_code = tl_device_login_user_code(dev);
+    char device_prefix[320];
+    snprintf(device_prefix, sizeof device_prefix, "%s/device", g_oidc.url);
+    CHECK(user_code != NULL && strlen(user_code) > 0);
+    CHECK(strncmp(tl_device_login_verification_uri(dev), device_prefix, strlen(device_prefix)) ==
+          0);
+    const char *complete = tl_device_login_verification_uri_complete(dev);
+    CHECK(complete != NULL && strstr(complete, user_code) != NULL);
+    CHECK(tl_device_login_interval_ms(dev) == 1000); /* the server's interval */
+    CHECK(tl_device_login_expires_in_ms(dev) == 600000);
+    long device_grants = oidc_stat("urn:ietf:params:oauth:grant-type:device_code");
+    CHECK(browser_device(user_code, 1));
+    tl_token *relogin = NULL;
+    CHECK_RC(tl_manager_complete_device_login(mgr, dev, &relogin), TL_OK);
+    tl_device_login_free(dev);
+    if (!relogin) goto done;
+    CHECK(oidc_stat("urn:ietf:params:oauth:grant-type:device_code") == device_grants + 1);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK(generation == tl_token_generation(relogin));
+    CHECK(oidc_is_active(token) == 1);
+
+    /* Logout: both tokens revoked at the server; login required again. */
+    long revocations = oidc_stat("revocation_requests");
+    CHECK_RC(tl_manager_revoke(mgr), TL_OK);
+    CHECK(oidc_stat("revocation_requests") == revocations + 2);
+    CHECK(oidc_is_active(token) == 0);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_LOGIN_REQUIRED);
+    tl_token_free(relogin);
+done:
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+static void test_a_denied_device_login_is_cancelled(void) {
+    tl_manager *mgr = user_login_manager(APP_CLIENT, "{\"type\": \"memory\"}");
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    tl_device_login *dev = NULL;
+    CHECK_RC(tl_manager_start_device_login(mgr, &dev), TL_OK);
+    if (dev) {
+        CHECK(browser_device(tl_device_login_user_code(dev), 0));
+        tl_token *tok = (tl_token *)1;
+        CHECK_RC(tl_manager_complete_device_login(mgr, dev, &tok), TL_CANCELLED);
+        CHECK(tok == NULL);
+        char detail[1024];
+        last_error(mgr, detail, sizeof detail);
+        CHECK(strstr(detail, "denied") != NULL);
+        tl_device_login_free(dev);
+    }
+    char token[2048];
+    size_t written = 0;
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_LOGIN_REQUIRED);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+struct device_wait {
+    tl_manager *mgr;
+    tl_device_login *dev;
+    tl_result rc;
+};
+
+static void *wait_for_device_login(void *arg) {
+    struct device_wait *wait = arg;
+    wait->rc = tl_manager_complete_device_login(wait->mgr, wait->dev, NULL);
+    return NULL;
+}
+
+static void test_a_waiting_device_login_is_cancelled_from_another_thread(void) {
+    tl_manager *mgr = user_login_manager(APP_CLIENT, "{\"type\": \"memory\"}");
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    tl_device_login *dev = NULL;
+    CHECK_RC(tl_manager_start_device_login(mgr, &dev), TL_OK);
+    if (dev) {
+        long pending = oidc_error_stat("authorization_pending");
+        struct device_wait wait = {mgr, dev, TL_OK};
+        pthread_t thread;
+        pthread_create(&thread, NULL, wait_for_device_login, &wait);
+        /* It is polling: the server said "pending" at least once. */
+        for (int i = 0; i < 200 && oidc_error_stat("authorization_pending") <= pending; i++)
+            sleep_ms(50);
+        CHECK(oidc_error_stat("authorization_pending") > pending);
+        time_t cancelled_at = time(NULL);
+        CHECK_RC(tl_device_login_cancel(dev), TL_OK);
+        pthread_join(thread, NULL);
+        CHECK(time(NULL) - cancelled_at <= 2); /* at once, not at the next poll or expiry */
+        CHECK_RC(wait.rc, TL_CANCELLED);
+        /* Cancelled stays cancelled. */
+        CHECK_RC(tl_manager_complete_device_login(mgr, dev, NULL), TL_CANCELLED);
+        tl_device_login_free(dev);
+    }
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+/* Removes the files of a file store directory, then the directory. */
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d != NULL) {
+        struct dirent *entry;
+        while ((entry = readdir(d)) != NULL) {
+            if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
+            char path[600];
+            snprintf(path, sizeof path, "%s/%s", dir, entry->d_name);
+            remove(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+static void test_seed_never_rolls_back_a_newer_stored_login(void) {
+    char dir[] = "/tmp/tokenlease-c-seed-XXXXXX";
+    if (mkdtemp(dir) == NULL) {
+        CHECK(!"mkdtemp");
+        return;
+    }
+    char store[512];
+    snprintf(store, sizeof store,
+             "{\"type\": \"file\", \"dir\": \"%s\", \"encryption_key\": \"" ENCRYPTION_KEY "\"}",
+             dir);
+    char kept_value[2048], rotated[2048], token[2048];
+    size_t written = 0;
+    uint64_t generation = 0;
+    tl_fetch_output *kept = NULL, *newer = NULL;
+    CHECK_RC(tl_fetch_output_new(&kept), TL_OK);
+    CHECK_RC(tl_fetch_output_new(&newer), TL_OK);
+    tl_manager *mgr = NULL;
+
+    /* First run: the app seeds the manager with a login result it got elsewhere (and keeps
+     * that result itself). */
+    uint64_t seeded_at = now_unix_ms();
+    CHECK(external_login(kept, kept_value, sizeof kept_value));
+    mgr = user_login_manager(APP_CLIENT, store);
+    CHECK(mgr != NULL);
+    if (!mgr) goto done;
+    tl_token *served = NULL;
+    CHECK_RC(tl_manager_seed(mgr, kept, seeded_at, &served), TL_OK);
+    const char *value = NULL;
+    CHECK(served != NULL && tl_token_value(served, &value, NULL) == TL_OK &&
+          strcmp(value, kept_value) == 0);
+    CHECK_RC(tl_manager_invalidate(mgr, tl_token_generation(served), NULL), TL_OK);
+    tl_token_free(served);
+    long refreshes = oidc_stat("refresh_token");
+    CHECK_RC(tl_manager_token(mgr, rotated, sizeof rotated, &written, NULL), TL_OK);
+    CHECK(oidc_stat("refresh_token") == refreshes + 1);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+
+    /* Next run: seeding the kept (older) result again serves the rotated token from the store:
+     * no request at all, and the kept refresh token (dead since the rotation) is never sent. */
+    long requests = oidc_stat("token_requests");
+    long refused = oidc_error_stat("invalid_grant");
+    mgr = user_login_manager(APP_CLIENT, store);
+    CHECK(mgr != NULL);
+    if (!mgr) goto done;
+    served = NULL;
+    CHECK_RC(tl_manager_seed(mgr, kept, seeded_at, &served), TL_OK);
+    CHECK(served != NULL && tl_token_value(served, &value, NULL) == TL_OK &&
+          strcmp(value, rotated) == 0);
+    CHECK(oidc_stat("token_requests") == requests);
+    CHECK_RC(tl_manager_invalidate(mgr, tl_token_generation(served), NULL), TL_OK);
+    tl_token_free(served);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK(oidc_stat("refresh_token") == refreshes + 2); /* with the rotated refresh token */
+    CHECK(oidc_error_stat("invalid_grant") == refused);
+    /* Without an issue time, any stored token wins as well. */
+    CHECK_RC(tl_manager_seed(mgr, kept, 0, NULL), TL_OK);
+    CHECK_RC(tl_manager_token(mgr, rotated, sizeof rotated, &written, NULL), TL_OK);
+    CHECK(strcmp(rotated, token) == 0);
+
+    /* A new login replaces the stored one (tl_manager_login), as does a seed issued later. */
+    char newer_value[2048];
+    CHECK(external_login(newer, newer_value, sizeof newer_value));
+    CHECK_RC(tl_manager_login(mgr, newer, &served), TL_OK);
+    CHECK(served != NULL && tl_token_value(served, &value, NULL) == TL_OK &&
+          strcmp(value, newer_value) == 0);
+    tl_token_free(served);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_OK);
+    CHECK(strcmp(token, newer_value) == 0);
+    CHECK_RC(tl_manager_revoke(mgr), TL_OK);
+    CHECK(oidc_is_active(newer_value) == 0);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+done:
+    tl_fetch_output_free(kept);
+    tl_fetch_output_free(newer);
+    remove_dir(dir);
+}
+
 static int have_node_provider(void) {
     return system("node --version >/dev/null 2>&1") == 0 &&
            access("tests/oidc/node_modules/oidc-provider/package.json", R_OK) == 0;
@@ -331,6 +812,10 @@ int main(void) {
             RUN(test_bad_secret_is_invalid_credentials);
             RUN(test_password_grant_rotation_and_revoke);
             RUN(test_an_issuer_without_metadata_is_a_configuration_error_naming_both_urls);
+            RUN(test_user_login_browser_refresh_access_removed_device_relogin_logout);
+            RUN(test_a_denied_device_login_is_cancelled);
+            RUN(test_a_waiting_device_login_is_cancelled_from_another_thread);
+            RUN(test_seed_never_rolls_back_a_newer_stored_login);
             stop_server(&g_oidc);
         }
     }

@@ -29,12 +29,20 @@ pub struct ResponseHeader {
 #[uniffi::export]
 impl NativeTokenManager {
     /// The header that carries `token` on an API request, as this manager's configuration
-    /// says (bearer `Authorization`, or a session's own header and prefix).
-    pub fn request_header(&self, token: TokenInfo) -> BindingResult<RequestHeader> {
-        let (name, value) = self
+    /// says (bearer `Authorization`, or a session's own header and prefix); null/nil when
+    /// the token travels only in the body (`authorizeBody`).
+    pub fn request_header(&self, token: TokenInfo) -> BindingResult<Option<RequestHeader>> {
+        Ok(self
             .manager()
-            .request_header(&token.value, &token.token_type)?;
-        Ok(RequestHeader { name, value })
+            .request_header(&token.value, &token.token_type)?
+            .map(|(name, value)| RequestHeader { name, value }))
+    }
+
+    /// For a configuration that carries the token in request bodies (a SOAP
+    /// `SessionHeader`): `body` with the placeholder replaced by the XML-escaped token;
+    /// null/nil when the token does not travel in bodies (send `body` as it is).
+    pub fn authorize_body(&self, token: TokenInfo, body: String) -> Option<SecretString> {
+        self.manager().authorize_body(&token.value, &body)
     }
 
     /// Whether a response with `status` needs a prefix of its body (at most 64 KiB) for

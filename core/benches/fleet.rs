@@ -65,6 +65,7 @@ fn record() -> TokenRecord {
         refresh_token: Some("bench-refresh-token-0123456789abcdef".into()),
         id_token: None,
         idle: None,
+        attributes: Default::default(),
         expires_at_ms: now + 3_600_000,
         obtained_at_ms: now,
     }

@@ -52,6 +52,7 @@ fn record(value: &str) -> TokenRecord {
         refresh_token: Some("refresh-secret-value".into()),
         id_token: None,
         idle: None,
+        attributes: Default::default(),
         expires_at_ms: now_ms() + 3_600_000,
         obtained_at_ms: now_ms(),
     }

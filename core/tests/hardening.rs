@@ -633,6 +633,7 @@ fn a_store_record_with_an_absurd_lifetime_is_not_adopted() {
         refresh_token: None,
         id_token: None,
         idle: None,
+        attributes: Default::default(),
         expires_at_ms: u64::MAX / 2,
         obtained_at_ms: 1,
     };

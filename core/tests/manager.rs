@@ -456,6 +456,7 @@ fn a_nearly_expired_stored_record_is_not_used() {
         refresh_token: None,
         id_token: None,
         idle: None,
+        attributes: Default::default(),
         expires_at_ms: tokenlease_ms(clock.wall_now() + Duration::from_secs(1)),
         obtained_at_ms: tokenlease_ms(clock.wall_now() - 15 * MINUTE),
     };

@@ -1221,6 +1221,7 @@ async fn mock_oauth2_refresh_token_rotation_of_a_browser_login_is_persisted() {
             refresh_token: Some(rt1.clone().into()),
             id_token: None,
             idle: None,
+            attributes: Default::default(),
             expires_at_ms: now_ms + expires_in * 1000,
             obtained_at_ms: now_ms,
         },

@@ -87,13 +87,23 @@ impl Sim {
     }
 
     fn call(&self, client: &AuthorizedClient, url: &str, body: String) -> tokenlease::Result<u16> {
-        let request = client
-            .request(reqwest::Method::POST, url)
-            .body(body)
-            .build()
-            .unwrap();
+        self.call_with(client, reqwest::Method::POST, url, body)
+            .map(|(status, _)| status)
+    }
+
+    /// Any method; the status and the body.
+    fn call_with(
+        &self,
+        client: &AuthorizedClient,
+        method: reqwest::Method,
+        url: &str,
+        body: String,
+    ) -> tokenlease::Result<(u16, String)> {
+        let request = client.request(method, url).body(body).build().unwrap();
         let response = self.runtime.block_on(client.execute(request))?;
-        Ok(response.status().as_u16())
+        let status = response.status().as_u16();
+        let text = self.runtime.block_on(response.text()).unwrap_or_default();
+        Ok((status, text))
     }
 }
 
@@ -446,7 +456,8 @@ fn a_binding_asks_core_for_the_header_and_the_verdict() {
     let call = |token: &tokenlease::Token| {
         let (name, value) = manager
             .request_header(token.value(), token.token_type())
-            .unwrap();
+            .unwrap()
+            .expect("a header");
         assert_eq!(name, "vmware-api-session-id");
         assert!(value.expose() == token.value().expose());
         let request = http
@@ -508,4 +519,198 @@ fn a_binding_asks_core_for_the_header_and_the_verdict() {
         ResponseVerdict::Accepted
     );
     assert_eq!(manager.cached().unwrap().generation(), fresh.generation());
+}
+
+/// A profile from examples/profiles, pointed at the test server: `host` replaced by the
+/// server's URL, the credentials given inline.
+fn profile(name: &str, host: &str, server: &TestServer, credentials: serde_json::Value) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/profiles")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("the profile exists");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&text.replace(host, &server.url())).expect("the profile is JSON");
+    config["source"]["credentials"] = credentials;
+    config.to_string()
+}
+
+fn vsphere_server() -> ServerConfig {
+    ServerConfig {
+        session_idle_timeout: Duration::from_secs(1800),
+        session_absolute_timeout: Duration::from_secs(8 * 3600),
+        ..ServerConfig::default()
+    }
+}
+
+#[test]
+fn every_profile_vsphere_logs_in_with_basic_auth_keeps_alive_retries_once_and_logs_out() {
+    let sim = Sim::new(vsphere_server());
+    let config = profile(
+        "vsphere.json",
+        "https://vcenter.example",
+        &sim.server,
+        serde_json::json!({"username": "alice", "password": "wonderland"}),
+    );
+    let client = sim.client(&config, Arc::new(MemoryStore::new()));
+    let vms = format!("{}/api/vcenter/vm", sim.server.url());
+    let (status, body) = sim
+        .call_with(&client, reqwest::Method::GET, &vms, String::new())
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("vm-42"));
+    assert_eq!(sim.server.stats().session_logins, 1);
+    // Session.get through the manager: whose session, and it is alive.
+    let info = sim
+        .runtime
+        .block_on(client.manager().session_info())
+        .unwrap();
+    assert!(info.contains("alice"), "{info}");
+
+    // 41 idle minutes: the server would end the session at minute 30; the manager keeps
+    // it alive with GET /api/session (at minutes 20 and 40: the idle advisory window),
+    // never a new login. (With no absolute timeout known, the policy's default lifetime
+    // of an hour makes it log in again at minute 45.)
+    for _ in 0..41 {
+        sim.advance(MINUTE, client.manager());
+    }
+    assert_eq!(client.manager().status().counters.keep_alives, 2);
+    assert_eq!(sim.server.stats().session_logins, 1);
+    assert_eq!(
+        sim.call_with(&client, reqwest::Method::GET, &vms, String::new())
+            .unwrap()
+            .0,
+        200
+    );
+
+    // The server ends the session: one 401 UNAUTHENTICATED, one new login, one retry.
+    sim.server.control(Control {
+        revoke_all: Some(true),
+        ..Control::default()
+    });
+    assert_eq!(
+        sim.call_with(&client, reqwest::Method::GET, &vms, String::new())
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(sim.server.stats().session_logins, 2);
+
+    // A wrong password is invalid_credentials at once.
+    let wrong = profile(
+        "vsphere.json",
+        "https://vcenter.example",
+        &sim.server,
+        serde_json::json!({"username": "alice", "password": "nope"}),
+    );
+    let wrong = sim.client(&wrong, Arc::new(MemoryStore::new()));
+    let err = sim.runtime.block_on(wrong.manager().token()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");
+    assert!(!err.to_string().contains("nope"));
+
+    // Logout: DELETE /api/session.
+    sim.runtime.block_on(client.manager().revoke()).unwrap();
+    assert_eq!(sim.server.stats().session_logouts, 1);
+}
+
+#[test]
+fn every_profile_zuora_soap_logs_in_with_xml_sends_the_session_in_the_soap_header_and_retries_a_fault_once(
+) {
+    let sim = Sim::new(ServerConfig::default());
+    let config = profile(
+        "zuora-soap.json",
+        "https://apisandbox.zuora.example",
+        &sim.server,
+        // XML metacharacters in the password are escaped, never parsed as markup.
+        serde_json::json!({"username": "alice", "password": "wonderland"}),
+    );
+    let client = sim.client(&config, Arc::new(MemoryStore::new()));
+    let token = sim
+        .runtime
+        .block_on(client.manager().token())
+        .unwrap()
+        .into_arc();
+    let endpoint = token
+        .attribute("server_url")
+        .expect("the ServerUrl of the login answer")
+        .to_owned();
+    assert!(endpoint.ends_with("/apps/services/a/91.0"), "{endpoint}");
+    let query = r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:api="http://api.zuora.com/"><soapenv:Header><api:SessionHeader><api:session>{{session}}</api:session></api:SessionHeader></soapenv:Header><soapenv:Body><api:query><api:queryString>select Id from Account</api:queryString></api:query></soapenv:Body></soapenv:Envelope>"#;
+    let (status, body) = sim
+        .call_with(&client, reqwest::Method::POST, &endpoint, query.to_owned())
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("queryResponse"));
+    assert!(!body.contains("{{session}}"));
+
+    // The session ends: an INVALID_SESSION fault (HTTP 500), one login, the body rendered
+    // again with the new session, one retry.
+    sim.server.control(Control {
+        revoke_all: Some(true),
+        ..Control::default()
+    });
+    let (status, body) = sim
+        .call_with(&client, reqwest::Method::POST, &endpoint, query.to_owned())
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.server.stats().session_logins, 2);
+
+    // A wrong password: a LoginFault with HTTP 500 is invalid_credentials, not transient.
+    let wrong = profile(
+        "zuora-soap.json",
+        "https://apisandbox.zuora.example",
+        &sim.server,
+        serde_json::json!({"username": "alice", "password": "<wrong & bad>"}),
+    );
+    let wrong = sim.client(&wrong, Arc::new(MemoryStore::new()));
+    let err = sim.runtime.block_on(wrong.manager().token()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");
+    assert_eq!(sim.server.stats().session_logins, 2);
+
+    // Logout: the SOAP logout call with the session in its header.
+    sim.runtime.block_on(client.manager().revoke()).unwrap();
+    assert_eq!(sim.server.stats().session_logouts, 1);
+}
+
+#[test]
+fn every_profile_parses_and_the_batch_profile_survives_the_scope_ttl() {
+    let sim = Sim::new(batch_server());
+    let dir = std::env::temp_dir().join(format!("tokenlease-profile-{}", std::process::id()));
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/profiles/qms-batch.json"),
+        )
+        .unwrap()
+        .replace("https://qms.example", &sim.server.url()),
+    )
+    .unwrap();
+    config["source"]["client_id"] = "demo-client".into();
+    config["source"]["client_secret"] = "demo-secret".into();
+    config["store"] = serde_json::json!({"type": "memory"});
+    let client = sim.client(&config.to_string(), Arc::new(MemoryStore::new()));
+    let url = sim.server.resource_url();
+    for minute in 0..40 {
+        assert_eq!(
+            sim.call(&client, &url, String::new()).unwrap(),
+            200,
+            "minute {minute}"
+        );
+        sim.advance(MINUTE, client.manager());
+    }
+    assert_eq!(sim.server.stats().resource_rejections, 0);
+    let _ = std::fs::remove_dir_all(dir);
+
+    // Every profile is a valid configuration (secrets from the environment are resolved
+    // only when built, so parsing needs none).
+    for entry in std::fs::read_dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/profiles"),
+    )
+    .unwrap()
+    {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            ManagerConfig::parse(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        }
+    }
 }

@@ -400,3 +400,55 @@ fn a_sliding_session_keeps_its_idle_state_across_a_restart() {
     assert_ne!(replaced.value().expose(), token.value().expose());
     assert_eq!(api.logins.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_lifetime_the_server_reports_on_api_responses_moves_the_idle_deadline() {
+    use tokenlease::client::HeaderAuthorizer;
+    use tokenlease::session::{ExpiredSpec, SendSpec};
+    let clock = ManualClock::new();
+    let api = SessionApi::new(true);
+    let send: SendSpec = serde_json::from_str(r#"{"header": "X-Session"}"#).unwrap();
+    let authorizer = HeaderAuthorizer::new(&send, ExpiredSpec::default())
+        .unwrap()
+        .with_reported_lifetime("X-Token-Expires-In")
+        .unwrap();
+    let manager = Manager::builder_from_arc(api)
+        .clock(Arc::new(clock.clone()))
+        .policy(policy())
+        .authorizer(Arc::new(authorizer))
+        .build();
+    let token = manager.token_blocking().unwrap().into_arc();
+    let start = token.last_used();
+    clock.advance(8 * MINUTE);
+    // 10 of the 15 idle minutes left, says the server: the deadline is minute 18.
+    let verdict = manager.judge_response(
+        token.generation(),
+        200,
+        &[("X-Token-Expires-In", "600")],
+        b"",
+    );
+    assert_eq!(verdict, tokenlease::ResponseVerdict::Accepted);
+    assert_eq!(token.last_used(), start + 3 * MINUTE);
+    // More than the idle timeout: a full timeout from now, no more.
+    clock.advance(MINUTE);
+    manager.judge_response(
+        token.generation(),
+        200,
+        &[("x-token-expires-in", "99999")],
+        b"",
+    );
+    assert_eq!(token.last_used(), start + 9 * MINUTE);
+    // Without the header: an ordinary use.
+    clock.advance(MINUTE);
+    manager.judge_response(token.generation(), 204, &[], b"");
+    assert_eq!(token.last_used(), start + 10 * MINUTE);
+    // Garbage in the header is ignored (an ordinary use).
+    clock.advance(MINUTE);
+    manager.judge_response(
+        token.generation(),
+        200,
+        &[("X-Token-Expires-In", "soon")],
+        b"",
+    );
+    assert_eq!(token.last_used(), start + 11 * MINUTE);
+}

@@ -130,6 +130,7 @@ impl Source for RacingSource {
             refresh_token: Some("refresh-2".into()),
             id_token: None,
             idle: None,
+            attributes: Default::default(),
             expires_at_ms: ms(now + 15 * MINUTE),
             obtained_at_ms: ms(now),
         };

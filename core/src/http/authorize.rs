@@ -17,8 +17,18 @@ use crate::secret::SecretString;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendSpec {
-    /// Header name, e.g. `Authorization` or `vmware-api-session-id`.
+    /// Header name, e.g. `Authorization` or `vmware-api-session-id` (or give `cookie`).
+    #[serde(default)]
     pub header: String,
+    /// Send the token as this cookie instead (`Cookie: NAME=token`), e.g. a session a
+    /// web login set with `Set-Cookie`.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Put the token into the request body where this placeholder stands (XML-escaped),
+    /// e.g. `"{{session}}"` inside a SOAP `SessionHeader`; a retried request is rendered
+    /// again with the new token. Alone or with a header or cookie.
+    #[serde(default)]
+    pub body: Option<String>,
     /// Prefix before the token, e.g. `"Bearer "` or `"ZSession "` (default none).
     #[serde(default)]
     pub prefix: String,
@@ -57,13 +67,23 @@ impl Default for ExpiredSpec {
 
 /// How a token is attached to a request and how a rejection of it is recognised.
 pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
-    /// The header that carries a token with this value and type (marked sensitive).
-    fn header(&self, value: &SecretString, token_type: &str) -> Result<(HeaderName, HeaderValue)>;
+    /// The header that carries a token with this value and type (marked sensitive);
+    /// `None` when the token travels only in the body.
+    fn header(
+        &self,
+        value: &SecretString,
+        token_type: &str,
+    ) -> Result<Option<(HeaderName, HeaderValue)>>;
     /// Adds the token to the request headers.
     fn authorize(&self, token: &Token, headers: &mut HeaderMap) -> Result<()> {
-        let (name, value) = self.header(token.value(), token.token_type())?;
-        headers.insert(name, value);
+        if let Some((name, value)) = self.header(token.value(), token.token_type())? {
+            headers.insert(name, value);
+        }
         Ok(())
+    }
+    /// The placeholder request bodies carry for the token, when it travels in the body.
+    fn body_placeholder(&self) -> Option<&str> {
+        None
     }
     /// Whether a response with this status needs its body read to be classified. Asked
     /// for error statuses only: a successful response is always accepted, its body left
@@ -72,6 +92,33 @@ pub trait Authorizer: Send + Sync + fmt::Debug + 'static {
     /// Whether the response means the token was rejected (expired, revoked, unknown).
     /// `body` is at most the first [`MAX_INSPECTED_ERROR_BODY_BYTES`](crate::http::MAX_INSPECTED_ERROR_BODY_BYTES) of the body.
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool;
+    /// The remaining lifetime an accepted response reports for the token (a header such
+    /// as `X-Token-Expires-In` on every API response); `None` by default.
+    fn reported_lifetime(&self, headers: &HeaderMap) -> Option<std::time::Duration> {
+        let _ = headers;
+        None
+    }
+}
+
+/// `body` with every `placeholder` replaced by the XML-escaped token (`&`, `<`, `>`, `"`,
+/// `'`), in a buffer wiped on drop.
+pub fn place_token_in_body(
+    body: &str,
+    placeholder: &str,
+    value: &SecretString,
+) -> zeroize::Zeroizing<String> {
+    let mut escaped = zeroize::Zeroizing::new(String::with_capacity(value.expose().len()));
+    for c in value.expose().chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&apos;"),
+            c => escaped.push(c),
+        }
+    }
+    zeroize::Zeroizing::new(body.replace(placeholder, &escaped))
 }
 
 /// A header value that carries a secret: never printed by `http`'s Debug, never indexed.
@@ -88,16 +135,20 @@ fn sensitive_value(text: &str) -> Result<HeaderValue> {
 pub struct BearerAuthorizer;
 
 impl Authorizer for BearerAuthorizer {
-    fn header(&self, value: &SecretString, token_type: &str) -> Result<(HeaderName, HeaderValue)> {
+    fn header(
+        &self,
+        value: &SecretString,
+        token_type: &str,
+    ) -> Result<Option<(HeaderName, HeaderValue)>> {
         let scheme = if token_type.eq_ignore_ascii_case("bearer") || token_type.is_empty() {
             "Bearer"
         } else {
             token_type
         };
-        Ok((
+        Ok(Some((
             AUTHORIZATION,
             sensitive_value(&format!("{scheme} {}", value.expose()))?,
-        ))
+        )))
     }
 
     fn may_be_rejection(&self, status: StatusCode) -> bool {
@@ -113,29 +164,79 @@ impl Authorizer for BearerAuthorizer {
 /// x`), with configured expiry responses.
 #[derive(Debug, Clone)]
 pub struct HeaderAuthorizer {
-    header: HeaderName,
+    /// `None`: the token travels only in the body.
+    header: Option<HeaderName>,
+    /// `Some(name)`: the value is `name=<prefix><token>` (a cookie).
+    cookie: Option<String>,
     prefix: String,
     expired: ExpiredSpec,
+    reported_lifetime: Option<HeaderName>,
+    body_placeholder: Option<String>,
 }
 
 impl HeaderAuthorizer {
     /// From the `send` and `expired` parts of a spec.
     pub fn new(send: &SendSpec, expired: ExpiredSpec) -> Result<Self> {
-        let header = HeaderName::from_bytes(send.header.as_bytes()).map_err(|_| {
-            Error::new(
-                ErrorKind::Configuration,
-                format!("send.header: {:?} is not a header name", send.header),
-            )
-        })?;
+        let config = |message: String| Error::new(ErrorKind::Configuration, message);
+        let header = match (&send.cookie, send.header.is_empty()) {
+            (Some(_), false) => {
+                return Err(config(
+                    "send: give either header or cookie, not both".to_owned(),
+                ))
+            }
+            (None, true) if send.body.is_some() => None,
+            (None, true) => {
+                return Err(config(
+                    "send: give a header, a cookie or a body placeholder".to_owned(),
+                ))
+            }
+            (Some(cookie), true) => {
+                let valid = !cookie.is_empty()
+                    && cookie
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+                if !valid {
+                    return Err(config(format!(
+                        "send.cookie: {cookie:?} is not a cookie name"
+                    )));
+                }
+                Some(reqwest::header::COOKIE)
+            }
+            (None, false) => {
+                Some(HeaderName::from_bytes(send.header.as_bytes()).map_err(|_| {
+                    config(format!(
+                        "send.header: {:?} is not a header name",
+                        send.header
+                    ))
+                })?)
+            }
+        };
+        if send.body.as_deref().is_some_and(str::is_empty) {
+            return Err(config("send.body: the placeholder is empty".to_owned()));
+        }
         Ok(Self {
             header,
+            cookie: send.cookie.clone(),
             prefix: send.prefix.clone(),
             expired,
+            reported_lifetime: None,
+            body_placeholder: send.body.clone(),
         })
     }
 
-    /// The header carrying `token`.
-    pub fn header_for(&self, token: &Token) -> Result<(HeaderName, HeaderValue)> {
+    /// Reads the remaining lifetime from this header of accepted API responses (seconds).
+    pub fn with_reported_lifetime(mut self, header: &str) -> Result<Self> {
+        self.reported_lifetime = Some(HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            Error::new(
+                ErrorKind::Configuration,
+                format!("reported_lifetime: {header:?} is not a header name"),
+            )
+        })?);
+        Ok(self)
+    }
+
+    /// The header carrying `token`, unless it travels only in the body.
+    pub fn header_for(&self, token: &Token) -> Result<Option<(HeaderName, HeaderValue)>> {
         self.header(token.value(), token.token_type())
     }
 
@@ -162,11 +263,36 @@ impl HeaderAuthorizer {
 }
 
 impl Authorizer for HeaderAuthorizer {
-    fn header(&self, value: &SecretString, _token_type: &str) -> Result<(HeaderName, HeaderValue)> {
-        Ok((
-            self.header.clone(),
-            sensitive_value(&format!("{}{}", self.prefix, value.expose()))?,
-        ))
+    fn header(
+        &self,
+        value: &SecretString,
+        _token_type: &str,
+    ) -> Result<Option<(HeaderName, HeaderValue)>> {
+        let Some(header) = &self.header else {
+            return Ok(None);
+        };
+        let text = match &self.cookie {
+            Some(cookie) => format!("{cookie}={}{}", self.prefix, value.expose()),
+            None => format!("{}{}", self.prefix, value.expose()),
+        };
+        Ok(Some((header.clone(), sensitive_value(&text)?)))
+    }
+
+    fn body_placeholder(&self) -> Option<&str> {
+        self.body_placeholder.as_deref()
+    }
+
+    fn reported_lifetime(&self, headers: &HeaderMap) -> Option<std::time::Duration> {
+        let seconds: f64 = headers
+            .get(self.reported_lifetime.as_ref()?)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::time::Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|lifetime| !lifetime.is_zero() && seconds < 1e10)
     }
 
     fn may_be_rejection(&self, status: StatusCode) -> bool {

@@ -101,7 +101,7 @@ impl AuthorizedClient {
         let token = self.manager.token().await?.into_arc();
         match self.send(request, &token).await? {
             Classified::Accepted(response) => {
-                self.manager.report_use(&token);
+                self.report_use(&token, &response);
                 Ok((response, Attempts::Once))
             }
             Classified::Rejected(response) => {
@@ -112,7 +112,7 @@ impl AuthorizedClient {
                 let token = self.manager.token().await?.into_arc();
                 let response = match self.send(replay, &token).await? {
                     Classified::Accepted(response) => {
-                        self.manager.report_use(&token);
+                        self.report_use(&token, &response);
                         response
                     }
                     Classified::Rejected(response) => response,
@@ -122,8 +122,31 @@ impl AuthorizedClient {
         }
     }
 
+    /// A successful use: a sliding session's idle deadline restarts, or moves to what the
+    /// response reports (`reported_lifetime`).
+    fn report_use(&self, token: &Token, response: &reqwest::Response) {
+        let remaining = self.authorizer.reported_lifetime(response.headers());
+        self.manager.report_use_with(token, remaining);
+    }
+
     async fn send(&self, mut request: reqwest::Request, token: &Token) -> Result<Classified> {
         self.authorizer.authorize(token, request.headers_mut())?;
+        if let Some(placeholder) = self.authorizer.body_placeholder() {
+            let body = request
+                .body()
+                .and_then(reqwest::Body::as_bytes)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .ok_or_else(|| {
+                    crate::Error::new(
+                        crate::ErrorKind::Usage,
+                        "the token travels in the request body (send.body): give a UTF-8 body \
+                         in memory that holds the placeholder",
+                    )
+                })?;
+            let rendered =
+                crate::http::authorize::place_token_in_body(body, placeholder, token.value());
+            *request.body_mut() = Some(rendered.as_bytes().to_vec().into());
+        }
         let url = request.url().clone();
         let response = self
             .http

@@ -379,6 +379,7 @@ pub fn parse_token_response(url: &url::Url, body: &[u8]) -> Result<FetchedToken>
             .id_token
             .filter(|t| !t.is_empty())
             .map(SecretString::new),
+        attributes: Default::default(),
         lifetime,
         sent_at: None,
         idle_timeout: None,

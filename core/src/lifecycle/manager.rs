@@ -1285,6 +1285,7 @@ impl Shared {
             scopes: fetched.scopes,
             refresh_token: fetched.refresh_token.or(previous_refresh_token),
             id_token,
+            attributes: fetched.attributes,
             generation: 0,
             obtained_at: sent_at,
             refresh_at: windows.refresh_at,
@@ -1389,6 +1390,7 @@ impl Shared {
                 timeout_ms: u64::try_from(idle.timeout.as_millis()).unwrap_or(u64::MAX),
                 last_used_ms: unix_ms(self.clock.wall_of_mono(token.last_used())),
             }),
+            attributes: token.attributes.clone(),
             expires_at_ms: unix_ms(token.expires_at_wall),
             obtained_at_ms: unix_ms(self.clock.wall_of_mono(token.obtained_at)),
         }
@@ -1454,6 +1456,7 @@ impl Shared {
                 scopes: record.scopes.clone(),
                 refresh_token: record.refresh_token.clone(),
                 id_token: record.id_token.clone(),
+                attributes: record.attributes.clone(),
                 generation,
                 obtained_at,
                 refresh_at: windows.refresh_at,

@@ -18,6 +18,8 @@ pub struct Token {
     pub(crate) scopes: Vec<String>,
     pub(crate) refresh_token: Option<SecretString>,
     pub(crate) id_token: Option<SecretString>,
+    /// Other values the login response carried (not secrets), e.g. a session API's server URL.
+    pub(crate) attributes: std::collections::BTreeMap<String, String>,
     pub(crate) generation: u64,
     pub(crate) obtained_at: MonoTime,
     pub(crate) refresh_at: MonoTime,
@@ -49,6 +51,7 @@ impl Clone for Token {
             scopes: self.scopes.clone(),
             refresh_token: self.refresh_token.clone(),
             id_token: self.id_token.clone(),
+            attributes: self.attributes.clone(),
             generation: self.generation,
             obtained_at: self.obtained_at,
             refresh_at: self.refresh_at,
@@ -89,6 +92,17 @@ impl Token {
         self.id_token.as_ref()
     }
 
+    /// A value the login response carried besides the token (a session source's
+    /// `values`, e.g. Zuora's `server_url`: where to send later requests).
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name).map(String::as_str)
+    }
+
+    /// All such values.
+    pub fn attributes(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.attributes
+    }
+
     /// Increases by one with every token a manager installs; used to invalidate exactly
     /// the token a server rejected.
     pub fn generation(&self) -> u64 {
@@ -118,6 +132,19 @@ impl Token {
     /// Records a use: a sliding session's idle timeout restarts now.
     pub(crate) fn mark_used(&self, now: MonoTime) {
         self.last_used.fetch_max(now.as_nanos(), Ordering::AcqRel);
+    }
+
+    /// Records a use after which the server says `remaining` of the idle timeout is left:
+    /// the idle deadline becomes `now + remaining` (at most a full timeout from now). The
+    /// server's word wins also when it is shorter than what we assumed.
+    pub(crate) fn mark_used_with_remaining(&self, now: MonoTime, remaining: Duration) {
+        let Some(idle) = self.idle else {
+            return;
+        };
+        let remaining = remaining.min(idle.timeout);
+        let timeout_nanos = u64::try_from(idle.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let used = (now + remaining).as_nanos().saturating_sub(timeout_nanos);
+        self.last_used.store(used, Ordering::Release);
     }
 
     /// Whether the keep-alive (not a new token) is what the refresh point is about.
@@ -209,6 +236,8 @@ pub struct FetchedToken {
     pub refresh_token: Option<SecretString>,
     /// An OpenID Connect ID token, kept opaque.
     pub id_token: Option<SecretString>,
+    /// Other values of the response kept with the token (not secrets).
+    pub attributes: std::collections::BTreeMap<String, String>,
     /// The lifetime.
     pub lifetime: Lifetime,
     /// When the request was sent, if the source measured it; otherwise the manager uses
@@ -228,6 +257,7 @@ impl FetchedToken {
             scopes: Vec::new(),
             refresh_token: None,
             id_token: None,
+            attributes: Default::default(),
             lifetime: Lifetime::ExpiresIn(expires_in),
             sent_at: None,
             idle_timeout: None,

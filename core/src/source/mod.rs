@@ -54,6 +54,14 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Asks the server about the session `token` belongs to (vSphere's `GET /api/session`:
+    /// who, whether alive): the response body, or `Ok(None)` when the source has no such
+    /// request (the default).
+    async fn session_info(&self, token: &Token) -> Result<Option<String>> {
+        let _ = token;
+        Ok(None)
+    }
+
     /// The interactive logins (authorization code, device flow) this source offers, if
     /// any. The default has none.
     #[cfg(feature = "http")]

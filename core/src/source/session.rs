@@ -41,10 +41,74 @@ use crate::source::Source;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ValueLocation {
-    /// A JSON pointer (RFC 6901) into the JSON body, e.g. `/session/id`.
+    /// A JSON pointer (RFC 6901) into the JSON body, e.g. `/session/id` (`""`: the whole
+    /// body, e.g. vSphere's bare JSON string).
     JsonPointer(String),
     /// A response header.
     Header(String),
+    /// A cookie the response sets (`Set-Cookie: NAME=value; ...`), by name.
+    Cookie(String),
+    /// An element of an XML body by its path of local names, namespaces ignored, e.g.
+    /// `loginResponse/result/Session` (matched at any depth).
+    XmlPath(String),
+}
+
+/// Credentials sent as HTTP basic authentication (templated, e.g. `{{username}}`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthSpec {
+    /// User name template.
+    pub username: String,
+    /// Password template.
+    pub password: String,
+}
+
+impl fmt::Debug for BasicAuthSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BasicAuthSpec([template])")
+    }
+}
+
+/// How a login failure is classified: a status (and optionally a body match) gives an
+/// error kind. Checked before the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRule {
+    /// Statuses this rule applies to (empty: any non-success status).
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// When non-empty, the body must contain one of these.
+    #[serde(default)]
+    pub body_contains: Vec<String>,
+    /// The kind: `invalid_credentials`, `invalid_grant`, `transient`, `rate_limited`,
+    /// `configuration` or `protocol`.
+    pub kind: String,
+}
+
+impl FailureRule {
+    fn matches(&self, status: StatusCode, body: &[u8]) -> bool {
+        if !self.statuses.is_empty() && !self.statuses.contains(&status.as_u16()) {
+            return false;
+        }
+        let text = String::from_utf8_lossy(body);
+        self.body_contains.is_empty()
+            || self
+                .body_contains
+                .iter()
+                .any(|needle| text.contains(needle.as_str()))
+    }
+}
+
+fn failure_kind(name: &str) -> Option<ErrorKind> {
+    Some(match name {
+        "invalid_credentials" => ErrorKind::InvalidCredentials,
+        "invalid_grant" => ErrorKind::InvalidGrant,
+        "transient" => ErrorKind::Transient,
+        "rate_limited" => ErrorKind::RateLimited,
+        "configuration" => ErrorKind::Configuration,
+        "protocol" => ErrorKind::Protocol,
+        _ => return None,
+    })
 }
 
 /// An HTTP request template.
@@ -69,6 +133,13 @@ pub struct RequestSpec {
     /// A form body (values templated).
     #[serde(default)]
     pub form: Option<BTreeMap<String, String>>,
+    /// An XML body (a SOAP envelope): substituted values are XML-escaped. Sent as
+    /// `text/xml; charset=utf-8` unless `headers` names a `Content-Type`.
+    #[serde(default)]
+    pub xml: Option<String>,
+    /// HTTP basic authentication (vSphere's `POST /api/session`).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthSpec>,
     /// Send the session token with this request the way `send` says (keep-alive, logout).
     #[serde(default)]
     pub authenticated: bool,
@@ -85,6 +156,8 @@ impl fmt::Debug for RequestSpec {
             .field("url", &redacted_url(&self.url))
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("json", &self.json.as_ref().map(|_| "[template]"))
+            .field("xml", &self.xml.as_ref().map(|_| "[template]"))
+            .field("basic_auth", &self.basic_auth.is_some())
             .field(
                 "form",
                 &self
@@ -201,6 +274,25 @@ pub struct SessionSpec {
     /// Which responses mean the session expired.
     #[serde(default)]
     pub expired: ExpiredSpec,
+    /// How login failures are classified, before the defaults (a 401/403/4xx is
+    /// `invalid_credentials`; a SOAP `LoginFault`, even with HTTP 500, too; other 5xx are
+    /// `transient`).
+    #[serde(default)]
+    pub login_failures: Vec<FailureRule>,
+    /// Other values of the login response kept with the session (not secrets), e.g. Zuora's
+    /// `ServerUrl`: `{"server_url": {"xml_path": "loginResponse/result/ServerUrl"}}`.
+    /// Read them with `Token::attribute`.
+    #[serde(default)]
+    pub values: BTreeMap<String, ValueLocation>,
+    /// A request that says whose session this is and whether it is alive (vSphere's
+    /// `GET /api/session`), for `Manager::session_info`.
+    #[serde(default)]
+    pub info: Option<RequestSpec>,
+    /// A header of API responses with the session's remaining (idle) lifetime in seconds,
+    /// e.g. `X-Token-Expires-In`: an accepted response that carries it moves the session's
+    /// idle deadline to match (through `Manager::judge_response` and the authorized client).
+    #[serde(default)]
+    pub reported_lifetime: Option<String>,
 }
 
 impl SessionSpec {
@@ -246,12 +338,18 @@ fn config_error(message: String) -> Error {
 impl SessionLogin {
     /// Checks the spec (URLs, header names, templates) and builds the source.
     pub fn new(spec: SessionSpec, credentials: BTreeMap<String, SecretString>) -> Result<Self> {
-        let authorizer = HeaderAuthorizer::new(&spec.send, spec.expired.clone())
+        let mut authorizer = HeaderAuthorizer::new(&spec.send, spec.expired.clone())
             .map_err(|err| config_error(format!("session.{}", err.message())))?;
+        if let Some(header) = &spec.reported_lifetime {
+            authorizer = authorizer
+                .with_reported_lifetime(header)
+                .map_err(|err| config_error(format!("session.{}", err.message())))?;
+        }
         let requests = [
             ("login", Some(&spec.login)),
             ("keep_alive", spec.keep_alive.as_ref()),
             ("logout", spec.logout.as_ref()),
+            ("info", spec.info.as_ref()),
         ];
         for (name, request) in requests {
             let Some(request) = request else { continue };
@@ -262,9 +360,14 @@ impl SessionLogin {
                     request.method
                 ))
             })?;
-            if request.json.is_some() && request.form.is_some() {
+            let bodies = [
+                request.json.is_some(),
+                request.form.is_some(),
+                request.xml.is_some(),
+            ];
+            if bodies.iter().filter(|given| **given).count() > 1 {
                 return Err(config_error(format!(
-                    "session.{name}: give either json or form, not both"
+                    "session.{name}: give one body (json, form or xml), not several"
                 )));
             }
             for placeholder in placeholders_of(request) {
@@ -285,6 +388,20 @@ impl SessionLogin {
         }
         if let ValueLocation::JsonPointer(pointer) = &spec.token {
             check_pointer("session.token", pointer)?;
+        }
+        for (name, location) in &spec.values {
+            if let ValueLocation::JsonPointer(pointer) = location {
+                check_pointer(&format!("session.values.{name}"), pointer)?;
+            }
+        }
+        for (index, rule) in spec.login_failures.iter().enumerate() {
+            if failure_kind(&rule.kind).is_none() {
+                return Err(config_error(format!(
+                    "session.login_failures[{index}].kind: {:?} is not one of invalid_credentials, \
+                     invalid_grant, transient, rate_limited, configuration, protocol",
+                    rule.kind
+                )));
+            }
         }
         if spec.expires_in.is_none()
             && !spec.expires_in_from_jwt
@@ -309,8 +426,8 @@ impl SessionLogin {
         &self.authorizer
     }
 
-    /// The header that carries the token, with its value.
-    pub fn authorization(&self, token: &Token) -> Result<(HeaderName, HeaderValue)> {
+    /// The header that carries the token, with its value (`None`: it travels in bodies).
+    pub fn authorization(&self, token: &Token) -> Result<Option<(HeaderName, HeaderValue)>> {
         self.authorizer.header_for(token)
     }
 
@@ -360,19 +477,21 @@ impl SessionLogin {
         &self,
         template: &str,
         token: Option<&Token>,
-        for_url: bool,
+        escape: Escape,
     ) -> Zeroizing<String> {
         let mut capacity = 0;
         self.substitute(template, token, |text, value| {
-            capacity += if value && for_url {
-                3 * text.len()
-            } else {
-                text.len()
+            capacity += match (value, escape) {
+                (true, Escape::Url) => 3 * text.len(),
+                (true, Escape::Xml) => 6 * text.len(),
+                _ => text.len(),
             };
         });
         let mut out = Zeroizing::new(String::with_capacity(capacity));
         self.substitute(template, token, |text, value| {
-            if value && for_url {
+            if value && escape == Escape::Xml {
+                push_xml_escaped(&mut out, text);
+            } else if value && escape == Escape::Url {
                 for byte in text.bytes() {
                     if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
                         out.push(char::from(byte));
@@ -391,7 +510,7 @@ impl SessionLogin {
     }
 
     fn render(&self, template: &str, token: Option<&Token>) -> Zeroizing<String> {
-        self.render_with(template, token, false)
+        self.render_with(template, token, Escape::Plain)
     }
 
     fn render_json(&self, value: &serde_json::Value, token: Option<&Token>) -> serde_json::Value {
@@ -423,7 +542,7 @@ impl SessionLogin {
         let shown = request.redacted_url();
         let url = endpoint_url(
             &format!("session.{what}.url"),
-            &self.render_with(&request.url, token, true),
+            &self.render_with(&request.url, token, Escape::Url),
         )?;
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| config_error(format!("session.{what}.method is invalid")))?;
@@ -439,9 +558,23 @@ impl SessionLogin {
         }
         if request.authenticated {
             if let Some(token) = token {
-                let (name, value) = self.authorization(token)?;
-                builder = builder.header(name, value);
+                if let Some((name, value)) = self.authorization(token)? {
+                    builder = builder.header(name, value);
+                }
             }
+        }
+        if let Some(basic) = &request.basic_auth {
+            let user = self.render(&basic.username, token);
+            let password = self.render(&basic.password, token);
+            if user.contains(':') {
+                return Err(config_error(format!(
+                    "session.{what}.basic_auth: a user name cannot contain ':' (RFC 7617)"
+                )));
+            }
+            builder = builder.header(
+                reqwest::header::AUTHORIZATION,
+                basic_credentials(&user, &password)?,
+            );
         }
         // Bodies are serialised into buffers wiped on drop; reqwest gets a copy.
         if let Some(json) = &request.json {
@@ -453,6 +586,16 @@ impl SessionLogin {
             builder = builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
+        } else if let Some(xml) = &request.xml {
+            let body = self.render_with(xml, token, Escape::Xml);
+            if !request
+                .headers
+                .keys()
+                .any(|name| name.eq_ignore_ascii_case("content-type"))
+            {
+                builder = builder.header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8");
+            }
+            builder = builder.body(body.as_bytes().to_vec());
         } else if let Some(form) = &request.form {
             let rendered: Vec<(&str, Zeroizing<String>)> = form
                 .iter()
@@ -484,7 +627,20 @@ impl SessionLogin {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Error {
+        let rule = (what == "login")
+            .then(|| {
+                self.spec
+                    .login_failures
+                    .iter()
+                    .find(|rule| rule.matches(status, body))
+            })
+            .flatten();
         let kind = match status.as_u16() {
+            _ if rule.is_some() => rule
+                .and_then(|rule| failure_kind(&rule.kind))
+                .unwrap_or(ErrorKind::Protocol),
+            // SOAP 1.1 answers every fault with 500; a login fault is a wrong password.
+            500 if what == "login" && is_soap_login_fault(body) => ErrorKind::InvalidCredentials,
             429 => ErrorKind::RateLimited,
             500..=599 if !self.is_session_expired(status, headers, body) => ErrorKind::Transient,
             401 | 403 if what == "login" => ErrorKind::InvalidCredentials,
@@ -512,7 +668,7 @@ impl SessionLogin {
         &self,
         location: &ValueLocation,
         headers: &HeaderMap,
-        json: Option<&serde_json::Value>,
+        body: &ParsedBody<'_>,
     ) -> Option<String> {
         match location {
             ValueLocation::Header(name) => headers
@@ -520,11 +676,13 @@ impl SessionLogin {
                 .to_str()
                 .ok()
                 .map(|v| v.trim().to_owned()),
-            ValueLocation::JsonPointer(pointer) => match json?.pointer(pointer)? {
+            ValueLocation::Cookie(name) => cookie_value(headers, name),
+            ValueLocation::JsonPointer(pointer) => match body.json.as_ref()?.pointer(pointer)? {
                 serde_json::Value::String(text) => Some(text.clone()),
                 serde_json::Value::Number(number) => Some(number.to_string()),
                 _ => None,
             },
+            ValueLocation::XmlPath(path) => xml_text(body.xml.as_ref()?, path),
         }
     }
 
@@ -542,19 +700,33 @@ impl SessionLogin {
     }
 
     fn parse_login_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<FetchedToken> {
-        let mut json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-        let parsed = self.parse_login_json(headers, json.as_ref());
+        let wants_xml = std::iter::once(&self.spec.token)
+            .chain(&self.spec.expires_in)
+            .chain(&self.spec.absolute_deadline)
+            .chain(self.spec.values.values())
+            .any(|location| matches!(location, ValueLocation::XmlPath(_)));
+        let text = std::str::from_utf8(body).ok();
+        let xml = if wants_xml {
+            text.and_then(|text| roxmltree::Document::parse(text).ok())
+        } else {
+            None
+        };
+        let mut parsed = ParsedBody {
+            json: serde_json::from_slice(body).ok(),
+            xml,
+        };
+        let outcome = self.parse_login_parsed(headers, &parsed);
         // The parsed body holds the session token (and whatever else the server sent).
-        if let Some(json) = &mut json {
+        if let Some(json) = &mut parsed.json {
             zeroize_json(json);
         }
-        parsed
+        outcome
     }
 
-    fn parse_login_json(
+    fn parse_login_parsed(
         &self,
         headers: &HeaderMap,
-        json: Option<&serde_json::Value>,
+        json: &ParsedBody<'_>,
     ) -> Result<FetchedToken> {
         let endpoint = self.spec.login.redacted_url();
         let value = self
@@ -629,6 +801,15 @@ impl SessionLogin {
         let absolute = absolute.into_iter().min();
         let mut fetched = FetchedToken::bearer(value, Duration::ZERO);
         fetched.token_type = self.spec.send.prefix.trim().to_owned();
+        for (name, location) in &self.spec.values {
+            let value = self.extract(location, headers, json).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("session login at {endpoint}: no {name} at {location:?}"),
+                )
+            })?;
+            fetched.attributes.insert(name.clone(), value);
+        }
         match (self.spec.sliding, shortest, absolute) {
             (true, Some(idle), absolute) => {
                 fetched.idle_timeout = Some(idle);
@@ -644,6 +825,113 @@ impl SessionLogin {
         }
         Ok(fetched)
     }
+}
+
+/// How substituted values are escaped where they land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    /// As they are (JSON strings are escaped by the serialiser, headers are checked).
+    Plain,
+    /// Percent-encoded: a value can never change a URL's host, path or query.
+    Url,
+    /// XML-escaped: a value can never add an element or attribute.
+    Xml,
+}
+
+fn push_xml_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A login response body, parsed the ways the spec's locations need.
+struct ParsedBody<'a> {
+    json: Option<serde_json::Value>,
+    xml: Option<roxmltree::Document<'a>>,
+}
+
+/// The text of the element at `path` (local names separated by `/`, namespaces ignored,
+/// matched at any depth): the first element whose own name and nearest ancestors' names
+/// are the path's, read bottom-up.
+fn xml_text(document: &roxmltree::Document<'_>, path: &str) -> Option<String> {
+    let names: Vec<&str> = path.split('/').filter(|name| !name.is_empty()).collect();
+    let (last, parents) = names.split_last()?;
+    document
+        .descendants()
+        .filter(|node| node.is_element() && node.tag_name().name() == *last)
+        .find(|node| {
+            let mut ancestor = node.parent_element();
+            parents.iter().rev().all(|name| {
+                let matched = ancestor.is_some_and(|parent| parent.tag_name().name() == *name);
+                ancestor = ancestor.and_then(|parent| parent.parent_element());
+                matched
+            })
+        })
+        .map(|node| {
+            node.descendants()
+                .filter(|child| child.is_text())
+                .filter_map(|child| child.text())
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        })
+}
+
+/// Whether a body is a SOAP fault about the login (Zuora's `LoginFault`, or a fault whose
+/// code says the credentials are wrong).
+fn is_soap_login_fault(body: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let Ok(document) = roxmltree::Document::parse(text) else {
+        return false;
+    };
+    let fault = document
+        .descendants()
+        .any(|node| node.is_element() && node.tag_name().name() == "Fault");
+    fault
+        && document.descendants().any(|node| {
+            node.is_element()
+                && matches!(
+                    node.tag_name().name(),
+                    "LoginFault" | "InvalidLoginFault" | "InvalidLogin"
+                )
+        })
+}
+
+/// `Basic base64(user:password)` (RFC 7617: no encoding of the parts), marked sensitive,
+/// built in buffers wiped on drop.
+fn basic_credentials(user: &str, password: &str) -> Result<HeaderValue> {
+    use base64::Engine as _;
+    let mut pair = Zeroizing::new(String::with_capacity(user.len() + password.len() + 1));
+    pair.push_str(user);
+    pair.push(':');
+    pair.push_str(password);
+    let mut header = Zeroizing::new(String::from("Basic "));
+    base64::engine::general_purpose::STANDARD.encode_string(pair.as_bytes(), &mut header);
+    let mut value = HeaderValue::from_str(&header).map_err(|_| {
+        config_error("basic_auth: the credentials are not a valid header".to_owned())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The value of the cookie `name` a response sets (the first `Set-Cookie` for it).
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .filter_map(|line| line.split(';').next()?.split_once('='))
+        .find(|(cookie, _)| cookie.trim() == name)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
 }
 
 /// `value` serialised into a buffer of exactly the right size (measured first, so it never
@@ -719,6 +1007,13 @@ fn placeholders_of(request: &RequestSpec) -> Vec<String> {
         .iter()
         .flat_map(|form| form.values())
         .for_each(|value| scan(value, &mut out));
+    if let Some(xml) = &request.xml {
+        scan(xml, &mut out);
+    }
+    if let Some(basic) = &request.basic_auth {
+        scan(&basic.username, &mut out);
+        scan(&basic.password, &mut out);
+    }
     if let Some(json) = &request.json {
         scan_json(json, &mut out);
     }
@@ -815,6 +1110,17 @@ impl Source for SessionLogin {
         }
     }
 
+    async fn session_info(&self, token: &Token) -> Result<Option<String>> {
+        let Some(info) = &self.spec.info else {
+            return Ok(None);
+        };
+        let (status, headers, body, shown) = self.send("info", info, Some(token)).await?;
+        if !status.is_success() {
+            return Err(self.failure("info", &shown, status, &headers, &body));
+        }
+        Ok(Some(String::from_utf8_lossy(&body).into_owned()))
+    }
+
     async fn keep_alive(&self, token: &Token) -> Result<Option<Lifetime>> {
         let Some(keep_alive) = &self.spec.keep_alive else {
             return Ok(None);
@@ -834,8 +1140,16 @@ impl Source for SessionLogin {
 }
 
 impl Authorizer for SessionLogin {
-    fn header(&self, value: &SecretString, token_type: &str) -> Result<(HeaderName, HeaderValue)> {
+    fn header(
+        &self,
+        value: &SecretString,
+        token_type: &str,
+    ) -> Result<Option<(HeaderName, HeaderValue)>> {
         self.authorizer().header(value, token_type)
+    }
+
+    fn body_placeholder(&self) -> Option<&str> {
+        self.authorizer().body_placeholder()
     }
 
     fn may_be_rejection(&self, status: StatusCode) -> bool {
@@ -844,6 +1158,10 @@ impl Authorizer for SessionLogin {
 
     fn is_rejection(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> bool {
         self.authorizer().is_rejection(status, headers, body)
+    }
+
+    fn reported_lifetime(&self, headers: &HeaderMap) -> Option<Duration> {
+        self.authorizer().reported_lifetime(headers)
     }
 }
 
@@ -873,6 +1191,118 @@ mod tests {
             ("password".to_owned(), SecretString::from("pw-secret")),
         ];
         SessionLogin::new(spec, credentials.into_iter().collect()).unwrap()
+    }
+
+    #[test]
+    fn a_session_set_as_a_cookie_is_read_by_name_and_sent_back_as_a_cookie() {
+        let login = SessionLogin::new(
+            spec(
+                r#"{"login": {"url": "http://127.0.0.1:1/login"},
+                    "token": {"cookie": "ZSession"}, "lifetime_s": 900,
+                    "send": {"cookie": "ZSession"}}"#,
+            ),
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("other=1; Path=/"));
+        headers.append(
+            "set-cookie",
+            HeaderValue::from_static("ZSession=abc123; Path=/; Secure; HttpOnly"),
+        );
+        let fetched = login.parse_login_body(&headers, b"").unwrap();
+        assert_eq!(fetched.value.expose(), "abc123");
+        let (name, value) = login
+            .header(&fetched.value, &fetched.token_type)
+            .unwrap()
+            .unwrap();
+        assert_eq!(name, reqwest::header::COOKIE);
+        assert_eq!(value.to_str().unwrap(), "ZSession=abc123");
+        assert!(value.is_sensitive());
+        // No such cookie: a protocol error naming where it looked.
+        let err = login.parse_login_body(&HeaderMap::new(), b"").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn xml_values_are_found_by_local_names_and_substituted_values_are_escaped() {
+        let login = SessionLogin::new(
+            spec(
+                r#"{"login": {"url": "http://127.0.0.1:1/soap", "xml": "<a><u>{{username}}</u></a>"},
+                    "token": {"xml_path": "result/Session"},
+                    "values": {"server_url": {"xml_path": "ServerUrl"}},
+                    "lifetime_s": 900, "send": {"body": "{{session}}"}}"#,
+            ),
+            [("username".to_owned(), SecretString::from("a<b>&\"c'"))].into(),
+        )
+        .unwrap();
+        assert_eq!(
+            login
+                .render_with("<u>{{username}}</u>", None, Escape::Xml)
+                .as_str(),
+            "<u>a&lt;b&gt;&amp;&quot;c&apos;</u>"
+        );
+        let body = br#"<e:Envelope xmlns:e="urn:e" xmlns:n="urn:n"><e:Body><n:r><n:Session>decoy</n:Session></n:r>
+            <n:result><n:Session> s-1 </n:Session><n:ServerUrl>https://x/a</n:ServerUrl></n:result></e:Body></e:Envelope>"#;
+        let fetched = login.parse_login_body(&HeaderMap::new(), body).unwrap();
+        assert_eq!(
+            fetched.value.expose(),
+            "s-1",
+            "the element under result, not the decoy"
+        );
+        assert_eq!(fetched.attributes["server_url"], "https://x/a");
+        assert!(
+            login.header(&fetched.value, "").unwrap().is_none(),
+            "body only"
+        );
+        assert_eq!(login.body_placeholder(), Some("{{session}}"));
+        // Not XML at all: a protocol error, not a panic.
+        let err = login
+            .parse_login_body(&HeaderMap::new(), b"<unclosed")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn a_soap_login_fault_is_invalid_credentials_and_rules_come_first() {
+        let fault = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>fns:INVALID_VALUE</faultcode><detail><fns:LoginFault xmlns:fns="http://fault.api.zuora.com/"/></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
+        let plain = zuora_like();
+        let status = StatusCode::INTERNAL_SERVER_ERROR;
+        assert_eq!(
+            plain
+                .failure("login", "x", status, &HeaderMap::new(), fault)
+                .kind(),
+            ErrorKind::InvalidCredentials
+        );
+        assert_eq!(
+            plain
+                .failure("login", "x", status, &HeaderMap::new(), b"oops")
+                .kind(),
+            ErrorKind::Transient
+        );
+        let mut spec = plain.spec.clone();
+        spec.login_failures = vec![FailureRule {
+            statuses: vec![503],
+            body_contains: vec!["LOCKED".to_owned()],
+            kind: "invalid_grant".to_owned(),
+        }];
+        let ruled = SessionLogin::new(spec.clone(), plain.credentials.clone()).unwrap();
+        assert_eq!(
+            ruled
+                .failure(
+                    "login",
+                    "x",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &HeaderMap::new(),
+                    b"LOCKED"
+                )
+                .kind(),
+            ErrorKind::InvalidGrant
+        );
+        spec.login_failures[0].kind = "nonsense".to_owned();
+        let err = SessionLogin::new(spec, plain.credentials.clone()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.to_string().contains("login_failures[0].kind"), "{err}");
     }
 
     #[test]
@@ -1012,7 +1442,7 @@ mod tests {
             SecretString::from("p@evil:1/w?x#y z"),
         )];
         let login = SessionLogin::new(spec, credentials.into_iter().collect()).unwrap();
-        let rendered = login.render_with(&login.spec.login.url, None, true);
+        let rendered = login.render_with(&login.spec.login.url, None, Escape::Url);
         let url = url::Url::parse(&rendered).unwrap();
         assert_eq!(url.host_str(), Some("127.0.0.1"));
         assert_eq!(url.port(), Some(1));

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -48,6 +50,9 @@ pub struct TokenRecord {
     /// again) exactly when the first one would have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleRecord>,
+    /// Other values kept with the token (see `Token::attribute`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// The idle state of a sliding session in a [`TokenRecord`].
@@ -317,6 +322,7 @@ pub(crate) fn sample_record() -> TokenRecord {
         refresh_token: Some("refresh-secret-value".into()),
         id_token: Some("id-secret-value".into()),
         idle: None,
+        attributes: Default::default(),
         expires_at_ms: 1_800_000_000_000,
         obtained_at_ms: 1_799_999_000_000,
     }

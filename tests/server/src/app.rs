@@ -69,6 +69,17 @@ fn router(shared: Shr) -> Router {
         )
         .route("/session/keepalive", post(session_keepalive))
         .route("/session/logout", post(session_logout))
+        .route(
+            "/api/session",
+            post(crate::vendors::vsphere_create)
+                .get(crate::vendors::vsphere_get)
+                .delete(crate::vendors::vsphere_delete),
+        )
+        .route("/api/vcenter/vm", get(crate::vendors::vsphere_vms))
+        .route(
+            "/apps/services/a/:version",
+            post(crate::vendors::zuora_soap),
+        )
         .route("/fault/stream/*rest", any(fault_stream))
         .route("/fault/status/:code/*rest", any(fault_status))
         .route("/stats", get(stats))

@@ -43,6 +43,7 @@
 
 mod app;
 mod state;
+mod vendors;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -131,8 +131,15 @@ public final class TokenManager: @unchecked Sendable {
     public func revokeBlocking() throws { try native.revokeBlocking() }
 
     /// The header that carries `token` on an API request, as the configuration says (bearer
-    /// `Authorization`, or a session's own header). Its value contains the token.
-    public func requestHeader(token: TokenInfo) throws -> RequestHeader { try native.requestHeader(token: token) }
+    /// `Authorization`, or a session's own header); nil when the token travels only in the
+    /// body (`authorizeBody`). Its value contains the token.
+    public func requestHeader(token: TokenInfo) throws -> RequestHeader? { try native.requestHeader(token: token) }
+
+    /// For a configuration that carries the token in request bodies (a SOAP `SessionHeader`):
+    /// `body` with the placeholder replaced by the XML-escaped token; nil otherwise.
+    public func authorizeBody(token: TokenInfo, body: String) -> SecretString? {
+        native.authorizeBody(token: token, body: body)
+    }
 
     /// Whether a response with `status` needs a body prefix (at most 64 KiB) for `judgeResponse`.
     public func needsResponseBody(status: Int) -> Bool {

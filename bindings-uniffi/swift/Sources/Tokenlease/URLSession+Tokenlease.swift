@@ -16,9 +16,14 @@ extension TokenManager {
     }
 
     private func authorized(_ request: URLRequest, _ token: TokenInfo) throws -> URLRequest {
-        let header = try requestHeader(token: token)
         var request = request
-        request.setValue(header.value.expose(), forHTTPHeaderField: header.name)
+        if let header = try requestHeader(token: token) {
+            request.setValue(header.value.expose(), forHTTPHeaderField: header.name)
+        }
+        if let body = request.httpBody, let text = String(data: body, encoding: .utf8),
+           let placed = authorizeBody(token: token, body: text) {
+            request.httpBody = Data(placed.expose().utf8)
+        }
         return request
     }
 

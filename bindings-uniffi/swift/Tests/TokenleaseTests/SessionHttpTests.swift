@@ -31,7 +31,7 @@ final class SessionHttpTests: XCTestCase {
     func testTheSessionHeaderComesFromCoreAndAnEndedSessionIsRetriedOnce() async throws {
         let manager = try TokenManager.fromConfig(config: sessionConfig)
         let token = try await manager.token()
-        let header = try manager.requestHeader(token: token)
+        let header = try XCTUnwrap(manager.requestHeader(token: token))
         XCTAssertEqual(header.name, "vmware-api-session-id")
         XCTAssertEqual(header.value.expose(), token.value.expose())
 

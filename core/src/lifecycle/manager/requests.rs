@@ -29,6 +29,20 @@ pub enum ResponseVerdict {
     Rejected,
 }
 
+/// The first [`MAX_JUDGED_HEADERS`] well-formed headers.
+fn header_map(headers: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter().take(MAX_JUDGED_HEADERS) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
 impl Manager {
     /// How this manager's tokens travel and their rejections are recognised (bearer
     /// tokens unless the configuration says otherwise).
@@ -40,18 +54,31 @@ impl Manager {
     }
 
     /// The header (name, value) that carries a token with this value and type on an API
-    /// request. The value contains the token: it is a [`SecretString`].
+    /// request; `None` when it travels only in the body ([`Manager::authorize_body`]). The
+    /// value contains the token: it is a [`SecretString`].
     pub fn request_header(
         &self,
         value: &SecretString,
         token_type: &str,
-    ) -> Result<(String, SecretString)> {
-        let (name, value) = self.authorizer().header(value, token_type)?;
+    ) -> Result<Option<(String, SecretString)>> {
+        let Some((name, value)) = self.authorizer().header(value, token_type)? else {
+            return Ok(None);
+        };
         let value = value
             .to_str()
             .map(|text| SecretString::new(text.to_owned()))
             .unwrap_or_default();
-        Ok((name.as_str().to_owned(), value))
+        Ok(Some((name.as_str().to_owned(), value)))
+    }
+
+    /// For a configuration that carries the token in request bodies (`send.body`, a SOAP
+    /// `SessionHeader`): `body` with the placeholder replaced by the XML-escaped token.
+    /// `None` when the token does not travel in bodies (send `body` as it is).
+    pub fn authorize_body(&self, value: &SecretString, body: &str) -> Option<SecretString> {
+        let authorizer = self.authorizer();
+        let placeholder = authorizer.body_placeholder()?;
+        let rendered = crate::http::authorize::place_token_in_body(body, placeholder, value);
+        Some(SecretString::new(rendered.as_str().to_owned()))
     }
 
     /// Whether a response with this status needs (a prefix of) its body read before
@@ -81,15 +108,7 @@ impl Manager {
         let rejected = !status.is_success() && {
             let authorizer = self.authorizer();
             authorizer.may_be_rejection(status) && {
-                let mut map = HeaderMap::new();
-                for (name, value) in headers.iter().take(MAX_JUDGED_HEADERS) {
-                    if let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(value),
-                    ) {
-                        map.append(name, value);
-                    }
-                }
+                let map = header_map(headers);
                 let body = &body_prefix[..body_prefix.len().min(MAX_INSPECTED_ERROR_BODY_BYTES)];
                 authorizer.is_rejection(status, &map, body)
             }
@@ -100,9 +119,65 @@ impl Manager {
         }
         if let Some(token) = self.shared.current.load_full() {
             if token.generation == generation {
-                self.report_use(&token);
+                let remaining = self.authorizer().reported_lifetime(&header_map(headers));
+                self.report_use_with(&token, remaining);
             }
         }
         ResponseVerdict::Accepted
+    }
+
+    /// [`Manager::report_use`], with the remaining lifetime the server reported on the
+    /// response, if any.
+    pub(crate) fn report_use_with(
+        &self,
+        token: &crate::Token,
+        remaining: Option<std::time::Duration>,
+    ) {
+        match remaining {
+            Some(remaining) if token.idle.is_some() => {
+                token.mark_used_with_remaining(self.shared.clock.now(), remaining);
+                self.shared.timer_wakeup.notify_one();
+            }
+            _ => self.report_use(token),
+        }
+    }
+
+    /// Asks the server about the current session (vSphere's `GET /api/session`: whose it
+    /// is, whether it is alive): the response body. `Configuration` when the source has no
+    /// such request; a rejection of the session is `TokenRejected` (the token is then
+    /// discarded, like [`Manager::judge_response`] does).
+    pub async fn session_info(&self) -> Result<String> {
+        let token = self.token().await?.into_arc();
+        let shared = self.shared.clone();
+        let call_token = crate::Token::clone(&token);
+        let answer = super::AbortOnDrop(crate::runtime::spawn(async move {
+            shared
+                .gated_source_call("session info", move |source| {
+                    Box::pin(async move { source.session_info(&call_token).await })
+                })
+                .await
+        }))
+        .await;
+        match answer {
+            Ok(Some(body)) => {
+                self.report_use(&token);
+                Ok(body)
+            }
+            Ok(None) => Err(crate::Error::new(
+                crate::ErrorKind::Configuration,
+                "this manager's source has no session info request (session.info)",
+            )),
+            Err(err) => {
+                if err.kind() == crate::ErrorKind::TokenRejected {
+                    self.invalidate(&token);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Blocking form of [`Manager::session_info`].
+    pub fn session_info_blocking(&self) -> Result<String> {
+        self.block_on(self.session_info())
     }
 }

@@ -28,8 +28,17 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
     }
 
     private fun authorized(request: okhttp3.Request, token: TokenInfo): okhttp3.Request {
-        val header = manager.requestHeader(token)
-        return request.newBuilder().header(header.name, header.value.expose()).build()
+        val builder = request.newBuilder()
+        manager.requestHeader(token)?.let { builder.header(it.name, it.value.expose()) }
+        val body = request.body
+        if (body != null && !body.isOneShot()) {
+            val buffer = okio.Buffer()
+            body.writeTo(buffer)
+            manager.authorizeBody(token, buffer.readUtf8())?.let {
+                builder.method(request.method, okhttp3.RequestBody.create(it.expose().toByteArray(), body.contentType()))
+            }
+        }
+        return builder.build()
     }
 
     private fun rejects(response: okhttp3.Response, token: TokenInfo): Boolean {
@@ -43,7 +52,8 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
 /**
  * `java.net.http` integration: sends a request with the manager's token and retries it once
  * when core judges the response a rejection of that token. The body is read whole (as
- * bytes); the rejection check looks at its first 64 KiB.
+ * bytes); the rejection check looks at its first 64 KiB. (A configuration that carries the
+ * token in the request body needs [TokenManager.authorizeBody] on the body you build.)
  */
 object TokenleaseHttp {
     @JvmStatic
@@ -56,8 +66,9 @@ object TokenleaseHttp {
     }
 
     private fun authorized(manager: TokenManager, request: HttpRequest.Builder, token: TokenInfo): HttpRequest {
-        val header = manager.requestHeader(token)
-        return request.copy().setHeader(header.name, header.value.expose()).build()
+        val builder = request.copy()
+        manager.requestHeader(token)?.let { builder.setHeader(it.name, it.value.expose()) }
+        return builder.build()
     }
 
     private fun rejects(manager: TokenManager, response: HttpResponse<ByteArray>, token: TokenInfo): Boolean {

@@ -141,10 +141,17 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
 
     /**
      * The header that carries [token] on an API request, as the configuration says (bearer
-     * `Authorization`, or a session's own header). Its value contains the token.
+     * `Authorization`, or a session's own header); null when the token travels only in the
+     * body ([authorizeBody]). Its value contains the token.
      */
     @Throws(TokenleaseException::class)
-    fun requestHeader(token: TokenInfo): RequestHeader = native.requestHeader(token)
+    fun requestHeader(token: TokenInfo): RequestHeader? = native.requestHeader(token)
+
+    /**
+     * For a configuration that carries the token in request bodies (a SOAP `SessionHeader`):
+     * [body] with the placeholder replaced by the XML-escaped token; null otherwise.
+     */
+    fun authorizeBody(token: TokenInfo, body: String): SecretString? = native.authorizeBody(token, body)
 
     /** Whether a response with [status] needs a body prefix (≤ 64 KiB) for [judgeResponse]. */
     fun needsResponseBody(status: Int): Boolean = status in 0..0xFFFF && native.needsResponseBody(status.toUShort())

@@ -33,7 +33,7 @@ class SessionHttpTest {
     fun `the session header comes from core and an ended session is retried once with a new login`() {
         TokenManager.fromConfig(sessionConfig()).use { manager ->
             val token = manager.tokenBlocking()
-            val header = manager.requestHeader(token)
+            val header = manager.requestHeader(token)!!
             assertEquals("vmware-api-session-id", header.name)
             assertEquals(token.value.expose(), header.value.expose())
 

@@ -1,5 +1,5 @@
-//! The dispatcher thread: `token_async` completions, `flush_events` and the stop flag set at
-//! interpreter exit.
+//! The dispatcher thread: completions of `token_async` and the asyncio login calls,
+//! `flush_events` and the stop flag set at interpreter exit.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
+use tokenlease::source::authorization::AuthorizationRequest;
+use tokenlease::source::device::DeviceAuthorization;
 use tokenlease::Token;
 
 use crate::errors::error_instance;
+use crate::login::{DeviceLogin, LoginRequest};
 use crate::token::token_tuple;
 
 pub(crate) enum Job {
@@ -20,7 +23,36 @@ pub(crate) enum Job {
         result: tokenlease::Result<Arc<Token>>,
         info: bool,
     },
+    /// A login step of an asyncio call: `callback(value, exc)` with the value as Python sees it.
+    Finish {
+        callback: Py<PyAny>,
+        result: tokenlease::Result<Outcome>,
+    },
     Flush(mpsc::Sender<()>),
+}
+
+/// What a login step gives Python.
+pub(crate) enum Outcome {
+    /// A token, as the `(value, token_type, expires_at_unix_s, generation)` tuple.
+    Token(Arc<Token>),
+    /// A `LoginRequest`.
+    LoginRequest(Box<AuthorizationRequest>),
+    /// A `DeviceLogin`.
+    DeviceLogin(Box<DeviceAuthorization>),
+}
+
+impl Outcome {
+    fn into_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        match self {
+            Outcome::Token(token) => token_tuple(py, &token).map(Bound::into_any),
+            Outcome::LoginRequest(request) => {
+                Bound::new(py, LoginRequest::new(*request)).map(Bound::into_any)
+            }
+            Outcome::DeviceLogin(device) => {
+                Bound::new(py, DeviceLogin::new(*device)).map(Bound::into_any)
+            }
+        }
+    }
 }
 
 /// Set at interpreter exit (`_shutdown`, an `atexit` handler): from then on no thread of
@@ -114,6 +146,18 @@ fn run_job(py: Python<'_>, job: Job) {
                     value.map(|value| (value, py.None().into_bound(py)))
                 }
                 Err(err) => Ok((py.None().into_bound(py), error_instance(py, err))),
+            };
+            let outcome = args.and_then(|args| callback.bind(py).call1(args));
+            if let Err(err) = outcome {
+                err.write_unraisable(py, Some(callback.bind(py)));
+            }
+        }
+        Job::Finish { callback, result } => {
+            let args = match result {
+                Ok(outcome) => outcome
+                    .into_py(py)
+                    .map(|value| (value, py.None().into_bound(py))),
+                Err(err) => Ok((py.None().into_bound(py), error_instance(py, &err))),
             };
             let outcome = args.and_then(|args| callback.bind(py).call1(args));
             if let Err(err) = outcome {

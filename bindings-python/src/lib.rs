@@ -14,7 +14,8 @@
 //! native call; the rest of the package is typed Python.
 //!
 //! Modules, by concept: `errors` (exceptions both ways), `token` (tokens and times as Python
-//! values), `source` and `store` (Python callbacks as core's blocking source and store),
+//! values), `login` (user logins: `LoginRequest`, `DeviceLogin`, login results), `source`
+//! and `store` (Python callbacks as core's blocking source and store),
 //! `events` (events as dicts for the listener), `dispatch` (the completion thread,
 //! `flush_events`, shutdown), `manager` (the public `Manager` class) and `http` (core's HTTP
 //! decisions for the adapters).
@@ -23,6 +24,7 @@ mod dispatch;
 mod errors;
 mod events;
 mod http;
+mod login;
 mod manager;
 mod source;
 mod store;
@@ -35,6 +37,8 @@ use pyo3::prelude::*;
 fn native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<manager::Manager>()?;
     module.add_class::<manager::AsyncCall>()?;
+    module.add_class::<login::LoginRequest>()?;
+    module.add_class::<login::DeviceLogin>()?;
     module.add_function(wrap_pyfunction!(errors::_register_errors, module)?)?;
     module.add_function(wrap_pyfunction!(dispatch::flush_events, module)?)?;
     module.add_function(wrap_pyfunction!(dispatch::_shutdown, module)?)?;

@@ -1,20 +1,22 @@
 //! `tokenlease.Manager`: the public manager class, native (a core `Manager`), so a cached
 //! `token()` is one native method call with no Python frame in between. What has to stay in
-//! Python (the dataclasses, the logging event handler, the coroutines of `token_async`) are
-//! thin functions of `tokenlease/_manager.py`, looked up when first needed.
+//! Python (the dataclasses, the logging event handler, the coroutines of `token_async` and of
+//! the asyncio login calls) are thin functions of `tokenlease/_manager.py`, looked up when
+//! first needed.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
 use tokenlease::{BlockingSourceAdapter, BlockingStoreAdapter, ErrorKind};
 
-use crate::dispatch::{dispatch, Job};
+use crate::dispatch::{dispatch, Job, Outcome};
 use crate::errors::{config_error, to_pyerr};
 use crate::events::PyListener;
+use crate::login::{login_result, wait_interruptibly, DeviceLogin, LoginRequest};
 use crate::source::PySource;
 use crate::store::PyStore;
 use crate::token::{token_tuple, unix_seconds};
@@ -291,6 +293,248 @@ impl Manager {
             return Ok(self.inner.invalidate_value(&value.to_cow()?));
         }
         Err(invalidate_type_error())
+    }
+
+    /// Starts an interactive login (authorization code with PKCE): a ``LoginRequest``
+    /// whose ``url`` the app opens in the user's browser. ``redirect_uri`` must be
+    /// registered for the client (``http://127.0.0.1:PORT/callback`` for desktop apps and
+    /// CLIs). ``ConfigurationError`` when the source has no interactive login.
+    fn begin_login(&self, py: Python<'_>, redirect_uri: &str) -> PyResult<LoginRequest> {
+        py.detach(|| self.inner.begin_login_blocking(redirect_uri))
+            .map(LoginRequest::new)
+            .map_err(|err| to_pyerr(&err))
+    }
+
+    /// Finishes an interactive login with the URL the browser was sent back to: checks its
+    /// ``state``, redeems the code, stores the tokens and serves them from now on. Returns
+    /// the new ``TokenInfo``. ``TokenCancelledError`` when the user said no,
+    /// ``ProtocolError`` for a forged or foreign redirect.
+    fn complete_login<'py>(
+        &self,
+        py: Python<'py>,
+        request: PyRef<'py, LoginRequest>,
+        redirect_url: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = request.inner.clone();
+        let token = py
+            .detach(|| {
+                self.inner
+                    .complete_login_blocking(&request, redirect_url)
+                    .map(tokenlease::TokenRef::into_arc)
+            })
+            .map_err(|err| to_pyerr(&err))?;
+        python_part!(py, "_info")?.call1((token_tuple(py, &token)?,))
+    }
+
+    /// Starts a device login (RFC 8628): a ``DeviceLogin`` with what to show the user;
+    /// then wait with ``complete_device_login``.
+    fn start_device_login(&self, py: Python<'_>) -> PyResult<DeviceLogin> {
+        py.detach(|| self.inner.start_device_login_blocking())
+            .map(DeviceLogin::new)
+            .map_err(|err| to_pyerr(&err))
+    }
+
+    /// Waits (GIL released; Ctrl-C interrupts it) until the user approved the device login,
+    /// then stores the tokens and serves them from now on. Returns the new ``TokenInfo``.
+    /// ``TokenCancelledError`` when the user denied it or ``device.cancel()`` was called;
+    /// ``LoginRequiredError`` when the code expired.
+    fn complete_device_login<'py>(
+        &self,
+        py: Python<'py>,
+        device: PyRef<'py, DeviceLogin>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let manager = self.inner.clone();
+        let device = device.inner.clone();
+        let token = wait_interruptibly(py, async move {
+            manager
+                .complete_device_login(&device)
+                .await
+                .map(tokenlease::TokenRef::into_arc)
+        })?;
+        python_part!(py, "_info")?.call1((token_tuple(py, &token)?,))
+    }
+
+    /// Installs the result of a new login the app did itself (e.g. through a platform SDK):
+    /// a ``FetchedToken`` (or a mapping with its keys) with its refresh token. It replaces
+    /// whatever the manager held. Returns the installed ``TokenInfo``.
+    fn login<'py>(
+        &self,
+        py: Python<'py>,
+        result: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let login = login_result(result)?;
+        let token = py
+            .detach(|| {
+                self.inner
+                    .login_blocking(login)
+                    .map(tokenlease::TokenRef::into_arc)
+            })
+            .map_err(|err| to_pyerr(&err))?;
+        python_part!(py, "_info")?.call1((token_tuple(py, &token)?,))
+    }
+
+    /// Installs a login result kept from before, unless memory or the store already hold a
+    /// token obtained at or after ``issued_at`` (a datetime; with ``None`` any stored token
+    /// counts as newer): then that one is served and ``result`` is ignored, so a rotated
+    /// refresh token is never rolled back. Returns the ``TokenInfo`` served from now on.
+    #[pyo3(signature = (result, issued_at=None))]
+    fn seed<'py>(
+        &self,
+        py: Python<'py>,
+        result: &Bound<'py, PyAny>,
+        issued_at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let login = login_result(result)?;
+        let issued_at = crate::login::issued_at(issued_at)?;
+        let token = py
+            .detach(|| {
+                self.inner
+                    .seed_blocking(login, issued_at)
+                    .map(tokenlease::TokenRef::into_arc)
+            })
+            .map_err(|err| to_pyerr(&err))?;
+        python_part!(py, "_info")?.call1((token_tuple(py, &token)?,))
+    }
+
+    /// Like ``begin_login()``, without blocking the event loop. Cancellable.
+    fn begin_login_async<'py>(
+        slf: &Bound<'py, Self>,
+        redirect_uri: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_begin_login_async")?.call1((slf, redirect_uri))
+    }
+
+    /// Like ``complete_login()``, without blocking the event loop. Cancellable.
+    fn complete_login_async<'py>(
+        slf: &Bound<'py, Self>,
+        request: &Bound<'py, PyAny>,
+        redirect_url: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_complete_login_async")?.call1((slf, request, redirect_url))
+    }
+
+    /// Like ``start_device_login()``, without blocking the event loop. Cancellable.
+    fn start_device_login_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_start_device_login_async")?.call1((slf,))
+    }
+
+    /// Like ``complete_device_login()``, without blocking the event loop. Cancelling the
+    /// task stops the polling (as ``device.cancel()`` does, without cancelling ``device``).
+    fn complete_device_login_async<'py>(
+        slf: &Bound<'py, Self>,
+        device: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_complete_device_login_async")?.call1((slf, device))
+    }
+
+    /// Like ``login()``, without blocking the event loop.
+    fn login_async<'py>(
+        slf: &Bound<'py, Self>,
+        result: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_login_async")?.call1((slf, result))
+    }
+
+    /// Like ``seed()``, without blocking the event loop.
+    #[pyo3(signature = (result, issued_at=None))]
+    fn seed_async<'py>(
+        slf: &Bound<'py, Self>,
+        result: &Bound<'py, PyAny>,
+        issued_at: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_seed_async")?.call1((slf, result, issued_at))
+    }
+
+    /// Starts a login step on the background runtime; `callback(value, exc)` is called on
+    /// the dispatcher thread when done (internal, for the asyncio forms). `step` is one of
+    /// `begin_login`, `complete_login`, `start_device_login`, `complete_device_login`,
+    /// `login`, `seed`, with that method's arguments.
+    #[pyo3(name = "_login_start", signature = (callback, step, *args))]
+    fn login_start(
+        &self,
+        callback: Py<PyAny>,
+        step: &str,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<AsyncCall> {
+        let manager = self.inner.clone();
+        let arity = |wanted: usize| {
+            if args.len() == wanted {
+                Ok(())
+            } else {
+                Err(PyTypeError::new_err(format!(
+                    "{step} takes {wanted} argument(s), got {}",
+                    args.len()
+                )))
+            }
+        };
+        let token = |token: tokenlease::TokenRef| Outcome::Token(token.into_arc());
+        let future: std::pin::Pin<
+            Box<dyn std::future::Future<Output = tokenlease::Result<Outcome>> + Send>,
+        > = match step {
+            "begin_login" => {
+                arity(1)?;
+                let redirect_uri: String = args.get_item(0)?.extract()?;
+                Box::pin(async move {
+                    manager
+                        .begin_login(&redirect_uri)
+                        .await
+                        .map(|request| Outcome::LoginRequest(Box::new(request)))
+                })
+            }
+            "complete_login" => {
+                arity(2)?;
+                let request = args
+                    .get_item(0)?
+                    .cast::<LoginRequest>()?
+                    .get()
+                    .inner
+                    .clone();
+                let redirect_url: String = args.get_item(1)?.extract()?;
+                Box::pin(async move {
+                    manager
+                        .complete_login(&request, &redirect_url)
+                        .await
+                        .map(token)
+                })
+            }
+            "start_device_login" => {
+                arity(0)?;
+                Box::pin(async move {
+                    manager
+                        .start_device_login()
+                        .await
+                        .map(|device| Outcome::DeviceLogin(Box::new(device)))
+                })
+            }
+            "complete_device_login" => {
+                arity(1)?;
+                let device = args.get_item(0)?.cast::<DeviceLogin>()?.get().inner.clone();
+                Box::pin(async move { manager.complete_device_login(&device).await.map(token) })
+            }
+            "login" => {
+                arity(1)?;
+                let login = login_result(&args.get_item(0)?)?;
+                Box::pin(async move { manager.login(login).await.map(token) })
+            }
+            "seed" => {
+                arity(2)?;
+                let login = login_result(&args.get_item(0)?)?;
+                let issued_at = crate::login::issued_at(Some(&args.get_item(1)?))?;
+                Box::pin(async move { manager.seed(login, issued_at).await.map(token) })
+            }
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown login step {other:?}"
+                )));
+            }
+        };
+        let task = tokenlease::runtime::handle().spawn(async move {
+            let result = future.await;
+            dispatch(Job::Finish { callback, result });
+        });
+        Ok(AsyncCall {
+            abort: task.abort_handle(),
+        })
     }
 
     /// Logs out: revokes at the source, clears memory and store.

@@ -43,7 +43,9 @@ fn optional_field<'py>(
     Ok(field.filter(|field| !field.is_none()))
 }
 
-fn fetched_from_py(value: &Bound<'_, PyAny>) -> PyResult<FetchedToken> {
+/// A token result in the shape a Python source's `fetch()` returns (a `FetchedToken`, a
+/// mapping with the same keys, or a bare string); `what` names the producer in errors.
+pub(crate) fn fetched_from_py(value: &Bound<'_, PyAny>, what: &str) -> PyResult<FetchedToken> {
     if let Ok(text) = value.cast::<PyString>() {
         // A bare string: a bearer token whose lifetime the policy's default decides.
         return Ok(
@@ -52,7 +54,7 @@ fn fetched_from_py(value: &Bound<'_, PyAny>) -> PyResult<FetchedToken> {
         );
     }
     let token = optional_field(value, "value")?
-        .ok_or_else(|| PyTypeError::new_err("fetch() must return a token with a `value`"))?
+        .ok_or_else(|| PyTypeError::new_err(format!("{what} must be a token with a `value`")))?
         .extract::<String>()?;
     let lifetime = match optional_field(value, "expires_in")? {
         Some(expires_in) => {
@@ -110,7 +112,7 @@ impl PySource {
             };
             result
                 .and_then(|value| resolve_awaitable(py, value))
-                .and_then(|value| fetched_from_py(&value))
+                .and_then(|value| fetched_from_py(&value, "the result of fetch()"))
                 .map_err(|err| callback_error(py, err, "source", ErrorKind::Internal))
         })
         .unwrap_or_else(|| Err(interpreter_exiting()))

@@ -32,8 +32,11 @@ from ._errors import (
 )
 from ._manager import (
     LOGGER_NAME,
+    DeviceLogin,
     EventListener,
     FetchedToken,
+    LoginRequest,
+    LoginResult,
     Manager,
     Source,
     Status,
@@ -47,6 +50,9 @@ from ._native import __version__
 __all__ = [
     "__version__",
     "Manager",
+    "LoginRequest",
+    "DeviceLogin",
+    "LoginResult",
     "TokenInfo",
     "Status",
     "FetchedToken",

@@ -29,10 +29,13 @@ from typing import (
 
 from . import _errors  # noqa: F401  (registers the exception classes with the native module)
 from . import _native
-from ._native import Manager
+from ._native import DeviceLogin, LoginRequest, Manager
 
 __all__ = [
     "Manager",
+    "LoginRequest",
+    "DeviceLogin",
+    "LoginResult",
     "TokenInfo",
     "Status",
     "FetchedToken",
@@ -102,6 +105,10 @@ class Status:
 
 
 FetchResult = Union[FetchedToken, Mapping[str, Any], str]
+
+#: What ``Manager.login`` / ``Manager.seed`` take: a login result in the shape a source's
+#: ``fetch()`` returns (usually a ``FetchedToken`` with ``refresh_token`` and ``expires_in``).
+LoginResult = FetchResult
 
 
 @runtime_checkable
@@ -205,6 +212,12 @@ async def _token_info_async(manager: Manager) -> TokenInfo:
 
 
 async def _await_native(manager: Manager, info: bool) -> Any:
+    return await _await_call(lambda deliver: manager._token_start(deliver, info))
+
+
+async def _await_call(start: Callable[[Callable[[Any, Optional[BaseException]], None]], Any]) -> Any:
+    """Starts a native call with ``start(deliver)`` (which returns its ``AsyncCall``) and
+    waits for ``deliver(value, error)``; cancelling the task cancels the native call."""
     loop = asyncio.get_running_loop()
     future: "asyncio.Future[Any]" = loop.create_future()
 
@@ -223,13 +236,60 @@ async def _await_native(manager: Manager, info: bool) -> Any:
         except RuntimeError:
             pass  # the loop is closed; nobody is waiting any more
 
-    call = manager._token_start(deliver, info)
+    call = start(deliver)
     try:
         return await future
     except asyncio.CancelledError:
-        # Stop waiting; the shared refresh (if any) carries on for everyone else.
+        # Stop waiting; a shared refresh (if any) carries on for everyone else, a device
+        # login stops polling.
         call.cancel()
         raise
+
+
+async def _begin_login_async(manager: Manager, redirect_uri: str) -> LoginRequest:
+    result: LoginRequest = await _await_call(
+        lambda deliver: manager._login_start(deliver, "begin_login", redirect_uri)
+    )
+    return result
+
+
+async def _complete_login_async(
+    manager: Manager, request: LoginRequest, redirect_url: str
+) -> TokenInfo:
+    return _info(
+        await _await_call(
+            lambda deliver: manager._login_start(deliver, "complete_login", request, redirect_url)
+        )
+    )
+
+
+async def _start_device_login_async(manager: Manager) -> DeviceLogin:
+    result: DeviceLogin = await _await_call(
+        lambda deliver: manager._login_start(deliver, "start_device_login")
+    )
+    return result
+
+
+async def _complete_device_login_async(manager: Manager, device: DeviceLogin) -> TokenInfo:
+    return _info(
+        await _await_call(
+            lambda deliver: manager._login_start(deliver, "complete_device_login", device)
+        )
+    )
+
+
+async def _login_async(manager: Manager, result: LoginResult) -> TokenInfo:
+    return _info(await _await_call(lambda deliver: manager._login_start(deliver, "login", result)))
+
+
+async def _seed_async(
+    manager: Manager, result: LoginResult, issued_at: Optional[datetime]
+) -> TokenInfo:
+    return _info(
+        await _await_call(
+            lambda deliver: manager._login_start(deliver, "seed", result, issued_at)
+        )
+    )
 
 
 async def _aenter(manager: Manager) -> Manager:

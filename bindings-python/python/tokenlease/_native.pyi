@@ -1,19 +1,22 @@
 """Type stubs of the compiled module ``tokenlease._native``.
 
-``Manager`` is public (re-exported as ``tokenlease.Manager``); everything else here is
-internal: use ``tokenlease``.
+``Manager``, ``LoginRequest`` and ``DeviceLogin`` are public (re-exported by ``tokenlease``);
+everything else here is internal: use ``tokenlease``.
 """
 
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union, final
 
 from typing_extensions import disjoint_base
 
 from ._errors import TokenleaseError
-from ._manager import EventListener, Source, Status, Store, TokenInfo
+from ._manager import EventListener, LoginResult, Source, Status, Store, TokenInfo
 
 __all__ = [
     "Manager",
+    "LoginRequest",
+    "DeviceLogin",
     "AsyncCall",
     "_register_errors",
     "flush_events",
@@ -30,6 +33,55 @@ _TokenTuple = Tuple[str, str, float, int]
 @final
 class AsyncCall:
     def cancel(self) -> None: ...
+
+@final
+class LoginRequest:
+    """An interactive login in progress (authorization code with PKCE), from
+    ``Manager.begin_login``: open ``url`` in the user's browser, then hand the URL the browser
+    is sent back to (at ``redirect_uri``) to ``Manager.complete_login``.
+
+    It holds the secret ``state`` and PKCE verifier; ``repr()`` shows neither (nor the URL,
+    which carries the state).
+    """
+
+    @property
+    def url(self) -> str:
+        """The URL to open in the user's browser (it carries the ``state``: do not log it)."""
+    @property
+    def redirect_uri(self) -> str:
+        """The redirect URI the request names (where the browser comes back)."""
+
+@final
+class DeviceLogin:
+    """A device login in progress (RFC 8628), from ``Manager.start_device_login``: show the
+    user ``verification_uri`` and ``user_code`` (or ``verification_uri_complete`` as a QR
+    code), then wait with ``Manager.complete_device_login``. ``cancel()`` (from any thread)
+    ends that wait with ``TokenCancelledError``.
+
+    It holds the secret device code; ``repr()`` never shows it.
+    """
+
+    @property
+    def user_code(self) -> str:
+        """The code the user enters at ``verification_uri``."""
+    @property
+    def verification_uri(self) -> str:
+        """Where the user goes to approve (on a phone or computer)."""
+    @property
+    def verification_uri_complete(self) -> Optional[str]:
+        """The verification URI with the user code in it (for a QR code), or ``None``."""
+    @property
+    def expires_in(self) -> float:
+        """Seconds the user has to approve, from ``start_device_login``."""
+    @property
+    def interval(self) -> float:
+        """The polling interval the server asked for, in seconds."""
+    @property
+    def cancelled(self) -> bool:
+        """Whether ``cancel()`` was called."""
+    def cancel(self) -> None:
+        """Stops the login: a ``complete_device_login`` waiting on it (or started later)
+        raises ``TokenCancelledError``. Safe from any thread; never blocks."""
 
 @disjoint_base
 class Manager:
@@ -75,6 +127,48 @@ class Manager:
     def invalidate(self, token: Union[str, int, TokenInfo]) -> bool:
         """Discards the cached token if it is still ``token`` (a value, a generation or a
         ``TokenInfo``). A late rejection of an older token never discards a newer one."""
+    def begin_login(self, redirect_uri: str) -> LoginRequest:
+        """Starts an interactive login (authorization code with PKCE): a ``LoginRequest``
+        whose ``url`` the app opens in the user's browser. ``redirect_uri`` must be
+        registered for the client (``http://127.0.0.1:PORT/callback`` for desktop apps and
+        CLIs). ``ConfigurationError`` when the source has no interactive login."""
+    def complete_login(self, request: LoginRequest, redirect_url: str) -> TokenInfo:
+        """Finishes an interactive login with the URL the browser was sent back to: checks its
+        ``state``, redeems the code, stores the tokens and serves them from now on. Returns
+        the new ``TokenInfo``. ``TokenCancelledError`` when the user said no,
+        ``ProtocolError`` for a forged or foreign redirect."""
+    def start_device_login(self) -> DeviceLogin:
+        """Starts a device login (RFC 8628): a ``DeviceLogin`` with what to show the user;
+        then wait with ``complete_device_login``."""
+    def complete_device_login(self, device: DeviceLogin) -> TokenInfo:
+        """Waits (GIL released; Ctrl-C interrupts it) until the user approved the device login,
+        then stores the tokens and serves them from now on. Returns the new ``TokenInfo``.
+        ``TokenCancelledError`` when the user denied it or ``device.cancel()`` was called;
+        ``LoginRequiredError`` when the code expired."""
+    def login(self, result: LoginResult) -> TokenInfo:
+        """Installs the result of a new login the app did itself (e.g. through a platform SDK):
+        a ``FetchedToken`` (or a mapping with its keys) with its refresh token. It replaces
+        whatever the manager held. Returns the installed ``TokenInfo``."""
+    def seed(self, result: LoginResult, issued_at: Optional[datetime] = None) -> TokenInfo:
+        """Installs a login result kept from before, unless memory or the store already hold a
+        token obtained at or after ``issued_at`` (a datetime; with ``None`` any stored token
+        counts as newer): then that one is served and ``result`` is ignored, so a rotated
+        refresh token is never rolled back. Returns the ``TokenInfo`` served from now on."""
+    async def begin_login_async(self, redirect_uri: str) -> LoginRequest:
+        """Like ``begin_login()``, without blocking the event loop. Cancellable."""
+    async def complete_login_async(self, request: LoginRequest, redirect_url: str) -> TokenInfo:
+        """Like ``complete_login()``, without blocking the event loop. Cancellable."""
+    async def start_device_login_async(self) -> DeviceLogin:
+        """Like ``start_device_login()``, without blocking the event loop. Cancellable."""
+    async def complete_device_login_async(self, device: DeviceLogin) -> TokenInfo:
+        """Like ``complete_device_login()``, without blocking the event loop. Cancelling the
+        task stops the polling (as ``device.cancel()`` does, without cancelling ``device``)."""
+    async def login_async(self, result: LoginResult) -> TokenInfo:
+        """Like ``login()``, without blocking the event loop."""
+    async def seed_async(
+        self, result: LoginResult, issued_at: Optional[datetime] = None
+    ) -> TokenInfo:
+        """Like ``seed()``, without blocking the event loop."""
     def revoke(self) -> None:
         """Logs out: revokes at the source, clears memory and store."""
     def status(self) -> Status:
@@ -99,11 +193,14 @@ class Manager:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None: ...
-    # Internal, for tokenlease._manager (token_async).
+    # Internal, for tokenlease._manager (token_async and the asyncio login calls).
     def _cached_token(self) -> Optional[str]: ...
     def _cached_token_info(self) -> Optional[_TokenTuple]: ...
     def _token_start(
         self, callback: Callable[[Any, Optional[BaseException]], None], info: bool = False
+    ) -> AsyncCall: ...
+    def _login_start(
+        self, callback: Callable[[Any, Optional[BaseException]], None], step: str, *args: Any
     ) -> AsyncCall: ...
 
 def _register_errors(

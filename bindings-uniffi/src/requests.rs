@@ -51,6 +51,13 @@ impl NativeTokenManager {
         self.manager().needs_response_body(status)
     }
 
+    /// Asks the server about the current session (vSphere's `GET /api/session`: whose it
+    /// is, whether it is alive): the response body. `Configuration` without a `session.info`
+    /// request in the configuration.
+    pub async fn session_info(&self) -> BindingResult<String> {
+        Ok(self.manager().session_info().await?)
+    }
+
     /// Judges the response to a request made with the token of `generation`: `true` when
     /// it rejects the token per the configuration's rules (the manager has discarded it:
     /// get a token again and retry once); `false` otherwise (a sliding session's use is

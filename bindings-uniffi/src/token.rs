@@ -33,6 +33,9 @@ pub struct TokenInfo {
     /// The OpenID Connect ID token of a user login (opaque: verify it before trusting
     /// what it says), or null/nil.
     pub id_token: Option<SecretString>,
+    /// Other values the login response carried (a session profile's `values`, e.g.
+    /// Zuora's `server_url`). Not secrets.
+    pub attributes: std::collections::HashMap<String, String>,
 }
 
 impl From<&Token> for TokenInfo {
@@ -43,6 +46,11 @@ impl From<&Token> for TokenInfo {
             expires_at_unix_ms: unix_ms(token.expires_at_wall()),
             generation: token.generation(),
             id_token: token.id_token().cloned(),
+            attributes: token
+                .attributes()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
         }
     }
 }

@@ -154,6 +154,10 @@ public final class TokenManager: @unchecked Sendable {
             && native.judgeResponse(generation: generation, status: UInt16(status), headers: headers, bodyPrefix: bodyPrefix)
     }
 
+    /// Asks the server about the current session (vSphere's `GET /api/session`: whose it is,
+    /// whether it is alive): the response body.
+    public func sessionInfo() async throws -> String { try await native.sessionInfo() }
+
     /// A snapshot of state, deadlines, last error and counters.
     public func status() -> ManagerStatus { native.status() }
 

@@ -54,4 +54,30 @@ final class SessionHttpTests: XCTestCase {
         try await manager.revoke()
         XCTAssertEqual(TestServer.stat("session_logouts"), 1)
     }
+
+    /// examples/profiles/vsphere.json (copied into the chroot by scripts/test-swift),
+    /// pointed at the test server, credentials inline.
+    private func vsphereProfile() throws -> String {
+        let dir = try XCTUnwrap(ProcessInfo.processInfo.environment["TOKENLEASE_PROFILES"])
+        let profile = try String(contentsOfFile: dir + "/vsphere.json", encoding: .utf8)
+        return profile.replacingOccurrences(of: "https://vcenter.example", with: TestServer.url)
+            .replacingOccurrences(of: #"{"env": "VSPHERE_USER"}"#, with: #""alice""#)
+            .replacingOccurrences(of: #"{"env": "VSPHERE_PASSWORD"}"#, with: #""wonderland""#)
+    }
+
+    func testTheVSphereProfileLogsInWithBasicAuthSaysWhoseSessionItIsRetriesOnceAndLogsOut() async throws {
+        let manager = try TokenManager.fromConfig(config: try vsphereProfile())
+        let vms = URLRequest(url: URL(string: "\(TestServer.url)/api/vcenter/vm")!)
+        let (body, first) = try await manager.data(for: vms)
+        XCTAssertEqual(first.statusCode, 200)
+        XCTAssertTrue(String(decoding: body, as: UTF8.self).contains("vm-42"))
+        let info = try await manager.sessionInfo()
+        XCTAssertTrue(info.contains("alice"), info)
+        TestServer.control(#"{"revoke_all": true}"#)
+        let (_, retried) = try await manager.data(for: vms)
+        XCTAssertEqual(retried.statusCode, 200)
+        XCTAssertEqual(TestServer.stat("session_logins"), 2)
+        try await manager.revoke()
+        XCTAssertEqual(TestServer.stat("session_logouts"), 1)
+    }
 }

@@ -35,7 +35,7 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
             val buffer = okio.Buffer()
             body.writeTo(buffer)
             manager.authorizeBody(token, buffer.readUtf8())?.let {
-                builder.method(request.method, okhttp3.RequestBody.create(it.expose().toByteArray(), body.contentType()))
+                builder.method(request.method, okhttp3.RequestBody.create(body.contentType(), it.expose().toByteArray()))
             }
         }
         return builder.build()

@@ -164,6 +164,13 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
     fun judgeResponse(generation: ULong, status: Int, headers: List<ResponseHeader>, bodyPrefix: ByteArray): Boolean =
         status in 0..0xFFFF && native.judgeResponse(generation, status.toUShort(), headers, bodyPrefix)
 
+    /**
+     * Asks the server about the current session (vSphere's `GET /api/session`: whose it is,
+     * whether it is alive): the response body.
+     */
+    @Throws(TokenleaseException::class)
+    suspend fun sessionInfo(): String = native.sessionInfo()
+
     /** A snapshot of state, deadlines, last error and counters. */
     fun status(): ManagerStatus = native.status()
 

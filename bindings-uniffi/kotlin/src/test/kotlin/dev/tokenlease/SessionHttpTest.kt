@@ -61,4 +61,31 @@ class SessionHttpTest {
             assertEquals(1L, TestServer.stat("session_logouts"))
         }
     }
+
+    /** examples/profiles/vsphere.json, pointed at the test server, credentials inline. */
+    private fun vsphereProfile(): String {
+        val workspace = System.getProperty("tokenlease.workspace") ?: error("tokenlease.workspace is not set")
+        val profile = java.io.File(workspace, "examples/profiles/vsphere.json").readText()
+        return profile.replace("https://vcenter.example", TestServer.url)
+            .replace("{\"env\": \"VSPHERE_USER\"}", "\"alice\"")
+            .replace("{\"env\": \"VSPHERE_PASSWORD\"}", "\"wonderland\"")
+    }
+
+    @Test
+    fun `the vSphere profile logs in with basic auth, says whose session it is, retries once and logs out`() = kotlinx.coroutines.runBlocking<Unit> {
+        TokenManager.fromConfig(vsphereProfile()).use { manager ->
+            val okhttp = okhttp3.OkHttpClient.Builder().addInterceptor(TokenleaseInterceptor(manager)).build()
+            val vms = "${TestServer.url}/api/vcenter/vm"
+            okhttp.newCall(okhttp3.Request.Builder().url(vms).build()).execute().use {
+                assertEquals(200, it.code)
+                assertEquals(true, it.body.string().contains("vm-42"))
+            }
+            assertEquals(true, manager.sessionInfo().contains("alice"))
+            TestServer.control("""{"revoke_all": true}""")
+            okhttp.newCall(okhttp3.Request.Builder().url(vms).build()).execute().use { assertEquals(200, it.code) }
+            assertEquals(2L, TestServer.stat("session_logins"))
+            manager.revoke()
+            assertEquals(1L, TestServer.stat("session_logouts"))
+        }
+    }
 }

@@ -711,3 +711,39 @@ fn after_an_outage_no_caller_fails_while_the_server_is_healthy() {
             .len()
     );
 }
+
+/// A closed manager starts no interactive login and redeems no code: the code would be
+/// spent and its tokens could not be installed.
+#[test]
+fn a_closed_manager_starts_no_login_and_redeems_no_code() {
+    let source = tokenlease::oauth2::OAuth2Source::new("http://127.0.0.1:9/token", "app", "")
+        .unwrap()
+        .without_client_secret()
+        .authorization_url("http://127.0.0.1:9/authorize")
+        .unwrap();
+    let manager = Manager::builder(source).build();
+    let request = manager
+        .begin_login_blocking("http://127.0.0.1:8123/callback")
+        .expect("fixed endpoints: no request needed");
+    manager.close();
+    let err = manager
+        .begin_login_blocking("http://127.0.0.1:8123/callback")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    let state = url::Url::parse(request.url())
+        .unwrap()
+        .query_pairs()
+        .find(|(name, _)| name == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let err = manager
+        .complete_login_blocking(
+            &request,
+            &format!("http://127.0.0.1:8123/callback?code=c&state={state}"),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    let err = manager.start_device_login_blocking().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}

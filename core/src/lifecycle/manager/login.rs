@@ -107,6 +107,14 @@ impl Manager {
 
 impl Shared {
     fn interactive_login(&self) -> Result<&dyn InteractiveLogin> {
+        // A closed manager starts no login and redeems no code (a code redeemed now could
+        // not be installed, and would be spent).
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("the token manager for {:?} is closed", self.key),
+            ));
+        }
         self.source.interactive_login().ok_or_else(|| {
             Error::new(
                 ErrorKind::Configuration,

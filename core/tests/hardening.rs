@@ -747,3 +747,75 @@ fn a_closed_manager_starts_no_login_and_redeems_no_code() {
     let err = manager.start_device_login_blocking().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
 }
+
+/// A user login whose refresh is stuck at the server; the user logs in again meanwhile.
+#[derive(Debug, Default)]
+struct StuckRefresh {
+    release: tokio::sync::Notify,
+    refreshes: AtomicUsize,
+}
+
+#[async_trait]
+impl tokenlease::Source for StuckRefresh {
+    async fn fetch(&self) -> tokenlease::Result<FetchedToken> {
+        Err(tokenlease::Error::new(ErrorKind::LoginRequired, "log in"))
+    }
+
+    async fn refresh(
+        &self,
+        _refresh_token: &tokenlease::SecretString,
+    ) -> tokenlease::Result<FetchedToken> {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        self.release.notified().await;
+        Ok(
+            FetchedToken::bearer("from-the-stuck-refresh", Duration::from_secs(600))
+                .with_refresh_token("r-late"),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_login_wakes_every_caller_waiting_for_the_old_sessions_refresh() {
+    let source = Arc::new(StuckRefresh::default());
+    let manager = Manager::builder_from_arc(source.clone()).build();
+    let first = manager
+        .login(FetchedToken::bearer("first", Duration::from_secs(600)).with_refresh_token("r1"))
+        .await
+        .unwrap()
+        .into_arc();
+    assert!(manager.invalidate(&first));
+    let waiters: Vec<_> = (0..16)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                manager
+                    .token()
+                    .await
+                    .map(|token| token.value().expose().to_owned())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while source.refreshes.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the refresh never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    manager
+        .login(FetchedToken::bearer("second", Duration::from_secs(600)).with_refresh_token("r2"))
+        .await
+        .unwrap();
+    // Woken by the login, not by the end of the stuck refresh (the source timeout, 30 s).
+    for waiter in waiters {
+        let served = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("every waiter is woken by the login")
+            .unwrap()
+            .unwrap();
+        assert_eq!(served, "second", "every waiter gets the new login");
+    }
+    // The old session's refresh finally answers: overtaken, never served.
+    source.release.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(manager.token().await.unwrap().value().expose(), "second");
+    assert_eq!(source.refreshes.load(Ordering::SeqCst), 1);
+}

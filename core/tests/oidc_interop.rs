@@ -1974,3 +1974,253 @@ async fn a_seed_never_rolls_back_a_newer_stored_login(mount: Mount) {
     assert!(replaced.value().expose() == newer_value.expose());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod key_credentials {
+    use super::*;
+
+    /// Writes a secret file as its owner only may read it (the key file check wants that).
+    fn write_secret(path: &std::path::Path, content: impl AsRef<[u8]>) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        file.write_all(content.as_ref()).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tokenlease-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn pkjwt_config(
+        server: &OidcServer,
+        client_id: &str,
+        alg: &str,
+        key: &std::path::Path,
+    ) -> String {
+        serde_json::json!({
+            "source": {
+                "type": "oauth2",
+                "issuer": server.issuer(),
+                "client_id": client_id,
+                "scopes": ["api:read"],
+                "client_auth": {"private_key_jwt": {
+                    "key": {"file": key}, "alg": alg,
+                    "kid": if alg == "RS256" { "pkjwt-rs" } else { "pkjwt-es" }
+                }},
+            }
+        })
+        .to_string()
+    }
+
+    /// private_key_jwt (RS256 and ES256) and client_secret_jwt against oidc-provider, with a
+    /// fresh jti per request (the server refuses a replayed assertion).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn signed_client_assertions_authenticate_at_oidc_provider() {
+        let keys = temp_dir("client-keys");
+        let keys_arg = keys.to_str().unwrap().to_owned();
+        let Some(server) =
+            OidcServer::start_with(Mount::Path, &["--client-keys-out", keys_arg.as_str()])
+        else {
+            return;
+        };
+        for (client_id, alg) in [
+            ("tokenlease-pkjwt", "RS256"),
+            ("tokenlease-pkjwt-es", "ES256"),
+        ] {
+            let key = keys.join(format!("{client_id}.pem"));
+            let manager =
+                Manager::from_config(&pkjwt_config(&server, client_id, alg, &key)).unwrap();
+            let first = manager.token().await.unwrap().into_arc();
+            assert!(server.is_active(first.value()).await, "{client_id}");
+            // A second request signs a new assertion (a reused jti would be refused).
+            assert!(manager.invalidate(&first));
+            let second = manager.token().await.unwrap();
+            assert!(second.value().expose() != first.value().expose());
+        }
+        assert_eq!(server.grants("client_credentials").await, 4);
+
+        // client_secret_jwt: HS256 with the client secret.
+        let manager = Manager::from_config(
+            &serde_json::json!({"source": {"type": "oauth2", "issuer": server.issuer(),
+                "client_id": "tokenlease-secretjwt",
+                "client_secret": "tokenlease-client-secret-jwt-0123456789-abcdefghij",
+                "client_auth": "client_secret_jwt", "scopes": ["api:read"]}})
+            .to_string(),
+        )
+        .unwrap();
+        manager.token().await.unwrap();
+
+        // The wrong key (the ES client's key for the RS client): client authentication fails.
+        let wrong = Manager::from_config(&pkjwt_config(
+            &server,
+            "tokenlease-pkjwt",
+            "ES256",
+            &keys.join("tokenlease-pkjwt-es.pem"),
+        ))
+        .unwrap();
+        let err = wrong.token().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");
+
+        // The server refuses an assertion used twice: a library reusing jti would fail.
+        let key = tokenlease::source::assertion::SigningKey::from_pem(
+            tokenlease::source::assertion::SigningAlgorithm::Rs256,
+            &SecretString::from(
+                std::fs::read_to_string(keys.join("tokenlease-pkjwt.pem")).unwrap(),
+            ),
+            "test",
+        )
+        .unwrap()
+        .with_kid("pkjwt-rs");
+        let token_url = server.url("/token");
+        let assertion =
+            tokenlease::source::assertion::client_assertion(&key, "tokenlease-pkjwt", &token_url)
+                .unwrap();
+        let post = || {
+            reqwest::Client::new()
+                .post(&token_url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "tokenlease-pkjwt"),
+                    (
+                        "client_assertion_type",
+                        tokenlease::source::assertion::CLIENT_ASSERTION_TYPE,
+                    ),
+                    ("client_assertion", assertion.expose()),
+                ])
+                .send()
+        };
+        assert!(post().await.unwrap().status().is_success());
+        assert_eq!(
+            post().await.unwrap().status(),
+            401,
+            "a replayed jti is refused"
+        );
+        let _ = std::fs::remove_dir_all(keys);
+    }
+
+    /// A Google-style service account key file, made at test time with openssl, against the
+    /// test token server's JWT-bearer grant (which verifies the RS256 signature).
+    #[test]
+    fn a_service_account_key_file_gets_tokens_with_the_jwt_bearer_grant() {
+        let dir = temp_dir("service-account");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let private = dir.join("key.pem");
+        let public = dir.join("key.pub.pem");
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            private.to_str().unwrap(),
+        ]);
+        openssl(&[
+            "pkey",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ]);
+        let email = "sync@project.iam.gserviceaccount.com";
+        let server = tokenlease_test_server::TestServer::start_background(
+            tokenlease_test_server::ServerConfig {
+                jwt_bearer_keys: vec![(
+                    email.to_owned(),
+                    std::fs::read_to_string(&public).unwrap(),
+                )],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let key_file = dir.join("service-account.json");
+        write_secret(
+            &key_file,
+            serde_json::json!({
+                "type": "service_account",
+                "project_id": "project",
+                "private_key_id": "key-1",
+                "private_key": std::fs::read_to_string(&private).unwrap(),
+                "client_email": email,
+                "client_id": "1234567890",
+                "token_uri": server.token_url(),
+            })
+            .to_string(),
+        );
+        let manager = Manager::from_config(
+            &serde_json::json!({"source": {"type": "service_account",
+                "key_file": {"file": key_file}, "scopes": ["batch"]}})
+            .to_string(),
+        )
+        .unwrap();
+        let token = manager.token_blocking().unwrap().into_arc();
+        assert_eq!(server.stats().jwt_bearer_grants, 1);
+        assert!(manager.invalidate(&token));
+        manager.token_blocking().unwrap();
+        assert_eq!(
+            server.stats().jwt_bearer_grants,
+            2,
+            "a fresh assertion per request"
+        );
+        assert!(!format!("{manager:?}").contains("PRIVATE KEY"));
+
+        // Another key for the same account: refused by the server's signature check.
+        let other = dir.join("other.pem");
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            other.to_str().unwrap(),
+        ]);
+        let mut file: Value =
+            serde_json::from_str(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+        file["private_key"] = std::fs::read_to_string(&other).unwrap().into();
+        write_secret(&key_file, file.to_string());
+        let forged = Manager::from_config(
+            &serde_json::json!({"source": {"type": "service_account",
+                "key_file": {"file": key_file}, "scopes": ["batch"]}})
+            .to_string(),
+        )
+        .unwrap();
+        let err = forged.token_blocking().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidGrant, "{err}");
+
+        // A file that is not a service account key: a configuration error naming the field.
+        write_secret(&key_file, r#"{"type": "authorized_user"}"#);
+        let err = Manager::from_config(
+            &serde_json::json!({"source": {"type": "service_account", "key_file": {"file": key_file}}})
+                .to_string(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration);
+        assert!(err.to_string().contains("source.key_file"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

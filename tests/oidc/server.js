@@ -67,8 +67,14 @@
 //   at the verification page, confirms or aborts, logs alice in, answers {"done": true};
 //   POST /__browser/revoke-grants ends every grant alice gave (as a user removing the app's
 //   access in account settings): all their access and refresh tokens die at once.
+// - clients that authenticate with signed assertions (RFC 7523 §2.2), all oidc-provider's own
+//   code: `tokenlease-pkjwt` (private_key_jwt, RS256, kid `pkjwt-rs`), `tokenlease-pkjwt-es`
+//   (private_key_jwt, ES256, kid `pkjwt-es`) and `tokenlease-secretjwt` (client_secret_jwt,
+//   secret CLIENT_JWT_SECRET), client credentials with scope `api:read`. Their private keys are
+//   made at start-up; with --client-keys-out DIR they are written to DIR/<client_id>.pem.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
@@ -95,6 +101,11 @@ const LIFETIME_SECONDS = option('--lifetime', 300);
 const TOKEN_DELAY_MS = option('--token-delay-ms', 0);
 const EXIT_WITH_STDIN = process.argv.includes('--exit-with-stdin');
 const NO_OPENID_CONFIGURATION = process.argv.includes('--no-openid-configuration');
+const CLIENT_KEYS_OUT = (() => {
+  const at = process.argv.indexOf('--client-keys-out');
+  return at === -1 ? undefined : process.argv[at + 1];
+})();
+const CLIENT_JWT_SECRET = 'tokenlease-client-secret-jwt-0123456789-abcdefghij';
 
 function mountOption() {
   const at = process.argv.indexOf('--mount');
@@ -149,6 +160,38 @@ function staticClient(clientId, method) {
   };
 }
 
+// Clients authenticating with assertions: their keys are made now (test-time keys).
+function assertionClient(clientId, type, options, kid) {
+  const { privateKey, publicKey } = generateKeyPairSync(type, options);
+  if (CLIENT_KEYS_OUT) {
+    writeFileSync(`${CLIENT_KEYS_OUT}/${clientId}.pem`, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  }
+  const alg = type === 'rsa' ? 'RS256' : 'ES256';
+  return {
+    client_id: clientId,
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: alg,
+    jwks: { keys: [{ ...publicKey.export({ format: 'jwk' }), kid, use: 'sig', alg }] },
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'api:read',
+  };
+}
+const PKJWT_CLIENTS = [
+  assertionClient('tokenlease-pkjwt', 'rsa', { modulusLength: 2048 }, 'pkjwt-rs'),
+  assertionClient('tokenlease-pkjwt-es', 'ec', { namedCurve: 'P-256' }, 'pkjwt-es'),
+];
+const SECRET_JWT_CLIENT = {
+  client_id: 'tokenlease-secretjwt',
+  client_secret: CLIENT_JWT_SECRET,
+  token_endpoint_auth_method: 'client_secret_jwt',
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api:read',
+};
+
 // A public native app (RFC 8252): no secret, PKCE, a loopback redirect on any port.
 const APP_CLIENT = {
   client_id: 'tokenlease-app',
@@ -180,6 +223,8 @@ function configuration() {
       staticClient('tokenlease-post', 'client_secret_post'),
       APP_CLIENT,
       BRIEF_DEVICE_CLIENT,
+      ...PKJWT_CLIENTS,
+      SECRET_JWT_CLIENT,
     ],
     // The login and consent pages of this server (handled below, not oidc-provider's
     // development pages): a test drives them with HTTP requests, as a browser would.

@@ -64,6 +64,18 @@ pub enum SourceConfig {
     /// is accepted as an older name of the same shape.
     #[serde(alias = "oauth2_client_credentials")]
     Oauth2(Box<OAuth2Config>),
+    /// A Google service account from its key file as downloaded (`"type":
+    /// "service_account"`): the JWT-bearer grant at its `token_uri`, signed with its key.
+    ServiceAccount {
+        /// The key file's JSON (usually `{"file": "/path/key.json"}`).
+        key_file: SecretValue,
+        /// OAuth scopes, e.g. `https://www.googleapis.com/auth/cloud-platform`.
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// A user to act for (domain-wide delegation): the assertion's `sub`.
+        #[serde(default)]
+        subject: Option<String>,
+    },
     /// A declarative HTTP session login (see [`crate::source::session`]).
     SessionLogin {
         /// Credentials the request templates refer to as `{{name}}`.
@@ -152,6 +164,21 @@ pub enum GrantConfig {
         /// Password.
         password: SecretValue,
     },
+    /// RFC 7523 JWT-bearer grant: an assertion signed with `key`.
+    JwtBearer {
+        /// The signing key.
+        #[serde(flatten)]
+        key: Box<KeyConfig>,
+        /// `iss` (default: the client id).
+        #[serde(default)]
+        issuer: Option<String>,
+        /// `sub` (default: none).
+        #[serde(default)]
+        subject: Option<String>,
+        /// Put `scopes` into the assertion's `scope` claim instead of the form (Google).
+        #[serde(default)]
+        scope_in_assertion: bool,
+    },
     /// RFC 8693 token exchange (e.g. a SAML assertion for a session token).
     TokenExchange {
         /// The subject token.
@@ -177,8 +204,9 @@ pub enum DiscoveryConfig {
     Oauth,
 }
 
-/// Client authentication method.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+/// Client authentication method: `"basic"`, `"post"`, `"client_secret_jwt"`, or
+/// `{"private_key_jwt": {...}}`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthConfig {
     /// `client_secret_basic`.
@@ -186,6 +214,62 @@ pub enum ClientAuthConfig {
     Basic,
     /// `client_secret_post`.
     Post,
+    /// `client_secret_jwt`: an HS256 assertion keyed with the client secret.
+    ClientSecretJwt,
+    /// `private_key_jwt`: an assertion signed with the client's private key.
+    PrivateKeyJwt(Box<KeyConfig>),
+}
+
+/// A private key that signs assertions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The private key, PEM (inline, `{"env": ..}` or `{"file": ..}`).
+    pub key: SecretValue,
+    /// `RS256` (default), `PS256`, `ES256` or `EdDSA`.
+    #[serde(default = "default_algorithm")]
+    pub alg: String,
+    /// The key id the server knows it by (`kid`).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The key's certificate, PEM, for `x5t#S256` (Entra ID certificate credentials).
+    #[serde(default)]
+    pub certificate: Option<SecretValue>,
+    /// The assertion's `aud`: `token_endpoint` (default), `issuer`, or a literal value.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+fn default_algorithm() -> String {
+    "RS256".to_owned()
+}
+
+impl KeyConfig {
+    fn signing_key(&self, field: &str) -> Result<crate::source::assertion::SigningKey> {
+        use crate::source::assertion::{SigningAlgorithm, SigningKey};
+        let algorithm = SigningAlgorithm::from_name(&self.alg)
+            .filter(|algorithm| *algorithm != SigningAlgorithm::Hs256)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Configuration,
+                    format!(
+                        "{field}.alg: {:?} is not RS256, PS256, ES256 or EdDSA",
+                        self.alg
+                    ),
+                )
+            })?;
+        let pem = self.key.resolve(&format!("{field}.key"))?;
+        let mut key = SigningKey::from_pem(algorithm, &pem, &format!("{field}.key"))?;
+        if let Some(kid) = &self.kid {
+            key = key.with_kid(kid.clone());
+        }
+        if let Some(certificate) = &self.certificate {
+            let certificate = certificate.resolve(&format!("{field}.certificate"))?;
+            key =
+                key.with_certificate_pem(certificate.expose(), &format!("{field}.certificate"))?;
+        }
+        Ok(key)
+    }
 }
 
 /// A secret given inline, from an environment variable, or from a file.
@@ -628,9 +712,26 @@ impl SourceConfig {
     /// The source, how its tokens are attached to requests, and a default store key
     /// (auth type, client and scopes).
     pub fn build(&self) -> Result<BuiltSource> {
-        let to_auth = |auth: &ClientAuthConfig| match auth {
-            ClientAuthConfig::Basic => ClientAuth::Basic,
-            ClientAuthConfig::Post => ClientAuth::Post,
+        let apply_auth = |source: OAuth2Source, auth: &ClientAuthConfig| -> Result<OAuth2Source> {
+            Ok(match auth {
+                ClientAuthConfig::Basic => source.client_auth(ClientAuth::Basic),
+                ClientAuthConfig::Post => source.client_auth(ClientAuth::Post),
+                ClientAuthConfig::ClientSecretJwt => {
+                    source.client_auth(ClientAuth::ClientSecretJwt)
+                }
+                ClientAuthConfig::PrivateKeyJwt(key) => {
+                    let field = "source.client_auth.private_key_jwt";
+                    let source = source.private_key_jwt(key.signing_key(field)?);
+                    match key.audience.as_deref() {
+                        None | Some("token_endpoint") => source,
+                        Some("issuer") => source
+                            .assertion_audience(crate::source::oauth2::AssertionAudience::Issuer),
+                        Some(other) => source.assertion_audience(
+                            crate::source::oauth2::AssertionAudience::Custom(other.to_owned()),
+                        ),
+                    }
+                }
+            })
         };
         match self {
             SourceConfig::Oauth2(oauth2) => {
@@ -702,6 +803,24 @@ impl SourceConfig {
                         },
                         format!("password:{username}"),
                     ),
+                    GrantConfig::JwtBearer {
+                        key,
+                        issuer,
+                        subject,
+                        scope_in_assertion,
+                    } => (
+                        Grant::JwtBearer {
+                            assertion: crate::source::assertion::BearerAssertion {
+                                issuer: issuer.clone().unwrap_or_else(|| client_id.clone()),
+                                subject: subject.clone(),
+                                audience: key.audience.clone(),
+                                scope: scope_in_assertion.then(|| scopes.join(" ")),
+                                lifetime: std::time::Duration::from_secs(3600),
+                            },
+                            key: Arc::new(key.signing_key("source.grant")?),
+                        },
+                        "jwt_bearer".to_owned(),
+                    ),
                     GrantConfig::TokenExchange {
                         subject_token,
                         subject_token_type,
@@ -715,10 +834,10 @@ impl SourceConfig {
                         "exchange".to_owned(),
                     ),
                 };
-                source = source
-                    .grant(grant)
-                    .scopes(scopes.iter().cloned())
-                    .client_auth(to_auth(client_auth));
+                source = apply_auth(
+                    source.grant(grant).scopes(scopes.iter().cloned()),
+                    client_auth,
+                )?;
                 if let Some(url) = revocation_url {
                     source = source.revocation_url(url)?;
                 }
@@ -758,6 +877,37 @@ impl SourceConfig {
                     source: Arc::new(source),
                     authorizer,
                     default_key: key,
+                })
+            }
+            SourceConfig::ServiceAccount {
+                key_file,
+                scopes,
+                subject,
+            } => {
+                use crate::source::assertion::{BearerAssertion, ServiceAccountFile};
+                let field = "source.key_file";
+                let file = ServiceAccountFile::parse(&key_file.resolve(field)?, field)?;
+                let key = file.signing_key(field)?;
+                let source = OAuth2Source::new(&file.token_uri, file.client_email.clone(), "")?
+                    .without_client_secret()
+                    .grant(Grant::JwtBearer {
+                        assertion: BearerAssertion {
+                            issuer: file.client_email.clone(),
+                            subject: subject.clone(),
+                            audience: None,
+                            scope: Some(scopes.join(" ")),
+                            lifetime: std::time::Duration::from_secs(3600),
+                        },
+                        key: Arc::new(key),
+                    });
+                Ok(BuiltSource {
+                    source: Arc::new(source),
+                    authorizer: Arc::new(BearerAuthorizer),
+                    default_key: format!(
+                        "service_account:{}:{}",
+                        file.client_email,
+                        scopes.join(" ")
+                    ),
                 })
             }
             SourceConfig::SessionLogin {

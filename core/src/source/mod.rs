@@ -1,6 +1,8 @@
 //! Where tokens come from.
 
 #[cfg(feature = "http")]
+pub mod assertion;
+#[cfg(feature = "http")]
 pub mod authorization;
 #[cfg(feature = "http")]
 pub mod device;

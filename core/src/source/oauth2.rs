@@ -38,6 +38,9 @@ use crate::http::{
 };
 use crate::lifecycle::token::{FetchedToken, Token};
 use crate::secret::SecretString;
+use crate::source::assertion::{
+    client_assertion, SigningKey, CLIENT_ASSERTION_TYPE, JWT_BEARER_GRANT,
+};
 use crate::source::authorization::{AuthorizationCode, AuthorizationRequest, InteractiveLogin};
 use crate::source::device::{
     judge_poll_error, DeviceAuthorization, PollAnswer, MAX_POLL_INTERVAL, SLOW_DOWN_STEP,
@@ -52,6 +55,23 @@ pub enum ClientAuth {
     Basic,
     /// Form fields (`client_secret_post`).
     Post,
+    /// A JWT signed with the client's private key (`private_key_jwt`, RFC 7523 §2.2); set
+    /// with [`OAuth2Source::private_key_jwt`].
+    PrivateKeyJwt,
+    /// A JWT signed (HS256) with the client secret (`client_secret_jwt`).
+    ClientSecretJwt,
+}
+
+/// The `aud` of client assertions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AssertionAudience {
+    /// The token endpoint's URL (RFC 7523; the default).
+    #[default]
+    TokenEndpoint,
+    /// The issuer (discovered sources; fixed endpoints fall back to the token endpoint).
+    Issuer,
+    /// This exact value.
+    Custom(String),
 }
 
 /// The primary grant used to obtain a token (refresh tokens are used when issued).
@@ -71,6 +91,14 @@ pub enum Grant {
     /// the refresh token. There is no other way to a token: when the refresh token is dead,
     /// callers get [`ErrorKind::LoginRequired`].
     UserLogin,
+    /// RFC 7523 §2.1 JWT-bearer grant: an assertion signed with `key` (a Google service
+    /// account's key), made fresh for every request.
+    JwtBearer {
+        /// The assertion's claims.
+        assertion: crate::source::assertion::BearerAssertion,
+        /// The signing key.
+        key: Arc<SigningKey>,
+    },
     /// RFC 8693 token exchange: a subject token (e.g. a SAML assertion) for a new token.
     TokenExchange {
         /// The subject token.
@@ -88,6 +116,7 @@ impl Grant {
             Grant::ClientCredentials => "client_credentials",
             Grant::Password { .. } => "password",
             Grant::UserLogin => "user_login",
+            Grant::JwtBearer { .. } => JWT_BEARER_GRANT,
             Grant::TokenExchange { .. } => "urn:ietf:params:oauth:grant-type:token-exchange",
         }
     }
@@ -98,6 +127,11 @@ impl fmt::Debug for Grant {
         match self {
             Grant::ClientCredentials => f.write_str("ClientCredentials"),
             Grant::UserLogin => f.write_str("UserLogin"),
+            Grant::JwtBearer { assertion, key } => f
+                .debug_struct("JwtBearer")
+                .field("issuer", &assertion.issuer)
+                .field("key", key)
+                .finish(),
             Grant::Password { username, .. } => f
                 .debug_struct("Password")
                 .field("username", username)
@@ -293,6 +327,8 @@ pub struct OAuth2Source {
     resource: Option<String>,
     extra_params: Vec<(String, String)>,
     authorization_params: Vec<(String, String)>,
+    assertion_key: Option<Arc<SigningKey>>,
+    assertion_audience: AssertionAudience,
 }
 
 impl fmt::Debug for OAuth2Source {
@@ -347,6 +383,8 @@ impl OAuth2Source {
             resource: None,
             extra_params: Vec::new(),
             authorization_params: Vec::new(),
+            assertion_key: None,
+            assertion_audience: AssertionAudience::TokenEndpoint,
         })
     }
 
@@ -408,6 +446,20 @@ impl OAuth2Source {
     /// Client authentication method.
     pub fn client_auth(mut self, auth: ClientAuth) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Authenticates with a JWT signed by `key` (`private_key_jwt`, RFC 7523 §2.2): a fresh
+    /// `jti` and a one-minute `exp` per request.
+    pub fn private_key_jwt(mut self, key: SigningKey) -> Self {
+        self.auth = ClientAuth::PrivateKeyJwt;
+        self.assertion_key = Some(Arc::new(key));
+        self
+    }
+
+    /// The `aud` of client assertions (default: the token endpoint).
+    pub fn assertion_audience(mut self, audience: AssertionAudience) -> Self {
+        self.assertion_audience = audience;
         self
     }
 
@@ -783,7 +835,14 @@ impl OAuth2Source {
     ) -> std::result::Result<reqwest::Response, reqwest::Error> {
         let mut form = form.to_vec();
         let mut request = self.http.post(url.clone());
+        let assertion = self.client_assertion_for(url);
+        if let Some(assertion) = &assertion {
+            form.push(("client_id", &self.client_id));
+            form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+            form.push(("client_assertion", assertion.expose()));
+        }
         match (&self.client_secret, self.auth) {
+            (_, ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt) => {}
             (Some(secret), ClientAuth::Basic) => {
                 // A header that cannot be built is reported like a failed request below.
                 if let Ok(header) = basic_auth_header(&self.client_id, secret.expose()) {
@@ -794,6 +853,8 @@ impl OAuth2Source {
                 form.push(("client_id", &self.client_id));
                 form.push(("client_secret", secret.expose()));
             }
+            // A JWT-bearer assertion names the client itself (Google wants nothing else).
+            (None, _) if matches!(self.grant, Grant::JwtBearer { .. }) && assertion.is_none() => {}
             (None, _) => form.push(("client_id", &self.client_id)),
         }
         let body = form_body(&form);
@@ -806,6 +867,25 @@ impl OAuth2Source {
             .body(body.as_bytes().to_vec())
             .send()
             .await
+    }
+
+    /// The client assertion for a request to `url`, when the client authenticates with one.
+    fn client_assertion_for(&self, url: &url::Url) -> Option<SecretString> {
+        let key = match (self.auth, &self.assertion_key, &self.client_secret) {
+            (ClientAuth::PrivateKeyJwt, Some(key), _) => Arc::clone(key),
+            (ClientAuth::ClientSecretJwt, _, Some(secret)) => Arc::new(SigningKey::hmac(secret)),
+            _ => return None,
+        };
+        let audience = match (&self.assertion_audience, &self.endpoints) {
+            (AssertionAudience::Custom(audience), _) => audience.clone(),
+            (AssertionAudience::Issuer, Endpoints::Discover { issuer, .. }) => {
+                issuer.as_str().trim_end_matches('/').to_owned()
+            }
+            _ => url.as_str().to_owned(),
+        };
+        // Keys are checked when configured; a signing failure here is reported by the
+        // server refusing the unauthenticated request.
+        client_assertion(&key, &self.client_id, &audience).ok()
     }
 
     /// Posts `form` to the token or revocation endpoint (`None`: there is no revocation
@@ -958,9 +1038,22 @@ impl Source for OAuth2Source {
                 "the user must log in again: there is no usable refresh token",
             ));
         }
+        let assertion;
         let mut form = vec![("grant_type", self.grant.name())];
         match &self.grant {
             Grant::ClientCredentials | Grant::UserLogin => {}
+            Grant::JwtBearer {
+                assertion: claims,
+                key,
+            } => {
+                let token_url = self.resolve(None).await?.urls.token;
+                assertion = claims.sign(key, token_url.as_str())?;
+                form.push(("assertion", assertion.expose()));
+                // Scopes named in the assertion (Google) are not sent again in the form.
+                if claims.scope.is_some() {
+                    return self.token_request_with(form, false).await;
+                }
+            }
             Grant::Password { username, password } => {
                 form.push(("username", username));
                 form.push(("password", password.expose()));

@@ -412,8 +412,24 @@ async fn token(
     resp
 }
 
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
 fn token_grant(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
     let form = parse_form(headers, body)?;
+    // The assertion authenticates the client itself (RFC 7523 §3).
+    if form.get("grant_type") == Some(JWT_BEARER) {
+        let Some(assertion) = form.get("assertion") else {
+            return Err(invalid_request("missing assertion"));
+        };
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        return shared
+            .grant_jwt_bearer(assertion, &format!("http://{host}/oauth/token"))
+            .map(|body| token_ok(shared, body))
+            .map_err(grant_error);
+    }
     let client_id = authenticate(shared, headers, &form)?;
     let Some(grant_type) = form.get("grant_type") else {
         return Err(invalid_request("missing grant_type"));

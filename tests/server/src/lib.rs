@@ -97,6 +97,10 @@ pub struct ServerConfig {
     /// When set, OAuth2 access tokens die this long (server time) after issuance at the latest,
     /// although `expires_in` still says the TTL. Default `None`.
     pub access_absolute_timeout: Option<Duration>,
+    /// Issuers the JWT-bearer grant (RFC 7523 §2.1) accepts, as `(iss, RSA public key PEM)`:
+    /// an RS256 assertion signed by that key, `aud` this server's token URL, not expired,
+    /// gets a token for client `iss` with the assertion's `scope` claim. Default none.
+    pub jwt_bearer_keys: Vec<(String, String)>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +119,7 @@ impl Default for ServerConfig {
             session_absolute_timeout: Duration::from_secs(3600),
             access_idle_timeout: None,
             access_absolute_timeout: None,
+            jwt_bearer_keys: Vec::new(),
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct Stats {
     /// missing session tokens).
     #[serde(default)]
     pub session_rejections: u64,
+    /// Successful JWT-bearer grants.
+    #[serde(default)]
+    pub jwt_bearer_grants: u64,
     /// Body bytes handed to connections by `/fault/stream/...` (all requests together).
     /// Bytes still in flight when a client stops reading are counted; a client that stops
     /// at its bound keeps this near the bound plus socket buffers.

@@ -52,6 +52,7 @@ struct Settings {
     session_absolute_timeout: Duration,
     access_idle_timeout: Option<Duration>,
     access_absolute_timeout: Option<Duration>,
+    jwt_bearer_keys: Vec<(String, String)>,
 }
 
 /// The server clock: real monotonic time scaled by `scale` since `real_anchor`, counted from
@@ -248,6 +249,7 @@ impl Shared {
                     session_absolute_timeout: config.session_absolute_timeout,
                     access_idle_timeout: config.access_idle_timeout,
                     access_absolute_timeout: config.access_absolute_timeout,
+                    jwt_bearer_keys: config.jwt_bearer_keys,
                 },
                 faults: Faults::default(),
                 stats: Stats::default(),
@@ -445,6 +447,37 @@ impl Shared {
             st.settings.issue_refresh_tokens && st.settings.refresh_for_client_credentials;
         let family = st.new_family();
         st.issue(client_id, family, scope, with_refresh, "client_credentials")
+    }
+
+    /// RFC 7523 §2.1: an RS256 assertion from a known issuer, for this token URL.
+    pub(crate) fn grant_jwt_bearer(
+        &self,
+        assertion: &str,
+        token_url: &str,
+    ) -> Result<TokenResponse, GrantError> {
+        let keys = self.state.lock().settings.jwt_bearer_keys.clone();
+        for (issuer, pem) in keys {
+            let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()) else {
+                continue;
+            };
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+            validation.set_audience(&[token_url]);
+            validation.set_issuer(&[issuer.as_str()]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            let Ok(data) = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
+            else {
+                continue;
+            };
+            let scope = data.claims["scope"].as_str().map(str::to_owned);
+            let mut st = self.state.lock();
+            st.stats.jwt_bearer_grants += 1;
+            let family = st.new_family();
+            return Ok(st.issue(&issuer, family, scope, false, "jwt_bearer"));
+        }
+        Err(grant_err(
+            "invalid_grant",
+            "the assertion is not signed by a known key for this audience, or it expired",
+        ))
     }
 
     pub(crate) fn grant_password(

@@ -31,14 +31,16 @@ pub(crate) enum Job {
     Flush(mpsc::Sender<()>),
 }
 
-/// What a login step gives Python.
+/// What a login step (or `session_info`) gives Python.
 pub(crate) enum Outcome {
-    /// A token, as the `(value, token_type, expires_at_unix_s, generation)` tuple.
+    /// A token, as the tuple of `token::token_tuple`.
     Token(Arc<Token>),
     /// A `LoginRequest`.
     LoginRequest(Box<AuthorizationRequest>),
     /// A `DeviceLogin`.
     DeviceLogin(Box<DeviceAuthorization>),
+    /// A `str` (the body of `session_info`).
+    Text(String),
 }
 
 impl Outcome {
@@ -51,6 +53,7 @@ impl Outcome {
             Outcome::DeviceLogin(device) => {
                 Bound::new(py, DeviceLogin::new(*device)).map(Bound::into_any)
             }
+            Outcome::Text(text) => Ok(PyString::new(py, &text).into_any()),
         }
     }
 }

@@ -17,8 +17,9 @@
 //! values), `login` (user logins: `LoginRequest`, `DeviceLogin`, login results), `source`
 //! and `store` (Python callbacks as core's blocking source and store),
 //! `events` (events as dicts for the listener), `dispatch` (the completion thread,
-//! `flush_events`, shutdown), `manager` (the public `Manager` class) and `http` (core's HTTP
-//! decisions for the adapters).
+//! `flush_events`, shutdown), `manager` (the public `Manager` class, with core's HTTP
+//! decisions for the adapters: `request_header`, `authorize_body`, `judge_response`) and
+//! `http` (their argument conversions).
 
 mod dispatch;
 mod errors;
@@ -44,6 +45,10 @@ fn native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(dispatch::_shutdown, module)?)?;
     module.add_function(wrap_pyfunction!(http::is_token_rejected, module)?)?;
     module.add_function(wrap_pyfunction!(errors::error_kinds, module)?)?;
+    module.add(
+        "MAX_JUDGED_BODY_BYTES",
+        tokenlease::http::MAX_INSPECTED_ERROR_BODY_BYTES,
+    )?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString, PyTuple, PyType};
+use tokenlease::http::MAX_INSPECTED_ERROR_BODY_BYTES;
 use tokenlease::{BlockingSourceAdapter, BlockingStoreAdapter, ErrorKind};
 
 use crate::dispatch::{dispatch, Job, Outcome};
@@ -295,6 +297,99 @@ impl Manager {
         Err(invalidate_type_error())
     }
 
+    /// The header ``(name, value)`` that carries ``token`` (a ``TokenInfo``) on an API
+    /// request, as this manager's configuration says: ``("Authorization", "Bearer …")``, a
+    /// session's own header (``vmware-api-session-id``, with its prefix) or
+    /// ``("Cookie", "NAME=…")``. ``None`` when the token travels only in the request body
+    /// (``authorize_body``). The value contains the token: never log it.
+    fn request_header<'py>(
+        &self,
+        py: Python<'py>,
+        token: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<(String, Bound<'py, PyString>)>> {
+        let (value, token_type) = token_info_parts(py, token)?;
+        let header = self
+            .inner
+            .request_header(&value, &token_type)
+            .map_err(|err| to_pyerr(&err))?;
+        Ok(header.map(|(name, value)| (name, PyString::new(py, value.expose()))))
+    }
+
+    /// For a configuration that carries the token in request bodies (``"send": {"body":
+    /// "{{session}}"}``, a SOAP ``SessionHeader``): ``body`` (``str`` or ``bytes``) with the
+    /// placeholder replaced by the XML-escaped token of ``token`` (a ``TokenInfo``), as UTF-8
+    /// ``bytes``. ``None`` when the token does not travel in bodies: send ``body`` as it is.
+    /// The result contains the token: never log it.
+    fn authorize_body<'py>(
+        &self,
+        py: Python<'py>,
+        token: &Bound<'py, PyAny>,
+        body: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let (value, _) = token_info_parts(py, token)?;
+        if self.inner.authorizer().body_placeholder().is_none() {
+            // Not rendered, so any body (binary too) goes as it is; its type is still checked.
+            if body.is_instance_of::<PyString>() || body.extract::<PyBackedBytes>().is_ok() {
+                return Ok(None);
+            }
+        }
+        let mut holder = None;
+        let text = crate::http::body_text(body, &mut holder)?;
+        Ok(self
+            .inner
+            .authorize_body(&value, &text)
+            .map(|rendered| crate::http::body_bytes(py, &rendered)))
+    }
+
+    /// Whether a response with ``status`` needs (a prefix of) its body read before
+    /// ``judge_response`` can tell whether it rejects the token. Successful responses never
+    /// do.
+    fn needs_response_body(&self, status: u16) -> bool {
+        self.inner.needs_response_body(status)
+    }
+
+    /// Judges the response to a request made with the token of ``generation``: ``True`` when
+    /// it rejects that token by this configuration's rules (a Bearer 401 ``invalid_token``, a
+    /// session's ``expired`` rules such as 500 with ``INVALID_SESSION`` in the body); the
+    /// manager has then discarded exactly that token: get a token again and retry the request
+    /// once. ``False`` otherwise (a sliding session's use is recorded, with the remaining
+    /// lifetime a configured response header reports). ``headers``: a mapping or ``(name,
+    /// value)`` pairs (the first 256 are read); ``body_prefix``: the first bytes of the body
+    /// when ``needs_response_body(status)`` (at most 64 KiB are looked at).
+    #[pyo3(signature = (generation, status, headers=None, body_prefix=None))]
+    fn judge_response(
+        &self,
+        generation: u64,
+        status: u16,
+        headers: Option<&Bound<'_, PyAny>>,
+        body_prefix: Option<PyBackedBytes>,
+    ) -> PyResult<bool> {
+        let pairs = crate::http::header_pairs(headers)?;
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let body: &[u8] = body_prefix.as_deref().unwrap_or_default();
+        let body = &body[..body.len().min(MAX_INSPECTED_ERROR_BODY_BYTES)];
+        Ok(self.inner.judge_response(generation, status, &pairs, body)
+            == tokenlease::ResponseVerdict::Rejected)
+    }
+
+    /// Asks the server about the current session (``session.info`` in the configuration,
+    /// e.g. vSphere's ``GET /api/session``: whose session it is, whether it is alive) and
+    /// returns the response body. Gets a session first when needed (GIL released).
+    /// ``ConfigurationError`` without ``session.info``; ``TokenRejectedError`` when the server
+    /// says the session ended (the manager has then discarded it).
+    fn session_info(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.inner.session_info_blocking())
+            .map_err(|err| to_pyerr(&err))
+    }
+
+    /// Like ``session_info()``, without blocking the event loop. Cancellable.
+    fn session_info_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        python_part!(slf.py(), "_session_info_async")?.call1((slf,))
+    }
+
     /// Starts an interactive login (authorization code with PKCE): a ``LoginRequest``
     /// whose ``url`` the app opens in the user's browser. ``redirect_uri`` must be
     /// registered for the client (``http://127.0.0.1:PORT/callback`` for desktop apps and
@@ -448,7 +543,8 @@ impl Manager {
     /// Starts a login step on the background runtime; `callback(value, exc)` is called on
     /// the dispatcher thread when done (internal, for the asyncio forms). `step` is one of
     /// `begin_login`, `complete_login`, `start_device_login`, `complete_device_login`,
-    /// `login`, `seed`, with that method's arguments.
+    /// `login`, `seed`, with that method's arguments, or `session_info` (for
+    /// `session_info_async`).
     #[pyo3(name = "_login_start", signature = (callback, step, *args))]
     fn login_start(
         &self,
@@ -515,6 +611,10 @@ impl Manager {
                 arity(1)?;
                 let login = login_result(&args.get_item(0)?)?;
                 Box::pin(async move { manager.login(login).await.map(token) })
+            }
+            "session_info" => {
+                arity(0)?;
+                Box::pin(async move { manager.session_info().await.map(Outcome::Text) })
             }
             "seed" => {
                 arity(2)?;
@@ -629,6 +729,19 @@ impl Manager {
         dict.set_item("counters", counters)?;
         Ok(dict)
     }
+}
+
+/// The value and type of ``token``, which must be a ``TokenInfo``.
+fn token_info_parts(
+    py: Python<'_>,
+    token: &Bound<'_, PyAny>,
+) -> PyResult<(tokenlease::SecretString, String)> {
+    if !token.is_instance(python_part!(py, "TokenInfo")?)? {
+        return Err(PyTypeError::new_err(
+            "takes a TokenInfo (from token_info() or token_info_async())",
+        ));
+    }
+    crate::http::token_parts(token)
 }
 
 fn invalidate_type_error() -> PyErr {

@@ -83,6 +83,9 @@ pub(crate) fn fetched_from_py(value: &Bound<'_, PyAny>, what: &str) -> PyResult<
     if let Some(scopes) = optional_field(value, "scopes")? {
         fetched.scopes = scopes.extract()?;
     }
+    if let Some(id_token) = optional_field(value, "id_token")? {
+        fetched.id_token = Some(SecretString::new(id_token.extract::<String>()?));
+    }
     Ok(fetched)
 }
 

@@ -440,6 +440,10 @@ def test_user_login_browser_refresh_access_removed_device_relogin_logout(
         first = manager.complete_login(request, back)
         assert isinstance(first, tokenlease.TokenInfo)
         assert first.value not in repr(first)
+        # The OpenID Connect ID token of the login (scope openid): opaque, a JWT's three
+        # parts, never shown.
+        assert first.id_token is not None and first.id_token.count(".") == 2
+        assert first.id_token not in repr(first) and first.id_token not in str(first)
         assert oidc.introspect(first.value)["active"] is True
         assert manager.token() == first.value
         assert manager.token_info().generation == first.generation

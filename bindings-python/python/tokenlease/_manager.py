@@ -61,7 +61,8 @@ class FetchedToken:
     """What a Python ``Source.fetch()`` returns (a dict with the same keys works too).
 
     ``expires_in`` is seconds from the moment ``fetch()`` was called; ``expires_at`` an
-    aware datetime; with neither, the policy's default lifetime applies.
+    aware datetime; with neither, the policy's default lifetime applies. ``id_token`` is an
+    OpenID Connect ID token, kept opaque (``TokenInfo.id_token``).
     """
 
     value: str = field(repr=False)
@@ -70,19 +71,31 @@ class FetchedToken:
     refresh_token: Optional[str] = field(default=None, repr=False)
     scopes: Optional[List[str]] = None
     expires_at: Optional[datetime] = None
+    id_token: Optional[str] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """A token and what is known about it. ``repr()`` never shows the value."""
+    """A token and what is known about it. ``repr()`` never shows the value or the ID token.
+
+    ``id_token`` is the OpenID Connect ID token of a user login (opaque: verify it before
+    trusting what it says), else ``None``. ``attributes`` are other values the login response
+    carried (a session profile's ``values``, e.g. Zuora's ``server_url``); not secrets.
+    """
 
     value: str = field(repr=False)
     token_type: str
     expires_at: datetime
     generation: int
+    id_token: Optional[str] = field(default=None, repr=False)
+    attributes: Dict[str, str] = field(default_factory=dict, hash=False)
 
     def authorization(self) -> str:
-        """The ``Authorization`` header value (``"Bearer <token>"``)."""
+        """The ``Authorization`` header value of a bearer token (``"Bearer <token>"``).
+
+        What a request should carry is the configuration's call (a session header, a cookie,
+        the request body): ask ``Manager.request_header`` / ``Manager.authorize_body``, as
+        the requests and httpx adapters do."""
         scheme = "Bearer" if self.token_type.lower() == "bearer" else self.token_type
         return f"{scheme} {self.value}"
 
@@ -173,9 +186,16 @@ def _event_handler(listener: Optional[EventListener]) -> Callable[[str, Dict[str
     return on_event
 
 
-def _info(raw: Tuple[str, str, float, int]) -> TokenInfo:
-    value, token_type, expires_at, generation = raw
-    return TokenInfo(value, token_type, datetime.fromtimestamp(expires_at, tz=timezone.utc), generation)
+def _info(raw: Tuple[str, str, float, int, Optional[str], Dict[str, str]]) -> TokenInfo:
+    value, token_type, expires_at, generation, id_token, attributes = raw
+    return TokenInfo(
+        value,
+        token_type,
+        datetime.fromtimestamp(expires_at, tz=timezone.utc),
+        generation,
+        id_token,
+        attributes,
+    )
 
 
 # ``Manager`` is the native class (``tokenlease._native``, shown as ``tokenlease.Manager``),
@@ -290,6 +310,11 @@ async def _seed_async(
             lambda deliver: manager._login_start(deliver, "seed", result, issued_at)
         )
     )
+
+
+async def _session_info_async(manager: Manager) -> str:
+    result: str = await _await_call(lambda deliver: manager._login_start(deliver, "session_info"))
+    return result
 
 
 async def _aenter(manager: Manager) -> Manager:

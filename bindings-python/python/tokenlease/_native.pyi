@@ -6,7 +6,19 @@ everything else here is internal: use ``tokenlease``.
 
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union, final
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+    Union,
+    final,
+)
 
 from typing_extensions import disjoint_base
 
@@ -23,12 +35,16 @@ __all__ = [
     "_shutdown",
     "is_token_rejected",
     "error_kinds",
+    "MAX_JUDGED_BODY_BYTES",
     "__version__",
 ]
 
 __version__: str
 
-_TokenTuple = Tuple[str, str, float, int]
+#: The largest response body prefix ``Manager.judge_response`` looks at (64 KiB).
+MAX_JUDGED_BODY_BYTES: int
+
+_TokenTuple = Tuple[str, str, float, int, Optional[str], Dict[str, str]]
 
 @final
 class AsyncCall:
@@ -127,6 +143,41 @@ class Manager:
     def invalidate(self, token: Union[str, int, TokenInfo]) -> bool:
         """Discards the cached token if it is still ``token`` (a value, a generation or a
         ``TokenInfo``). A late rejection of an older token never discards a newer one."""
+    def request_header(self, token: TokenInfo) -> Optional[Tuple[str, str]]:
+        """The header ``(name, value)`` that carries ``token`` on an API request, as this
+        manager's configuration says: ``("Authorization", "Bearer …")``, a session's own
+        header (``vmware-api-session-id``, with its prefix) or ``("Cookie", "NAME=…")``.
+        ``None`` when the token travels only in the request body (``authorize_body``). The
+        value contains the token: never log it."""
+    def authorize_body(self, token: TokenInfo, body: Union[str, bytes, bytearray]) -> Optional[bytes]:
+        """For a configuration that carries the token in request bodies (``"send": {"body":
+        "{{session}}"}``, a SOAP ``SessionHeader``): ``body`` with the placeholder replaced
+        by the XML-escaped token, as UTF-8 ``bytes``. ``None`` when the token does not travel
+        in bodies: send ``body`` as it is. The result contains the token: never log it."""
+    def needs_response_body(self, status: int) -> bool:
+        """Whether a response with ``status`` needs (a prefix of) its body read before
+        ``judge_response`` can tell whether it rejects the token. Successful responses never
+        do."""
+    def judge_response(
+        self,
+        generation: int,
+        status: int,
+        headers: Union[Mapping[str, str], Iterable[Tuple[str, str]], None] = None,
+        body_prefix: Union[bytes, bytearray, None] = None,
+    ) -> bool:
+        """Judges the response to a request made with the token of ``generation``: ``True``
+        when it rejects that token by this configuration's rules (the manager has then
+        discarded exactly that token: get a token again and retry the request once);
+        ``False`` otherwise (a sliding session's use is recorded). ``headers``: a mapping or
+        ``(name, value)`` pairs (the first 256 are read); ``body_prefix``: the first bytes of
+        the body when ``needs_response_body(status)`` (at most 64 KiB are looked at)."""
+    def session_info(self) -> str:
+        """Asks the server about the current session (``session.info`` in the configuration,
+        e.g. vSphere's ``GET /api/session``) and returns the response body.
+        ``ConfigurationError`` without ``session.info``; ``TokenRejectedError`` when the
+        server says the session ended (the manager has then discarded it)."""
+    async def session_info_async(self) -> str:
+        """Like ``session_info()``, without blocking the event loop. Cancellable."""
     def begin_login(self, redirect_uri: str) -> LoginRequest:
         """Starts an interactive login (authorization code with PKCE): a ``LoginRequest``
         whose ``url`` the app opens in the user's browser. ``redirect_uri`` must be

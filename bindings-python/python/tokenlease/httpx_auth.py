@@ -1,20 +1,81 @@
-"""``httpx`` adapter: an ``httpx.Auth`` with sync and async flows.
+"""``httpx`` adapter: an ``httpx.Auth`` with sync and async flows that carries the manager's
+token and retries once when core says the server rejected it.
 
-Attaches the manager's token; on a response core classifies as a token rejection
-(401 Bearer ``invalid_token``) it invalidates exactly that token's generation and resends
-the request once with the token core provides next. The request body is read first
-(``requires_request_body``), so it can always be replayed.
+Every decision is core's, from the manager's configuration; this adapter only carries
+headers and bytes:
+
+- ``Manager.request_header``: the header that carries the token (``Authorization: Bearer …``,
+  a session's own header such as ``vmware-api-session-id``, or ``Cookie: NAME=…``, added to
+  the cookies the request already has);
+- ``Manager.authorize_body``: for a configuration that carries the token in request bodies
+  (``"send": {"body": "{{session}}"}``, a SOAP ``SessionHeader``), the body that is sent
+  instead, the placeholder replaced by the XML-escaped token;
+- ``Manager.judge_response`` on every response, the retry's too: an accepted one records a
+  sliding session's use; a rejection (a Bearer 401 ``invalid_token``, a session's
+  ``expired`` rules such as 500 with ``INVALID_SESSION``) has made the manager discard
+  exactly that token, and the flow yields the request once more with the token core
+  provides next (its body rendered again). The request body is read first, so it can
+  always be replayed.
+
+Reading response bodies: only when ``Manager.needs_response_body(status)`` says the status
+may be a rejection (e.g. a 401, or a 500 for a SOAP profile); such a response is read
+(``response.read()``, so the application can still read it) and its first
+``MAX_JUDGED_BODY_BYTES`` (64 KiB) are judged. Successful responses are never read here.
+
+Redirects: httpx follows them (``follow_redirects=True``) with the request's headers,
+stripping only ``Authorization`` on another origin; with a session header, leave
+``follow_redirects`` off (httpx's default) for URLs that may redirect elsewhere.
 """
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, Generator
+from typing import AsyncGenerator, Generator, Optional
 
 import httpx
 
-from ._manager import Manager, is_token_rejected
+from ._manager import Manager, TokenInfo
+from ._native import MAX_JUDGED_BODY_BYTES
 
 __all__ = ["TokenleaseHttpxAuth"]
+
+
+def _authorized(
+    manager: Manager,
+    request: httpx.Request,
+    content: bytes,
+    cookie: Optional[str],
+    info: TokenInfo,
+) -> httpx.Request:
+    """``request`` carrying the token of ``info`` where core says: the same request with
+    the header set, or a new one with the rendered body (``content`` and ``cookie`` are the
+    body and ``Cookie`` header the application's request came with)."""
+    rendered = manager.authorize_body(info, content) if content else None
+    if rendered is not None:
+        headers = request.headers.copy()
+        headers.pop("Content-Length", None)
+        headers.pop("Transfer-Encoding", None)
+        request = httpx.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=rendered,
+            extensions=request.extensions,
+        )
+    header = manager.request_header(info)
+    if header is not None:
+        name, value = header
+        if name.lower() == "cookie" and cookie:
+            value = f"{cookie}; {value}"
+        request.headers[name] = value
+    return request
+
+
+def _judge(manager: Manager, response: httpx.Response, info: TokenInfo, read: bool) -> bool:
+    """Core's verdict on ``response`` (``read``: its body was read for judging)."""
+    prefix = response.content[:MAX_JUDGED_BODY_BYTES] if read else b""
+    return manager.judge_response(
+        info.generation, response.status_code, response.headers.multi_items(), prefix
+    )
 
 
 class TokenleaseHttpxAuth(httpx.Auth):
@@ -26,27 +87,42 @@ class TokenleaseHttpxAuth(httpx.Auth):
         self.manager = manager
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.read()  # so the body can be resent
-        info = self.manager.token_info()
-        request.headers["Authorization"] = info.authorization()
-        response = yield request
-        if is_token_rejected(response.status_code, response.headers.get("WWW-Authenticate")):
-            self.manager.invalidate(info.generation)
-            request.headers["Authorization"] = self.manager.token_info().authorization()
-            yield request
+        manager = self.manager
+        content = request.read()  # so the body can be rendered and resent
+        cookie = request.headers.get("Cookie")
+        info = manager.token_info()
+        response = yield _authorized(manager, request, content, cookie, info)
+        read = manager.needs_response_body(response.status_code)
+        if read:
+            response.read()
+        if not _judge(manager, response, info, read):
+            return
+        info = manager.token_info()
+        response = yield _authorized(manager, request, content, cookie, info)
+        read = manager.needs_response_body(response.status_code)
+        if read:
+            response.read()
+        _judge(manager, response, info, read)  # a second rejection is not retried
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        await request.aread()  # so the body can be resent
-        info = await self.manager.token_info_async()
-        request.headers["Authorization"] = info.authorization()
-        response = yield request
-        if is_token_rejected(response.status_code, response.headers.get("WWW-Authenticate")):
-            self.manager.invalidate(info.generation)
-            info = await self.manager.token_info_async()
-            request.headers["Authorization"] = info.authorization()
-            yield request
+        manager = self.manager
+        content = await request.aread()  # so the body can be rendered and resent
+        cookie = request.headers.get("Cookie")
+        info = await manager.token_info_async()
+        response = yield _authorized(manager, request, content, cookie, info)
+        read = manager.needs_response_body(response.status_code)
+        if read:
+            await response.aread()
+        if not _judge(manager, response, info, read):
+            return
+        info = await manager.token_info_async()
+        response = yield _authorized(manager, request, content, cookie, info)
+        read = manager.needs_response_body(response.status_code)
+        if read:
+            await response.aread()
+        _judge(manager, response, info, read)  # a second rejection is not retried
 
     def __repr__(self) -> str:
         return f"TokenleaseHttpxAuth({self.manager!r})"

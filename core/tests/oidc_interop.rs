@@ -1182,7 +1182,7 @@ async fn mock_oauth2_token_exchange_for_another_audience() {
         .into_arc();
     let source = mock_source(&issuer, "front-end")
         .grant(Grant::TokenExchange {
-            subject_token: subject.value().clone(),
+            subject_token: tokenlease::oauth2::SubjectToken::from(subject.value().clone()),
             subject_token_type: "urn:ietf:params:oauth:token-type:jwt".to_owned(),
             requested_token_type: None,
         })
@@ -2108,6 +2108,32 @@ mod key_credentials {
             401,
             "a replayed jti is refused"
         );
+
+        // A platform-issued assertion in a file (Azure workload identity), read before every
+        // request: once used it is refused, a rewritten file works again.
+        let assertion_file = keys.join("federated-token");
+        let write_assertion = || {
+            let jwt = tokenlease::source::assertion::client_assertion(
+                &key,
+                "tokenlease-pkjwt",
+                &token_url,
+            )
+            .unwrap();
+            std::fs::write(&assertion_file, jwt.expose()).unwrap();
+        };
+        let federated_config = serde_json::json!({"source": {"type": "oauth2",
+            "issuer": server.issuer(), "client_id": "tokenlease-pkjwt", "scopes": ["api:read"],
+            "client_auth": {"client_assertion_file": assertion_file}}})
+        .to_string();
+        write_assertion();
+        let federated = Manager::from_config(&federated_config).unwrap();
+        let first = federated.token().await.unwrap().into_arc();
+        assert!(federated.invalidate(&first));
+        let replayed = federated.token().await.unwrap_err();
+        assert_eq!(replayed.kind(), ErrorKind::InvalidCredentials, "{replayed}");
+        write_assertion();
+        let again = Manager::from_config(&federated_config).unwrap();
+        again.token().await.unwrap();
         let _ = std::fs::remove_dir_all(keys);
     }
 

@@ -714,3 +714,47 @@ fn every_profile_parses_and_the_batch_profile_survives_the_scope_ttl() {
         }
     }
 }
+
+/// Workload identity: the subject token is a file the platform rewrites (a Kubernetes
+/// projected service account token); every exchange reads it again, and an expired JWT in
+/// it is never sent.
+#[test]
+fn a_subject_token_file_is_read_again_for_every_exchange() {
+    use base64::Engine as _;
+    let server = TestServer::start_background(ServerConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("tokenlease-subject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    let config = serde_json::json!({"source": {"type": "oauth2", "token_url": server.token_url(),
+        "client_id": "demo-client", "client_secret": "demo-secret",
+        "grant": {"type": "token_exchange", "subject_token_file": file,
+                  "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}}})
+    .to_string();
+    let exchange = || Manager::from_config(&config).unwrap().token_blocking();
+
+    std::fs::write(&file, "projected-token-1\n").unwrap();
+    exchange().unwrap();
+    // The platform rewrote the file with a token the server refuses: it was read again.
+    std::fs::write(&file, "invalid").unwrap();
+    assert_eq!(exchange().unwrap_err().kind(), ErrorKind::InvalidGrant);
+    // An expired JWT is not sent at all.
+    let requests = server.stats().token_requests;
+    let part = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    let expired = format!(
+        "{}.{}.sig",
+        part(r#"{"alg":"RS256"}"#),
+        part(r#"{"exp":1000000000}"#)
+    );
+    std::fs::write(&file, expired).unwrap();
+    let err = exchange().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(err.to_string().contains("expired"), "{err}");
+    assert!(
+        !err.to_string().contains("eyJ"),
+        "the token is not in the message"
+    );
+    assert_eq!(server.stats().token_requests, requests);
+    std::fs::write(&file, "projected-token-2").unwrap();
+    exchange().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -181,8 +181,13 @@ pub enum GrantConfig {
     },
     /// RFC 8693 token exchange (e.g. a SAML assertion for a session token).
     TokenExchange {
-        /// The subject token.
-        subject_token: SecretValue,
+        /// The subject token (or give `subject_token_file`).
+        #[serde(default)]
+        subject_token: Option<SecretValue>,
+        /// A file the subject token is read from before every exchange (a Kubernetes
+        /// projected service account token, a CI OIDC token: the platform rewrites it).
+        #[serde(default)]
+        subject_token_file: Option<String>,
         /// Its type URI.
         subject_token_type: String,
         /// The requested token type URI.
@@ -218,6 +223,9 @@ pub enum ClientAuthConfig {
     ClientSecretJwt,
     /// `private_key_jwt`: an assertion signed with the client's private key.
     PrivateKeyJwt(Box<KeyConfig>),
+    /// A platform-issued assertion read from this file before every request (Azure
+    /// workload identity: `{"client_assertion_file": "/var/run/secrets/azure/tokens/azure-identity-token"}`).
+    ClientAssertionFile(String),
 }
 
 /// A private key that signs assertions.
@@ -719,6 +727,7 @@ impl SourceConfig {
                 ClientAuthConfig::ClientSecretJwt => {
                     source.client_auth(ClientAuth::ClientSecretJwt)
                 }
+                ClientAuthConfig::ClientAssertionFile(path) => source.client_assertion_file(path),
                 ClientAuthConfig::PrivateKeyJwt(key) => {
                     let field = "source.client_auth.private_key_jwt";
                     let source = source.private_key_jwt(key.signing_key(field)?);
@@ -823,11 +832,26 @@ impl SourceConfig {
                     ),
                     GrantConfig::TokenExchange {
                         subject_token,
+                        subject_token_file,
                         subject_token_type,
                         requested_token_type,
                     } => (
                         Grant::TokenExchange {
-                            subject_token: subject_token.resolve("source.grant.subject_token")?,
+                            subject_token: match (subject_token, subject_token_file) {
+                                (Some(value), None) => crate::source::oauth2::SubjectToken::Value(
+                                    value.resolve("source.grant.subject_token")?,
+                                ),
+                                (None, Some(path)) => {
+                                    crate::source::oauth2::SubjectToken::File(path.into())
+                                }
+                                _ => {
+                                    return Err(Error::new(
+                                        ErrorKind::Configuration,
+                                        "source.grant: give exactly one of subject_token and \
+                                         subject_token_file",
+                                    ))
+                                }
+                            },
                             subject_token_type: subject_token_type.clone(),
                             requested_token_type: requested_token_type.clone(),
                         },

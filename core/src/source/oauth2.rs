@@ -60,6 +60,88 @@ pub enum ClientAuth {
     PrivateKeyJwt,
     /// A JWT signed (HS256) with the client secret (`client_secret_jwt`).
     ClientSecretJwt,
+    /// A JWT the platform issued, read from a file before every request (Azure workload
+    /// identity's federated credential); set with [`OAuth2Source::client_assertion_file`].
+    AssertionFile,
+}
+
+/// A token given as it is, or read from a file before every use: a workload's platform
+/// token (a Kubernetes projected service account token, a CI job's OIDC token) that the
+/// platform rewrites on disk. A JWT past its `exp` is never sent.
+#[derive(Clone)]
+pub enum SubjectToken {
+    /// The token itself.
+    Value(SecretString),
+    /// A file holding it, re-read every time (at most 64 KiB, surrounding whitespace
+    /// trimmed). Not permission-checked: platforms write these world-readable.
+    File(std::path::PathBuf),
+}
+
+impl fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubjectToken::Value(_) => f.write_str("Value([redacted])"),
+            SubjectToken::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+impl From<SecretString> for SubjectToken {
+    fn from(value: SecretString) -> Self {
+        SubjectToken::Value(value)
+    }
+}
+
+/// The largest token file read.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+impl SubjectToken {
+    /// The token now: the value, or the file's current content. A file that cannot be read
+    /// or holds an expired JWT is a transient error (the platform rewrites it).
+    pub fn current(&self) -> Result<SecretString> {
+        let path = match self {
+            SubjectToken::Value(value) => return Ok(value.clone()),
+            SubjectToken::File(path) => path,
+        };
+        use std::io::Read;
+        let shown = path.display();
+        let mut text = zeroize::Zeroizing::new(String::new());
+        std::fs::File::open(path)
+            .and_then(|file| {
+                file.take(MAX_TOKEN_FILE_BYTES + 1)
+                    .read_to_string(&mut text)
+            })
+            .map_err(|err| {
+                Error::new(
+                    ErrorKind::Transient,
+                    format!("cannot read the token file {shown}: {}", err.kind()),
+                )
+            })?;
+        if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                format!("the token file {shown} is larger than 64 KiB"),
+            ));
+        }
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Transient,
+                format!("the token file {shown} is empty"),
+            ));
+        }
+        if let Some(exp) = crate::http::jwt_expiry(token) {
+            if exp <= std::time::SystemTime::now() {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "the token in {shown} has expired; waiting for the platform to write a new one"
+                    ),
+                ));
+            }
+        }
+        Ok(SecretString::new(token.to_owned()))
+    }
 }
 
 /// The `aud` of client assertions.
@@ -99,10 +181,11 @@ pub enum Grant {
         /// The signing key.
         key: Arc<SigningKey>,
     },
-    /// RFC 8693 token exchange: a subject token (e.g. a SAML assertion) for a new token.
+    /// RFC 8693 token exchange: a subject token (e.g. a SAML assertion, or a workload's
+    /// platform token from a file) for a new token.
     TokenExchange {
-        /// The subject token.
-        subject_token: SecretString,
+        /// The subject token, or the file it is read from before every exchange.
+        subject_token: SubjectToken,
         /// Its type, e.g. `urn:ietf:params:oauth:token-type:saml2`.
         subject_token_type: String,
         /// The requested token type, if any.
@@ -329,6 +412,7 @@ pub struct OAuth2Source {
     authorization_params: Vec<(String, String)>,
     assertion_key: Option<Arc<SigningKey>>,
     assertion_audience: AssertionAudience,
+    assertion_file: Option<SubjectToken>,
 }
 
 impl fmt::Debug for OAuth2Source {
@@ -385,6 +469,7 @@ impl OAuth2Source {
             authorization_params: Vec::new(),
             assertion_key: None,
             assertion_audience: AssertionAudience::TokenEndpoint,
+            assertion_file: None,
         })
     }
 
@@ -454,6 +539,14 @@ impl OAuth2Source {
     pub fn private_key_jwt(mut self, key: SigningKey) -> Self {
         self.auth = ClientAuth::PrivateKeyJwt;
         self.assertion_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Authenticates with a JWT the platform writes to `path` (Azure workload identity's
+    /// `AZURE_FEDERATED_TOKEN_FILE`), read again before every request.
+    pub fn client_assertion_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.auth = ClientAuth::AssertionFile;
+        self.assertion_file = Some(SubjectToken::File(path.into()));
         self
     }
 
@@ -832,17 +925,20 @@ impl OAuth2Source {
         &self,
         url: &url::Url,
         form: &[(&str, &str)],
+        assertion: Option<&SecretString>,
     ) -> std::result::Result<reqwest::Response, reqwest::Error> {
         let mut form = form.to_vec();
         let mut request = self.http.post(url.clone());
-        let assertion = self.client_assertion_for(url);
-        if let Some(assertion) = &assertion {
+        if let Some(assertion) = assertion {
             form.push(("client_id", &self.client_id));
             form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
             form.push(("client_assertion", assertion.expose()));
         }
         match (&self.client_secret, self.auth) {
-            (_, ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt) => {}
+            (
+                _,
+                ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt | ClientAuth::AssertionFile,
+            ) => {}
             (Some(secret), ClientAuth::Basic) => {
                 // A header that cannot be built is reported like a failed request below.
                 if let Ok(header) = basic_auth_header(&self.client_id, secret.expose()) {
@@ -870,11 +966,18 @@ impl OAuth2Source {
     }
 
     /// The client assertion for a request to `url`, when the client authenticates with one.
-    fn client_assertion_for(&self, url: &url::Url) -> Option<SecretString> {
+    fn client_assertion_for(&self, url: &url::Url) -> Result<Option<SecretString>> {
         let key = match (self.auth, &self.assertion_key, &self.client_secret) {
+            (ClientAuth::AssertionFile, ..) => {
+                return self
+                    .assertion_file
+                    .as_ref()
+                    .map(SubjectToken::current)
+                    .transpose()
+            }
             (ClientAuth::PrivateKeyJwt, Some(key), _) => Arc::clone(key),
             (ClientAuth::ClientSecretJwt, _, Some(secret)) => Arc::new(SigningKey::hmac(secret)),
-            _ => return None,
+            _ => return Ok(None),
         };
         let audience = match (&self.assertion_audience, &self.endpoints) {
             (AssertionAudience::Custom(audience), _) => audience.clone(),
@@ -883,9 +986,7 @@ impl OAuth2Source {
             }
             _ => url.as_str().to_owned(),
         };
-        // Keys are checked when configured; a signing failure here is reported by the
-        // server refusing the unauthenticated request.
-        client_assertion(&key, &self.client_id, &audience).ok()
+        client_assertion(&key, &self.client_id, &audience).map(Some)
     }
 
     /// Posts `form` to the token or revocation endpoint (`None`: there is no revocation
@@ -905,7 +1006,8 @@ impl OAuth2Source {
         let Some(url) = endpoint.pick(&resolved).cloned() else {
             return Ok(None);
         };
-        let outcome = self.post_form(&url, form).await;
+        let assertion = self.client_assertion_for(&url)?;
+        let outcome = self.post_form(&url, form, assertion.as_ref()).await;
         let moved = match &outcome {
             Ok(response) => matches!(response.status().as_u16(), 404 | 410),
             Err(err) => err.is_connect(),
@@ -920,8 +1022,9 @@ impl OAuth2Source {
                             "endpoint moved: discovery names another one; sending there"
                         );
                         drop(outcome);
+                        let assertion = self.client_assertion_for(new_url)?;
                         let response = self
-                            .post_form(new_url, form)
+                            .post_form(new_url, form, assertion.as_ref())
                             .await
                             .map_err(|err| transport_error(new_url, &err))?;
                         return Ok(Some((new_url.clone(), response)));
@@ -1039,6 +1142,7 @@ impl Source for OAuth2Source {
             ));
         }
         let assertion;
+        let subject;
         let mut form = vec![("grant_type", self.grant.name())];
         match &self.grant {
             Grant::ClientCredentials | Grant::UserLogin => {}
@@ -1063,7 +1167,8 @@ impl Source for OAuth2Source {
                 subject_token_type,
                 requested_token_type,
             } => {
-                form.push(("subject_token", subject_token.expose()));
+                subject = subject_token.current()?;
+                form.push(("subject_token", subject.expose()));
                 form.push(("subject_token_type", subject_token_type));
                 if let Some(requested) = requested_token_type {
                     form.push(("requested_token_type", requested));

@@ -2250,3 +2250,88 @@ mod key_credentials {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+mod dpop {
+    use super::*;
+
+    /// DPoP-bound tokens from oidc-provider, which demands a server nonce everywhere: the
+    /// token request is sent once more with the nonce, the token is bound to the manager's
+    /// key (`cnf.jkt`), and API calls carry a proof with the token's hash.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dpop_bound_tokens_follow_server_nonces_and_prove_possession_at_the_api() {
+        let Some(server) = OidcServer::start(Mount::Path) else {
+            return;
+        };
+        let manager = Manager::from_config(
+            &serde_json::json!({"source": {"type": "oauth2", "issuer": server.issuer(),
+                "client_id": "tokenlease-dpop", "client_secret": SECRET,
+                "scopes": ["api:read"], "dpop": true}})
+            .to_string(),
+        )
+        .unwrap();
+        let token = manager.token().await.unwrap().into_arc();
+        assert_eq!(token.token_type(), "DPoP", "a bound token is never Bearer");
+        let introspected = server.introspect(token.value()).await;
+        assert_eq!(introspected["active"], true, "{introspected}");
+        assert!(
+            introspected["cnf"]["jkt"]
+                .as_str()
+                .is_some_and(|jkt| !jkt.is_empty()),
+            "bound to the key: {introspected}"
+        );
+        assert_eq!(
+            server.stats().await["errors"]["use_dpop_nonce"],
+            1,
+            "one nonce challenge, then the token"
+        );
+        // The same client without DPoP is refused: the server requires it.
+        let plain = Manager::from_config(
+            &serde_json::json!({"source": {"type": "oauth2", "issuer": server.issuer(),
+                "client_id": "tokenlease-dpop", "client_secret": SECRET, "scopes": ["api:read"]}})
+            .to_string(),
+        )
+        .unwrap();
+        assert!(plain.token().await.is_err());
+
+        // A user login bound with DPoP, then the userinfo API through the authorized client:
+        // `Authorization: DPoP <token>` plus a proof with `ath`.
+        let config = serde_json::json!({"source": {"type": "oauth2", "issuer": server.issuer(),
+            "client_id": APP_CLIENT, "grant": {"type": "user_login"},
+            "scopes": ["openid", "offline_access"],
+            "authorization_params": {"prompt": "consent"}, "dpop": true}})
+        .to_string();
+        let client = AuthorizedClient::from_config(&config).unwrap();
+        let request = client
+            .manager()
+            .begin_login("http://127.0.0.1:49152/callback")
+            .await
+            .unwrap();
+        let back = server.browser_authorize(request.url()).await;
+        let login = client
+            .manager()
+            .complete_login(&request, &back)
+            .await
+            .unwrap();
+        assert_eq!(login.token_type(), "DPoP");
+        let me = client
+            .request(reqwest::Method::GET, &server.url("/me"))
+            .build()
+            .unwrap();
+        let response = client.execute(me).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["sub"], "alice");
+        // Without the proof, the bound token is refused.
+        let bare = reqwest::Client::new()
+            .get(server.url("/me"))
+            .header("Authorization", format!("DPoP {}", login.value().expose()))
+            .send()
+            .await
+            .unwrap();
+        assert!(bare.status().is_client_error(), "{}", bare.status());
+        // The refresh stays bound.
+        assert!(client.manager().invalidate(&login));
+        let refreshed = client.manager().token().await.unwrap();
+        assert_eq!(refreshed.token_type(), "DPoP");
+    }
+}

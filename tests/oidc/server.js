@@ -72,6 +72,9 @@
 //   (private_key_jwt, ES256, kid `pkjwt-es`) and `tokenlease-secretjwt` (client_secret_jwt,
 //   secret CLIENT_JWT_SECRET), client credentials with scope `api:read`. Their private keys are
 //   made at start-up; with --client-keys-out DIR they are written to DIR/<client_id>.pem.
+// - DPoP (RFC 9449, features.dPoP, oidc-provider's own code) with server nonces required at
+//   every endpoint; `tokenlease-dpop` (client_secret_basic) must use it
+//   (dpop_bound_access_tokens), other clients may.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -182,6 +185,10 @@ const PKJWT_CLIENTS = [
   assertionClient('tokenlease-pkjwt', 'rsa', { modulusLength: 2048 }, 'pkjwt-rs'),
   assertionClient('tokenlease-pkjwt-es', 'ec', { namedCurve: 'P-256' }, 'pkjwt-es'),
 ];
+const DPOP_CLIENT = {
+  ...staticClient('tokenlease-dpop', 'client_secret_basic'),
+  dpop_bound_access_tokens: true,
+};
 const SECRET_JWT_CLIENT = {
   client_id: 'tokenlease-secretjwt',
   client_secret: CLIENT_JWT_SECRET,
@@ -225,6 +232,7 @@ function configuration() {
       BRIEF_DEVICE_CLIENT,
       ...PKJWT_CLIENTS,
       SECRET_JWT_CLIENT,
+      DPOP_CLIENT,
     ],
     // The login and consent pages of this server (handled below, not oidc-provider's
     // development pages): a test drives them with HTTP requests, as a browser would.
@@ -255,6 +263,11 @@ function configuration() {
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
       },
       userinfo: { enabled: true },
+      dPoP: {
+        enabled: true,
+        nonceSecret: randomBytes(32),
+        requireNonce: () => true,
+      },
       deviceFlow: {
         enabled: true,
         // Plain pages: the simulated browser below reads their forms.

@@ -125,6 +125,9 @@ pub struct OAuth2Config {
     /// Device authorization endpoint, RFC 8628 (fixed endpoints only; discovery finds it).
     #[serde(default)]
     pub device_authorization_url: Option<String>,
+    /// Bind tokens to a per-manager key with DPoP (RFC 9449).
+    #[serde(default)]
+    pub dpop: bool,
     /// Extra parameters of interactive login URLs (e.g. `prompt = "consent"`,
     /// `login_hint`).
     #[serde(default)]
@@ -757,6 +760,7 @@ impl SourceConfig {
                     authorization_url,
                     device_authorization_url,
                     authorization_params,
+                    dpop,
                     audience,
                     resource,
                     extra_params,
@@ -873,6 +877,9 @@ impl SourceConfig {
                 }
                 for (name, value) in authorization_params {
                     source = source.authorization_param(name.clone(), value.clone());
+                }
+                if *dpop {
+                    source = source.dpop()?;
                 }
                 if let Some(audience) = audience {
                     source = source.audience(audience.clone());

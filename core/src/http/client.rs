@@ -129,6 +129,27 @@ impl AuthorizedClient {
         self.manager.report_use_with(token, remaining);
     }
 
+    fn attach_dpop_proof(&self, request: &mut reqwest::Request, token: &Token) -> Result<()> {
+        let proof = self.manager.dpop_proof(
+            request.method().as_str(),
+            request.url().as_str(),
+            token.value(),
+            token.token_type(),
+        )?;
+        if let Some(proof) = proof {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(proof.expose()).map_err(|_| {
+                    crate::Error::new(
+                        crate::ErrorKind::Internal,
+                        "a DPoP proof is not a header value",
+                    )
+                })?;
+            value.set_sensitive(true);
+            request.headers_mut().insert("DPoP", value);
+        }
+        Ok(())
+    }
+
     async fn send(&self, mut request: reqwest::Request, token: &Token) -> Result<Classified> {
         self.authorizer.authorize(token, request.headers_mut())?;
         if let Some(placeholder) = self.authorizer.body_placeholder() {
@@ -148,11 +169,27 @@ impl AuthorizedClient {
             *request.body_mut() = Some(rendered.as_bytes().to_vec().into());
         }
         let url = request.url().clone();
-        let response = self
+        // DPoP-bound tokens carry a proof per request; a server asking for a fresh nonce
+        // (401 with a new `DPoP-Nonce`) gets the request once more with it.
+        let dpop_retry = request.try_clone();
+        self.attach_dpop_proof(&mut request, token)?;
+        let mut response = self
             .http
             .execute(request)
             .await
             .map_err(|err| transport_error(&url, &err))?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && self.manager.remember_dpop_nonce(&url, response.headers())
+        {
+            if let Some(mut retry) = dpop_retry {
+                self.attach_dpop_proof(&mut retry, token)?;
+                response = self
+                    .http
+                    .execute(retry)
+                    .await
+                    .map_err(|err| transport_error(&url, &err))?;
+            }
+        }
         let status = response.status();
         if status.is_success() || !self.authorizer.may_be_rejection(status) {
             return Ok(Classified::Accepted(response));

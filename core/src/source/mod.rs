@@ -7,6 +7,8 @@ pub mod authorization;
 #[cfg(feature = "http")]
 pub mod device;
 #[cfg(feature = "http")]
+pub mod dpop;
+#[cfg(feature = "http")]
 pub mod oauth2;
 #[cfg(feature = "http")]
 pub mod session;
@@ -68,6 +70,12 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     /// any. The default has none.
     #[cfg(feature = "http")]
     fn interactive_login(&self) -> Option<&dyn authorization::InteractiveLogin> {
+        None
+    }
+
+    /// The DPoP key this source binds its tokens to, if any (RFC 9449).
+    #[cfg(feature = "http")]
+    fn dpop_key(&self) -> Option<&dpop::DpopKey> {
         None
     }
 }

@@ -45,6 +45,7 @@ use crate::source::authorization::{AuthorizationCode, AuthorizationRequest, Inte
 use crate::source::device::{
     judge_poll_error, DeviceAuthorization, PollAnswer, MAX_POLL_INTERVAL, SLOW_DOWN_STEP,
 };
+use crate::source::dpop::DpopKey;
 use crate::source::Source;
 
 /// How the client authenticates at the token endpoint.
@@ -413,6 +414,7 @@ pub struct OAuth2Source {
     assertion_key: Option<Arc<SigningKey>>,
     assertion_audience: AssertionAudience,
     assertion_file: Option<SubjectToken>,
+    dpop: Option<Arc<DpopKey>>,
 }
 
 impl fmt::Debug for OAuth2Source {
@@ -470,6 +472,7 @@ impl OAuth2Source {
             assertion_key: None,
             assertion_audience: AssertionAudience::TokenEndpoint,
             assertion_file: None,
+            dpop: None,
         })
     }
 
@@ -548,6 +551,14 @@ impl OAuth2Source {
         self.auth = ClientAuth::AssertionFile;
         self.assertion_file = Some(SubjectToken::File(path.into()));
         self
+    }
+
+    /// Binds tokens to a fresh per-source key with DPoP (RFC 9449): a proof on every token
+    /// request, and ([`crate::Manager::dpop_proof`], the authorized client) on every API
+    /// request with a bound token. Server nonces are followed.
+    pub fn dpop(mut self) -> Result<Self> {
+        self.dpop = Some(Arc::new(DpopKey::generate()?));
+        Ok(self)
     }
 
     /// The `aud` of client assertions (default: the token endpoint).
@@ -926,9 +937,17 @@ impl OAuth2Source {
         url: &url::Url,
         form: &[(&str, &str)],
         assertion: Option<&SecretString>,
+        proof: Option<&SecretString>,
     ) -> std::result::Result<reqwest::Response, reqwest::Error> {
         let mut form = form.to_vec();
         let mut request = self.http.post(url.clone());
+        if let Some(proof) = proof.and_then(|proof| {
+            let mut value = reqwest::header::HeaderValue::from_str(proof.expose()).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        }) {
+            request = request.header("DPoP", proof);
+        }
         if let Some(assertion) = assertion {
             form.push(("client_id", &self.client_id));
             form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
@@ -1006,8 +1025,7 @@ impl OAuth2Source {
         let Some(url) = endpoint.pick(&resolved).cloned() else {
             return Ok(None);
         };
-        let assertion = self.client_assertion_for(&url)?;
-        let outcome = self.post_form(&url, form, assertion.as_ref()).await;
+        let outcome = self.send_form(&url, form).await?;
         let moved = match &outcome {
             Ok(response) => matches!(response.status().as_u16(), 404 | 410),
             Err(err) => err.is_connect(),
@@ -1022,10 +1040,9 @@ impl OAuth2Source {
                             "endpoint moved: discovery names another one; sending there"
                         );
                         drop(outcome);
-                        let assertion = self.client_assertion_for(new_url)?;
                         let response = self
-                            .post_form(new_url, form, assertion.as_ref())
-                            .await
+                            .send_form(new_url, form)
+                            .await?
                             .map_err(|err| transport_error(new_url, &err))?;
                         return Ok(Some((new_url.clone(), response)));
                     }
@@ -1039,6 +1056,42 @@ impl OAuth2Source {
         match outcome {
             Ok(response) => Ok(Some((url, response))),
             Err(err) => Err(transport_error(&url, &err)),
+        }
+    }
+
+    /// One POST with a fresh client assertion and DPoP proof; a refusal that brings a new
+    /// DPoP nonce (`use_dpop_nonce`) is sent once more with it.
+    /// The outer error is ours (an assertion file that cannot be read), the inner one the
+    /// transport's.
+    async fn send_form(
+        &self,
+        url: &url::Url,
+        form: &[(&str, &str)],
+    ) -> Result<std::result::Result<reqwest::Response, reqwest::Error>> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let assertion = self.client_assertion_for(url)?;
+            let proof = self
+                .dpop
+                .as_ref()
+                .map(|key| key.proof("POST", url, None))
+                .transpose()?;
+            let response = match self
+                .post_form(url, form, assertion.as_ref(), proof.as_ref())
+                .await
+            {
+                Ok(response) => response,
+                Err(err) => return Ok(Err(err)),
+            };
+            let fresh_nonce = self
+                .dpop
+                .as_ref()
+                .is_some_and(|key| key.remember_nonce(url, response.headers()));
+            let refused = matches!(response.status().as_u16(), 400 | 401);
+            if !(fresh_nonce && refused && attempts == 1) {
+                return Ok(Ok(response));
+            }
         }
     }
 
@@ -1188,6 +1241,10 @@ impl Source for OAuth2Source {
 
     fn interactive_login(&self) -> Option<&dyn InteractiveLogin> {
         Some(self)
+    }
+
+    fn dpop_key(&self) -> Option<&DpopKey> {
+        self.dpop.as_deref()
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {

@@ -81,6 +81,37 @@ impl Manager {
         Some(SecretString::new(rendered.as_str().to_owned()))
     }
 
+    /// The DPoP proof (RFC 9449) for an API request with a token bound to this manager's
+    /// key (`token_type` `DPoP`): send it in the `DPoP` header next to
+    /// [`Manager::request_header`]'s. `None` for other tokens.
+    pub fn dpop_proof(
+        &self,
+        method: &str,
+        url: &str,
+        value: &SecretString,
+        token_type: &str,
+    ) -> Result<Option<SecretString>> {
+        let Some(key) = self.shared.source.dpop_key() else {
+            return Ok(None);
+        };
+        if !token_type.eq_ignore_ascii_case("dpop") {
+            return Ok(None);
+        }
+        let url = url::Url::parse(url).map_err(|_| {
+            crate::Error::new(crate::ErrorKind::Usage, "dpop_proof: not an absolute URL")
+        })?;
+        key.proof(method, &url, Some(value)).map(Some)
+    }
+
+    /// Keeps the `DPoP-Nonce` a response from `url` carried; `true` when it is new (a
+    /// 401 that brings one is worth sending once more, with a new proof).
+    pub fn remember_dpop_nonce(&self, url: &url::Url, headers: &HeaderMap) -> bool {
+        self.shared
+            .source
+            .dpop_key()
+            .is_some_and(|key| key.remember_nonce(url, headers))
+    }
+
     /// Whether a response with this status needs (a prefix of) its body read before
     /// [`Manager::judge_response`] can tell whether it rejects the token. Successful
     /// responses never do.

@@ -20,6 +20,16 @@
 #include <stdint.h>
 
 /**
+ * The most response headers `tl_manager_judge_response` reads; later ones are ignored.
+ */
+#define TL_MAX_JUDGED_HEADERS 256
+
+/**
+ * The most response body bytes `tl_manager_judge_response` reads; pass at most this prefix.
+ */
+#define TL_MAX_JUDGED_BODY_BYTES 65536
+
+/**
  * Longest `tl_manager_free` waits for C callbacks of the manager that are running when it
  * is called (and `tl_manager_set_event_callback` for the previous event callback).
  */
@@ -322,6 +332,21 @@ typedef struct tl_manager tl_manager;
 typedef struct tl_token tl_token;
 
 /**
+ * One response header for `tl_manager_judge_response`: NUL-terminated UTF-8 name and
+ * value, borrowed for the duration of the call.
+ */
+typedef struct tl_header {
+    /**
+     * Header name (any case), e.g. `"WWW-Authenticate"`.
+     */
+    const char *name;
+    /**
+     * Header value.
+     */
+    const char *value;
+} tl_header;
+
+/**
  * A token source written in C.
  *
  * Every callback returns a `tl_result` number: `TL_OK` (0) on success, or the error kind of
@@ -557,6 +582,140 @@ extern "C" {
  * Ownership: the string is static; never free it. Thread-safety: callable from any thread.
  */
 const char *tl_version(void);
+
+/**
+ * The header that carries `token` on an API request, as the manager's configuration says:
+ * `Authorization` / `Bearer <token>` for OAuth2, a session's own header
+ * (`vmware-api-session-id`, with its configured prefix), or `Cookie` / `NAME=<token>`.
+ * Names come in lower case (HTTP header names are case-insensitive).
+ *
+ * On `TL_OK`, `*has_header` tells whether there is a header: `false` when the configuration
+ * carries the token only in the request body (use `tl_manager_authorize_body`); then both
+ * buffers receive empty strings and both `*written` 0. Otherwise the name goes into
+ * `name_buf` and the value into `value_buf`, NUL-terminated, with their lengths in
+ * `*name_written` and `*value_written`. When either buffer is too small the result is
+ * `TL_BUFFER_TOO_SMALL`: both `*written` receive the sizes needed (terminators included),
+ * nothing but empty strings is written, and `*has_header` is `true`. A buffer may be NULL
+ * when its length is 0 (a size query).
+ *
+ * The value contains the token: wipe `value_buf` when done and never log it.
+ * Thread-safety: callable from any thread; never blocks.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `token` NULL or a live `tl_token`; each buffer NULL
+ * or writable for its length; `name_written`, `value_written` and `has_header` NULL or
+ * writable.
+ */
+tl_result tl_manager_request_header(const struct tl_manager *mgr,
+                                    const struct tl_token *token,
+                                    char *name_buf,
+                                    size_t name_len,
+                                    size_t *name_written,
+                                    char *value_buf,
+                                    size_t value_len,
+                                    size_t *value_written,
+                                    bool *has_header);
+
+/**
+ * For a configuration that carries the token in request bodies (`"send": {"body":
+ * "{{session}}"}`, a SOAP `SessionHeader`): copies `body` (`body_len` bytes of UTF-8, no
+ * terminator needed) with the placeholder replaced by the XML-escaped token into `buf`,
+ * NUL-terminated, its length in `*written`, and sets `*placed` to `true`. Send that body
+ * instead of yours; on a retry, render yours again with the new token.
+ *
+ * When the token does not travel in bodies, `*placed` is `false`, `buf` receives an empty
+ * string and `*written` 0: send your body as it is (any bytes; it is not read).
+ *
+ * Buffer rules as for `tl_manager_token` (`TL_BUFFER_TOO_SMALL` with the needed size in
+ * `*written`; nothing of the token is written then). `body` may be NULL when `body_len` is
+ * 0. A body that is not UTF-8 is `TL_INVALID_UTF8` when the token goes into it.
+ *
+ * The result contains the token: wipe `buf` when done and never log it. Thread-safety:
+ * callable from any thread; never blocks.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `token` NULL or a live `tl_token`; `body` NULL or
+ * readable for `body_len` bytes; `buf` NULL or writable for `len` bytes; `written` and
+ * `placed` NULL or writable.
+ */
+tl_result tl_manager_authorize_body(const struct tl_manager *mgr,
+                                    const struct tl_token *token,
+                                    const char *body,
+                                    size_t body_len,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *written,
+                                    bool *placed);
+
+/**
+ * Whether a response with `status` needs a prefix of its body (at most
+ * `TL_MAX_JUDGED_BODY_BYTES`) for `tl_manager_judge_response`. Successful responses never
+ * do. `false` when `mgr` is NULL.
+ *
+ * Thread-safety: callable from any thread; never blocks.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager.
+ */
+bool tl_manager_needs_response_body(const struct tl_manager *mgr, uint16_t status);
+
+/**
+ * Judges the response to a request made with the token of `generation`, by the
+ * configuration's rules (a Bearer 401 `invalid_token`; a session's `expired` rules, e.g.
+ * 401 with `UNAUTHENTICATED` or 500 with `INVALID_SESSION` in the body).
+ *
+ * `*rejected` receives `true` when the response rejects that token: the manager has then
+ * discarded it (exactly that generation: a late verdict never discards a newer token), so
+ * get a token again (`tl_manager_token_handle` / `tl_manager_token`) and retry the request
+ * once, if it can be replayed. `false` otherwise: for a sliding session the use is
+ * recorded (and a remaining lifetime the configured response header reports). Call it for
+ * every response, successful ones too.
+ *
+ * `headers`: `count` response headers (at most `TL_MAX_JUDGED_HEADERS` are read; `headers`
+ * may be NULL when `count` is 0); each name and value NUL-terminated UTF-8
+ * (`TL_NULL_ARGUMENT` / `TL_INVALID_UTF8` otherwise, before anything is judged). `body`: the
+ * first `len` bytes of the response body when `tl_manager_needs_response_body(mgr, status)`
+ * (at most `TL_MAX_JUDGED_BODY_BYTES` are read; NULL when `len` is 0).
+ *
+ * Thread-safety: callable from any thread; never blocks.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `headers` NULL or readable for
+ * `min(count, TL_MAX_JUDGED_HEADERS)` elements whose strings are NULL or NUL-terminated;
+ * `body` NULL or readable for `min(len, TL_MAX_JUDGED_BODY_BYTES)` bytes; `rejected` NULL or
+ * writable.
+ */
+tl_result tl_manager_judge_response(const struct tl_manager *mgr,
+                                    uint64_t generation,
+                                    uint16_t status,
+                                    const struct tl_header *headers,
+                                    size_t count,
+                                    const uint8_t *body,
+                                    size_t len,
+                                    bool *rejected);
+
+/**
+ * Asks the server about the current session (`session.info` in the configuration, e.g.
+ * vSphere's `GET /api/session`: whose session it is, whether it is alive) and copies the
+ * response body into `buf`, NUL-terminated, its length in `*written`. Gets a session
+ * first when there is none. Blocks until the server answered.
+ *
+ * `TL_CONFIGURATION` when the configuration has no `session.info`; `TL_TOKEN_REJECTED`
+ * when the server says the session ended (the manager has then discarded it). Buffer rules
+ * as for `tl_manager_token`, except that every call makes a new request: pass a buffer
+ * large enough for the answer (with `TL_BUFFER_TOO_SMALL`, `*written` is the size that
+ * answer needed).
+ *
+ * Thread-safety: callable from any thread; not from inside a tokenlease callback.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `buf` NULL or writable for `len` bytes; `written`
+ * NULL or writable.
+ */
+tl_result tl_manager_session_info(const struct tl_manager *mgr,
+                                  char *buf,
+                                  size_t len,
+                                  size_t *written);
 
 /**
  * Starts an interactive login with the authorization code grant and PKCE: `*out` receives a
@@ -1216,6 +1375,32 @@ tl_result tl_token_value(const struct tl_token *tok, const char **ptr, size_t *l
 tl_result tl_token_type(const struct tl_token *tok, const char **ptr, size_t *len);
 
 /**
+ * The OpenID Connect ID token of a user login (opaque: verify it before trusting what it
+ * says): `*ptr` receives a pointer to it (NUL-terminated) and `*len` (may be NULL) its
+ * length, or `*ptr` NULL and `*len` 0 when the token has none (`TL_OK` either way).
+ *
+ * Ownership: borrowed from `tok` until `tl_token_free(tok)`; a secret like the value: never
+ * log it. Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `tok` must be NULL or a live `tl_token`; `ptr` must be writable; `len` NULL or writable.
+ */
+tl_result tl_token_id_token(const struct tl_token *tok, const char **ptr, size_t *len);
+
+/**
+ * A value the login response carried, kept with the token (a session configuration's
+ * `values`, e.g. Zuora's `server_url`): a NUL-terminated string, or NULL when `tok` or
+ * `name` is NULL, `name` is not UTF-8, or the token has no such value. Not secret.
+ *
+ * Ownership: borrowed from `tok` until `tl_token_free(tok)`; never free it. `name` is only
+ * read during the call. Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `tok` must be NULL or a live `tl_token`; `name` NULL or NUL-terminated.
+ */
+const char *tl_token_attribute(const struct tl_token *tok, const char *name);
+
+/**
  * The token's generation: increases by one with every token a manager installs; pass it to
  * `tl_manager_invalidate` or `tl_manager_token_after_rejection`. Returns 0 when `tok` is
  * NULL (a real generation is never 0).
@@ -1241,8 +1426,8 @@ uint64_t tl_token_expires_at_unix_ms(const struct tl_token *tok);
 /**
  * Frees a token handle and wipes its copy of the value. NULL is a no-op.
  *
- * Ownership: takes ownership of `tok`; pointers obtained from `tl_token_value` and
- * `tl_token_type` dangle afterwards. Thread-safety: must not race with other calls on `tok`.
+ * Ownership: takes ownership of `tok`; pointers obtained from `tl_token_value`,
+ * `tl_token_type`, `tl_token_id_token` and `tl_token_attribute` dangle afterwards. Thread-safety: must not race with other calls on `tok`.
  *
  * # Safety
  * `tok` must be NULL or a `tl_token` from `tl_manager_token_handle` not freed before.

@@ -3,7 +3,8 @@
 //! Conventions, following rustls-ffi:
 //!
 //! - Every function is named `tl_<type>_<verb>` and returns a [`tl_result`] unless it cannot
-//!   fail (accessors of a `tl_token`, `tl_login_request` or `tl_device_login`, `_free`).
+//!   fail (accessors of a `tl_token`, `tl_login_request` or `tl_device_login`,
+//!   `tl_manager_needs_response_body`, `_free`).
 //! - Handles (`tl_manager`, `tl_token`, `tl_login_request`, `tl_device_login`,
 //!   `tl_fetch_output`) are opaque pointers created by the library and released by a
 //!   NULL-safe `_free`.
@@ -20,6 +21,7 @@
 
 mod boundary;
 mod events;
+mod http;
 mod login;
 mod manager;
 mod result;
@@ -29,6 +31,7 @@ mod store;
 mod token;
 
 pub use events::{tl_event, tl_event_callback, tl_event_kind, tl_refresh_reason};
+pub use http::tl_header;
 pub use login::{tl_device_login, tl_login_request};
 pub use manager::{tl_counters, tl_manager, tl_status, tl_token_state};
 pub use result::tl_result;

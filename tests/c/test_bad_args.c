@@ -458,6 +458,200 @@ static void test_login_and_seed_offline(void) {
     tl_manager_free(mgr);
 }
 
+/* The request decisions (issue 16): header, body, verdict, session info, token values. No
+ * network: a C source's token, and a body-placing session manager whose login URL is a
+ * closed loopback port (never reached). */
+static void test_request_decision_arguments(void) {
+    struct probe p;
+    memset(&p, 0, sizeof p);
+    tl_manager *mgr = probe_manager(&p, 0);
+    if (!mgr) return;
+    tl_token *tok = NULL;
+    CHECK_RC(tl_manager_token_handle(mgr, &tok), TL_OK);
+    if (!tok) {
+        tl_manager_free(mgr);
+        return;
+    }
+    uint64_t generation = tl_token_generation(tok);
+    char name[64], value[64], detail[256];
+    size_t nw = 0, vw = 0, written = 0;
+    bool has = false;
+
+    /* tl_manager_request_header: a bearer manager's header. */
+    CHECK_RC(tl_manager_request_header(NULL, tok, name, sizeof name, &nw, value, sizeof value, &vw, &has),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_request_header(mgr, NULL, name, sizeof name, &nw, value, sizeof value, &vw, &has),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "`token`") != NULL);
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, NULL, value, sizeof value, &vw, &has),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, value, sizeof value, NULL, &has),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, value, sizeof value, &vw, NULL),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_request_header(mgr, tok, NULL, 5, &nw, value, sizeof value, &vw, &has),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, NULL, 5, &vw, &has),
+             TL_NULL_ARGUMENT);
+    /* A size query, then a value buffer one byte short: sizes, no partial secret. */
+    CHECK_RC(tl_manager_request_header(mgr, tok, NULL, 0, &nw, NULL, 0, &vw, &has), TL_BUFFER_TOO_SMALL);
+    CHECK(has && nw == strlen("authorization") + 1 && vw == strlen("Bearer probe-token-value") + 1);
+    memset(name, 'x', sizeof name);
+    memset(value, 'x', sizeof value);
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, value, vw - 1, &vw, &has),
+             TL_BUFFER_TOO_SMALL);
+    CHECK(name[0] == '\0' && value[0] == '\0' && value[1] == 'x');
+    CHECK(nw == 14 && vw == 25);
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, value, sizeof value, &vw, &has),
+             TL_OK);
+    CHECK(has && strcmp(name, "authorization") == 0 && nw == 13);
+    CHECK(strcmp(value, "Bearer probe-token-value") == 0 && vw == 24);
+
+    /* tl_manager_authorize_body on a bearer manager: nothing placed; the body is not read
+     * (binary is fine), and its pointer rules still hold. */
+    char out[256];
+    bool placed = true;
+    CHECK_RC(tl_manager_authorize_body(mgr, tok, NOT_UTF8, 2, out, sizeof out, &written, &placed), TL_OK);
+    CHECK(!placed && written == 0 && out[0] == '\0');
+    CHECK_RC(tl_manager_authorize_body(mgr, tok, NULL, 3, out, sizeof out, &written, &placed),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_authorize_body(mgr, tok, "{}", SIZE_MAX, out, sizeof out, &written, &placed),
+             TL_INVALID_ARGUMENT);
+
+    /* tl_manager_needs_response_body. */
+    CHECK(!tl_manager_needs_response_body(NULL, 401));
+    CHECK(tl_manager_needs_response_body(mgr, 401));
+    CHECK(!tl_manager_needs_response_body(mgr, 200));
+
+    /* tl_manager_judge_response: bad arguments are refused before anything is judged. */
+    bool rejected = true;
+    tl_header headers[300];
+    for (size_t i = 0; i < 300; i++) {
+        headers[i].name = "X-Filler";
+        headers[i].value = "1";
+    }
+    CHECK_RC(tl_manager_judge_response(NULL, generation, 401, NULL, 0, NULL, 0, &rejected), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, NULL, 0, NULL, 0, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, NULL, 1, NULL, 0, &rejected), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, NULL, 0, NULL, 1, &rejected), TL_NULL_ARGUMENT);
+    headers[3].name = NULL;
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, headers, 5, NULL, 0, &rejected), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "headers[3].name") != NULL);
+    headers[3].name = "X-Filler";
+    headers[4].value = NOT_UTF8;
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, headers, 5, NULL, 0, &rejected), TL_INVALID_UTF8);
+    headers[4].value = "1";
+    tl_status status;
+    CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
+    CHECK(status.generation == generation && status.state == TL_STATE_FRESH); /* nothing discarded */
+    /* Huge counts are bounded: only TL_MAX_JUDGED_HEADERS headers and TL_MAX_JUDGED_BODY_BYTES
+     * body bytes are read (valgrind and ASan would see a read past these arrays). */
+    static uint8_t body[TL_MAX_JUDGED_BODY_BYTES];
+    memset(body, 'b', sizeof body);
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 200, headers, SIZE_MAX, body, SIZE_MAX, &rejected),
+             TL_OK);
+    CHECK(!rejected);
+    /* A 401 with an insufficient_scope challenge is not a rejection of the token... */
+    headers[0].name = "WWW-Authenticate";
+    headers[0].value = "Bearer error=\"insufficient_scope\"";
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, headers, 1, NULL, 0, &rejected), TL_OK);
+    CHECK(!rejected);
+    /* ...but the same challenge past the first 256 headers is not looked at: a bare 401. */
+    headers[0].name = "X-Filler";
+    headers[0].value = "1";
+    headers[299].name = "WWW-Authenticate";
+    headers[299].value = "Bearer error=\"insufficient_scope\"";
+    CHECK_RC(tl_manager_judge_response(mgr, generation, 401, headers, 300, NULL, 0, &rejected), TL_OK);
+    CHECK(rejected);
+    CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
+    CHECK(status.state == TL_STATE_EMPTY); /* that generation was discarded */
+
+    /* tl_manager_session_info: a C source has no session info request. */
+    CHECK_RC(tl_manager_session_info(NULL, out, sizeof out, &written), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_session_info(mgr, out, sizeof out, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_session_info(mgr, NULL, 4, &written), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_session_info(mgr, out, sizeof out, &written), TL_CONFIGURATION);
+    CHECK(out[0] == '\0' && written == 0);
+
+    /* tl_token_attribute and tl_token_id_token. */
+    CHECK(tl_token_attribute(NULL, "server_url") == NULL);
+    CHECK(tl_token_attribute(tok, NULL) == NULL);
+    CHECK(tl_token_attribute(tok, NOT_UTF8) == NULL);
+    CHECK(tl_token_attribute(tok, "server_url") == NULL);
+    const char *id_token = (const char *)1;
+    size_t id_len = 7;
+    CHECK_RC(tl_token_id_token(NULL, &id_token, &id_len), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_token_id_token(tok, NULL, &id_len), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_token_id_token(tok, &id_token, NULL), TL_OK);
+    CHECK(id_token == NULL);
+    CHECK_RC(tl_token_id_token(tok, &id_token, &id_len), TL_OK);
+    CHECK(id_token == NULL && id_len == 0);
+    tl_token_free(tok);
+
+    /* A session whose token travels in request bodies (a SOAP SessionHeader). Its token
+     * here comes from a login with XML metacharacters in it, installed in the C source's
+     * manager: a tl_token is independent of the manager it came from. */
+    tl_fetch_output *login = NULL;
+    CHECK_RC(tl_fetch_output_new(&login), TL_OK);
+    CHECK_RC(tl_fetch_output_set_token(login, "x&<y>", 5, 600000), TL_OK);
+    tok = NULL;
+    CHECK_RC(tl_manager_login(mgr, login, &tok), TL_OK);
+    tl_fetch_output_free(login);
+    tl_manager *soap = NULL;
+    CHECK_RC(tl_manager_from_config(
+                 "{\"source\": {\"type\": \"session_login\","
+                 " \"credentials\": {\"username\": \"u\", \"password\": \"p\"},"
+                 " \"session\": {\"login\": {\"url\": \"http://127.0.0.1:9/login\","
+                 " \"xml\": \"<login><u>{{username}}</u><p>{{password}}</p></login>\"},"
+                 " \"token\": {\"xml_path\": \"loginResponse/Session\"}, \"lifetime_s\": 900,"
+                 " \"send\": {\"body\": \"{{session}}\"},"
+                 " \"expired\": {\"statuses\": [500], \"body_contains\": [\"INVALID_SESSION\"]}}}}",
+                 &soap),
+             TL_OK);
+    if (soap && tok) {
+        const char *template_body = "<s>{{session}}</s>";
+        size_t template_len = strlen(template_body);
+        const char *expected = "<s>x&amp;&lt;y&gt;</s>";
+        CHECK_RC(tl_manager_authorize_body(NULL, tok, template_body, template_len, out, sizeof out, &written, &placed),
+                 TL_NULL_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, NULL, template_body, template_len, out, sizeof out, &written, &placed),
+                 TL_NULL_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, template_body, template_len, out, sizeof out, NULL, &placed),
+                 TL_NULL_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, template_body, template_len, out, sizeof out, &written, NULL),
+                 TL_NULL_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, template_body, template_len, NULL, 4, &written, &placed),
+                 TL_NULL_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, NULL, 1, out, sizeof out, &written, &placed),
+                 TL_NULL_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, template_body, SIZE_MAX, out, sizeof out, &written, &placed),
+                 TL_INVALID_ARGUMENT);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, NOT_UTF8, 2, out, sizeof out, &written, &placed),
+                 TL_INVALID_UTF8);
+        /* An empty body: placed (there was nowhere to put the token). */
+        CHECK_RC(tl_manager_authorize_body(soap, tok, NULL, 0, out, sizeof out, &written, &placed), TL_OK);
+        CHECK(placed && written == 0 && out[0] == '\0');
+        /* Too small: the size needed, nothing of the token written. */
+        memset(out, 'x', sizeof out);
+        CHECK_RC(tl_manager_authorize_body(soap, tok, template_body, template_len, out, 8, &written, &placed),
+                 TL_BUFFER_TOO_SMALL);
+        CHECK(placed && written == strlen(expected) + 1 && out[0] == '\0' && out[1] == 'x');
+        CHECK_RC(tl_manager_authorize_body(soap, tok, template_body, template_len, out, sizeof out, &written, &placed),
+                 TL_OK);
+        CHECK(placed && strcmp(out, expected) == 0 && written == strlen(expected));
+        /* No header for it, and its 500s may be rejections. */
+        CHECK_RC(tl_manager_request_header(soap, tok, name, sizeof name, &nw, value, sizeof value, &vw, &has),
+                 TL_OK);
+        CHECK(!has && nw == 0 && vw == 0 && name[0] == '\0' && value[0] == '\0');
+        CHECK(tl_manager_needs_response_body(soap, 500));
+    }
+    tl_token_free(tok);
+    tl_manager_free(soap);
+    tl_manager_free(mgr);
+}
+
 int main(void) {
     RUN(test_result_codes);
     RUN(test_constructor_arguments);
@@ -465,5 +659,6 @@ int main(void) {
     RUN(test_bad_callback_results);
     RUN(test_login_arguments);
     RUN(test_login_and_seed_offline);
+    RUN(test_request_decision_arguments);
     return finish();
 }

@@ -536,6 +536,12 @@ static void test_user_login_browser_refresh_access_removed_device_relogin_logout
     const char *first_value = NULL;
     CHECK_RC(tl_token_value(first, &first_value, NULL), TL_OK);
     CHECK(oidc_is_active(first_value) == 1);
+    /* The OpenID Connect ID token of the login (scope openid), opaque: a JWT's three parts. */
+    const char *id_token = NULL;
+    size_t id_len = 0;
+    CHECK_RC(tl_token_id_token(first, &id_token, &id_len), TL_OK);
+    CHECK(id_token != NULL && id_len == strlen(id_token));
+    CHECK(id_token != NULL && strchr(id_token, '.') != strrchr(id_token, '.'));
     CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
     CHECK(strcmp(token, first_value) == 0 && generation == tl_token_generation(first));
     /* A redirect is good once: the server refuses the code the second time (and, as its

@@ -1,6 +1,8 @@
 /* End-to-end tests of the C ABI against the real test token server (loopback):
  * fetch and cache, concurrent callers on a cold cache and during a refresh, background
- * refresh, retry after rejection, revoke, events, status, errors with their kinds. */
+ * refresh, retry after rejection, revoke, events, status, errors with their kinds, and
+ * session APIs (the vSphere and Zuora SOAP profiles: the header, the body and the verdict
+ * from core). */
 #include "test_support.h"
 
 #include <pthread.h>
@@ -402,6 +404,292 @@ static void test_session_login_secrets_stay_secret(void) {
     pthread_mutex_destroy(&log.lock);
 }
 
+/* ---- session APIs (issue 16): the vSphere and Zuora SOAP profiles of examples/profiles,
+ * pointed at the test server; the header, the body and the verdict come from core ---- */
+
+/* `in` with every `from` replaced by `to`, into `out`; 0 when it does not fit. */
+static int replace_all(const char *in, const char *from, const char *to, char *out, size_t len) {
+    size_t used = 0, from_len = strlen(from), to_len = strlen(to);
+    while (*in) {
+        const char *piece = strncmp(in, from, from_len) == 0 ? to : in;
+        size_t piece_len = piece == to ? to_len : 1;
+        if (used + piece_len + 1 > len) return 0;
+        memcpy(out + used, piece, piece_len);
+        used += piece_len;
+        in += piece == to ? from_len : 1;
+    }
+    out[used] = '\0';
+    return 1;
+}
+
+/* examples/profiles/NAME (the tests run from the checkout's root) with `host` replaced by
+ * the test server's URL and the {"env": ...} credentials replaced by inline ones. */
+static int load_profile(const char *name, const char *host, const char *user_env,
+                        const char *password_env, const char *password, char *out, size_t len) {
+    char path[512];
+    snprintf(path, sizeof path, "examples/profiles/%s", name);
+    FILE *file = fopen(path, "r");
+    if (file == NULL) {
+        fprintf(stderr, "cannot open %s (run from the checkout's root)\n", path);
+        return 0;
+    }
+    static char text[16384], step1[16384], step2[16384];
+    size_t got = fread(text, 1, sizeof text - 1, file);
+    fclose(file);
+    text[got] = '\0';
+    char user_from[64], password_from[64], password_to[128];
+    snprintf(user_from, sizeof user_from, "{\"env\": \"%s\"}", user_env);
+    snprintf(password_from, sizeof password_from, "{\"env\": \"%s\"}", password_env);
+    snprintf(password_to, sizeof password_to, "\"%s\"", password);
+    return replace_all(text, host, server_url(), step1, sizeof step1) &&
+           replace_all(step1, user_from, "\"alice\"", step2, sizeof step2) &&
+           replace_all(step2, password_from, password_to, out, len);
+}
+
+static tl_manager *profile_manager(const char *name, const char *host, const char *user_env,
+                                   const char *password_env, const char *password) {
+    static char config[16384];
+    if (!load_profile(name, host, user_env, password_env, password, config, sizeof config)) {
+        return NULL;
+    }
+    tl_manager *mgr = NULL;
+    tl_result rc = tl_manager_from_config(config, &mgr);
+    if (rc != TL_OK) {
+        char detail[512];
+        size_t written = 0;
+        tl_manager_last_error(NULL, detail, sizeof detail, &written);
+        fprintf(stderr, "tl_manager_from_config(%s): %s: %s\n", name, tl_result_name(rc), detail);
+    }
+    return mgr;
+}
+
+/* The header line core says carries `tok` ("name: value\r\n"), or "" for body-only
+ * configurations. */
+static void header_line(tl_manager *mgr, const tl_token *tok, char *line, size_t len) {
+    char name[128], value[1024];
+    size_t name_written = 0, value_written = 0;
+    bool has_header = false;
+    line[0] = '\0';
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &name_written, value,
+                                       sizeof value, &value_written, &has_header),
+             TL_OK);
+    if (has_header) snprintf(line, len, "%s: %s\r\n", name, value);
+    memset(value, 0, sizeof value);
+}
+
+/* Core's verdict on an answer to a request made with `tok`. */
+static bool rejects(tl_manager *mgr, const tl_token *tok, const struct http_answer *answer) {
+    bool rejected = true;
+    size_t body_len = tl_manager_needs_response_body(mgr, (uint16_t)answer->status)
+                          ? answer->body_len
+                          : 0;
+    CHECK_RC(tl_manager_judge_response(mgr, tl_token_generation(tok), (uint16_t)answer->status,
+                                       answer->headers, answer->header_count,
+                                       (const uint8_t *)answer->body, body_len, &rejected),
+             TL_OK);
+    return rejected;
+}
+
+static struct http_answer g_answer;
+
+static void test_vsphere_profile_end_to_end(void) {
+    tl_manager *mgr = profile_manager("vsphere.json", "https://vcenter.example", "VSPHERE_USER",
+                                      "VSPHERE_PASSWORD", "wonderland");
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    long logins = server_stat("session_logins");
+    long logouts = server_stat("session_logouts");
+    long rejections = server_stat("session_rejections");
+
+    /* Basic-auth login (POST /api/session); the session travels in vmware-api-session-id. */
+    tl_token *tok = NULL;
+    CHECK_RC(tl_manager_token_handle(mgr, &tok), TL_OK);
+    if (!tok) goto done;
+    CHECK(server_stat("session_logins") == logins + 1);
+    char name[64], value[512];
+    size_t name_written = 0, value_written = 0;
+    bool has_header = false;
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &name_written, value,
+                                       sizeof value, &value_written, &has_header),
+             TL_OK);
+    const char *token_value = NULL;
+    size_t token_len = 0;
+    CHECK_RC(tl_token_value(tok, &token_value, &token_len), TL_OK);
+    CHECK(has_header);
+    CHECK(strcmp(name, "vmware-api-session-id") == 0 && name_written == strlen(name));
+    CHECK(value_written == token_len && strcmp(value, token_value) == 0);
+    CHECK(tl_token_attribute(tok, "server_url") == NULL); /* this profile keeps no values */
+
+    char line[1024];
+    header_line(mgr, tok, line, sizeof line);
+    CHECK(http_exchange("GET", "/api/vcenter/vm", line, NULL, NULL, 0, &g_answer) == 200);
+    CHECK(strstr(g_answer.body, "vm-42") != NULL);
+    CHECK(!tl_manager_needs_response_body(mgr, 200));
+    CHECK(!rejects(mgr, tok, &g_answer));
+
+    /* Session.get: whose session it is. */
+    char info[2048];
+    size_t written = 0;
+    CHECK_RC(tl_manager_session_info(mgr, info, sizeof info, &written), TL_OK);
+    CHECK(strstr(info, "alice") != NULL && written == strlen(info));
+    char tiny[4];
+    CHECK_RC(tl_manager_session_info(mgr, tiny, sizeof tiny, &written), TL_BUFFER_TOO_SMALL);
+    CHECK(written == strlen(info) + 1 && tiny[0] == '\0');
+
+    /* The server ends every session: 401 UNAUTHENTICATED, core says rejected, a token
+     * again (one new login), one retry. */
+    CHECK(server_control("{\"revoke_all\": true}") == 200);
+    CHECK(http_exchange("GET", "/api/vcenter/vm", line, NULL, NULL, 0, &g_answer) == 401);
+    CHECK(strstr(g_answer.body, "UNAUTHENTICATED") != NULL);
+    CHECK(tl_manager_needs_response_body(mgr, 401));
+    uint64_t old_generation = tl_token_generation(tok);
+    CHECK(rejects(mgr, tok, &g_answer));
+    tl_token *fresh = NULL;
+    CHECK_RC(tl_manager_token_handle(mgr, &fresh), TL_OK);
+    if (fresh) {
+        CHECK(tl_token_generation(fresh) == old_generation + 1);
+        header_line(mgr, fresh, line, sizeof line);
+        CHECK(http_exchange("GET", "/api/vcenter/vm", line, NULL, NULL, 0, &g_answer) == 200);
+        CHECK(strstr(g_answer.body, "vm-42") != NULL);
+        CHECK(!rejects(mgr, fresh, &g_answer));
+        CHECK(server_stat("session_logins") == logins + 2);
+        CHECK(server_stat("session_rejections") == rejections + 1);
+        /* A late verdict on the old session never discards the new one. */
+        CHECK(http_exchange("GET", "/api/vcenter/vm", "vmware-api-session-id: gone\r\n", NULL,
+                            NULL, 0, &g_answer) == 401);
+        CHECK(rejects(mgr, tok, &g_answer));
+        /* A 401 without the configured expiry text is not a rejection. */
+        bool rejected = true;
+        const char *no_permission = "{\"error_type\": \"NO_PERMISSION\"}";
+        CHECK_RC(tl_manager_judge_response(mgr, tl_token_generation(fresh), 401, NULL, 0,
+                                           (const uint8_t *)no_permission, strlen(no_permission),
+                                           &rejected),
+                 TL_OK);
+        CHECK(!rejected);
+        tl_status status;
+        CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
+        CHECK(status.generation == tl_token_generation(fresh));
+        tl_token_free(fresh);
+    }
+
+    /* Logout: DELETE /api/session. */
+    CHECK_RC(tl_manager_revoke(mgr), TL_OK);
+    CHECK(server_stat("session_logouts") == logouts + 1);
+    tl_token_free(tok);
+done:
+    memset(value, 0, sizeof value);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+#define ZUORA_QUERY                                                                          \
+    "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\""          \
+    " xmlns:api=\"http://api.zuora.com/\"><soapenv:Header><api:SessionHeader>"                \
+    "<api:session>{{session}}</api:session></api:SessionHeader></soapenv:Header>"            \
+    "<soapenv:Body><api:query><api:queryString>select Id from Account</api:queryString>"     \
+    "</api:query></soapenv:Body></soapenv:Envelope>"
+
+/* POSTs the query with the session core placed in it; returns the status. */
+static int zuora_query(tl_manager *mgr, const tl_token *tok, const char *path) {
+    static char rendered[4096];
+    size_t written = 0;
+    bool placed = false;
+    CHECK_RC(tl_manager_authorize_body(mgr, tok, ZUORA_QUERY, strlen(ZUORA_QUERY), rendered,
+                                       sizeof rendered, &written, &placed),
+             TL_OK);
+    CHECK(placed && written == strlen(rendered));
+    CHECK(strstr(rendered, "{{session}}") == NULL);
+    const char *token_value = NULL;
+    CHECK_RC(tl_token_value(tok, &token_value, NULL), TL_OK);
+    char session[1024];
+    snprintf(session, sizeof session, "<api:session>%s</api:session>", token_value);
+    CHECK(strstr(rendered, session) != NULL);
+    int status = http_exchange("POST", path, "SOAPAction: \"\"\r\n", "text/xml; charset=utf-8",
+                               rendered, written, &g_answer);
+    memset(rendered, 0, sizeof rendered);
+    return status;
+}
+
+static void test_zuora_soap_profile_with_the_session_in_the_body(void) {
+    tl_manager *mgr = profile_manager("zuora-soap.json", "https://apisandbox.zuora.example",
+                                      "ZUORA_USER", "ZUORA_PASSWORD", "wonderland");
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    long logins = server_stat("session_logins");
+    long logouts = server_stat("session_logouts");
+    tl_token *tok = NULL;
+    CHECK_RC(tl_manager_token_handle(mgr, &tok), TL_OK);
+    if (!tok) goto done;
+
+    /* The endpoint is the ServerUrl the login answered, kept with the session. */
+    const char *server_url_value = tl_token_attribute(tok, "server_url");
+    CHECK(server_url_value != NULL);
+    const char *suffix = "/apps/services/a/91.0";
+    char path[256] = "/";
+    if (server_url_value) {
+        size_t n = strlen(server_url_value);
+        CHECK(n > strlen(suffix) && strcmp(server_url_value + n - strlen(suffix), suffix) == 0);
+        CHECK(strncmp(server_url_value, server_url(), strlen(server_url())) == 0);
+        snprintf(path, sizeof path, "%s", server_url_value + strlen(server_url()));
+    }
+    const char *id_token = (const char *)1;
+    size_t id_len = 1;
+    CHECK_RC(tl_token_id_token(tok, &id_token, &id_len), TL_OK);
+    CHECK(id_token == NULL && id_len == 0);
+
+    /* No header: the session travels in the SOAP header of the body. */
+    char name[64] = "x", value[512] = "x";
+    size_t name_written = 1, value_written = 1;
+    bool has_header = true;
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &name_written, value,
+                                       sizeof value, &value_written, &has_header),
+             TL_OK);
+    CHECK(!has_header && name[0] == '\0' && value[0] == '\0');
+    CHECK(name_written == 0 && value_written == 0);
+
+    CHECK(zuora_query(mgr, tok, path) == 200);
+    CHECK(strstr(g_answer.body, "queryResponse") != NULL);
+    CHECK(!rejects(mgr, tok, &g_answer));
+
+    /* The session ends: a 500 INVALID_SESSION fault, core says rejected, a new login, the
+     * body rendered again with the new session, one retry. */
+    CHECK(server_control("{\"revoke_all\": true}") == 200);
+    CHECK(zuora_query(mgr, tok, path) == 500);
+    CHECK(strstr(g_answer.body, "INVALID_SESSION") != NULL);
+    CHECK(tl_manager_needs_response_body(mgr, 500));
+    CHECK(rejects(mgr, tok, &g_answer));
+    tl_token *fresh = NULL;
+    CHECK_RC(tl_manager_token_handle(mgr, &fresh), TL_OK);
+    if (fresh) {
+        CHECK(zuora_query(mgr, fresh, path) == 200);
+        CHECK(strstr(g_answer.body, "queryResponse") != NULL);
+        CHECK(!rejects(mgr, fresh, &g_answer));
+        tl_token_free(fresh);
+    }
+    CHECK(server_stat("session_logins") == logins + 2);
+
+    /* Logout: the SOAP logout call with the session in its header. */
+    CHECK_RC(tl_manager_revoke(mgr), TL_OK);
+    CHECK(server_stat("session_logouts") == logouts + 1);
+    tl_token_free(tok);
+done:
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+
+    /* A wrong password: a LoginFault with HTTP 500 is invalid credentials, not transient. */
+    const char *password = "c-zuora-wrong-9d3e";
+    mgr = profile_manager("zuora-soap.json", "https://apisandbox.zuora.example", "ZUORA_USER",
+                          "ZUORA_PASSWORD", password);
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    char token[256];
+    size_t written = 0;
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_INVALID_CREDENTIALS);
+    char detail[1024];
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, password) == NULL);
+    CHECK(server_stat("session_logins") == logins + 2);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
 int main(void) {
     printf("# tokenlease %s against %s\n", tl_version(), server_url());
     RUN(test_fetch_and_cache);
@@ -411,5 +699,7 @@ int main(void) {
     RUN(test_background_refresh);
     RUN(test_errors_keep_their_kind);
     RUN(test_session_login_secrets_stay_secret);
+    RUN(test_vsphere_profile_end_to_end);
+    RUN(test_zuora_soap_profile_with_the_session_in_the_body);
     return finish();
 }

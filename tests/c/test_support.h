@@ -118,6 +118,82 @@ static inline int http_to(int port, const char *method, const char *path, const 
     return status;
 }
 
+/* A whole HTTP response: status, headers (as tl_header, for tl_manager_judge_response) and
+ * body, parsed in place in `raw`. */
+#define HTTP_MAX_HEADERS 64
+struct http_answer {
+    int status;
+    char raw[65536];
+    tl_header headers[HTTP_MAX_HEADERS];
+    size_t header_count;
+    const char *body; /* NUL-terminated */
+    size_t body_len;
+};
+
+/* One HTTP/1.1 request to the test token server with `extra_headers` (full lines, each
+ * ending in CRLF) and a body of `body_len` bytes; fills `answer`. Returns the status, or -1
+ * on a connection or parse failure. */
+static inline int http_exchange(const char *method, const char *path, const char *extra_headers,
+                                const char *content_type, const char *body, size_t body_len,
+                                struct http_answer *answer) {
+    memset(answer, 0, sizeof *answer);
+    answer->status = -1;
+    answer->body = "";
+    int port = server_port();
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((unsigned short)port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    char head[8192];
+    int n = snprintf(head, sizeof head,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s"
+                     "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                     method, path, port, extra_headers ? extra_headers : "",
+                     content_type ? content_type : "application/json", body_len);
+    if (n <= 0 || (size_t)n >= sizeof head || write(fd, head, (size_t)n) != n ||
+        (body_len > 0 && write(fd, body, body_len) != (ssize_t)body_len)) {
+        close(fd);
+        return -1;
+    }
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof answer->raw - 1 &&
+           (r = read(fd, answer->raw + got, sizeof answer->raw - 1 - got)) > 0) {
+        got += (size_t)r;
+    }
+    close(fd);
+    answer->raw[got] = '\0';
+    char *end = strstr(answer->raw, "\r\n\r\n");
+    if (end == NULL || sscanf(answer->raw, "HTTP/1.1 %d", &answer->status) != 1) return -1;
+    *end = '\0';
+    answer->body = end + 4;
+    answer->body_len = got - (size_t)(answer->body - answer->raw);
+    char *line = strstr(answer->raw, "\r\n");
+    while (line != NULL && answer->header_count < HTTP_MAX_HEADERS) {
+        *line = '\0';
+        line += 2;
+        char *next = strstr(line, "\r\n");
+        char *colon = strchr(line, ':');
+        if (colon != NULL) {
+            *colon = '\0';
+            char *value = colon + 1;
+            while (*value == ' ') value++;
+            answer->headers[answer->header_count].name = line;
+            answer->headers[answer->header_count].value = value;
+            answer->header_count++;
+        }
+        line = next;
+    }
+    return answer->status;
+}
+
 /* Sends one HTTP request to the test token server; returns the status code and copies the
  * body into `body` (NUL-terminated, truncated to `body_len`). -1 on connection failure. */
 static inline int http_request(const char *method, const char *path, const char *bearer,

@@ -1,7 +1,11 @@
 //! `tokenlease-test-server`: runs the loopback OAuth2 test server for other languages' tests.
 //!
 //! Usage: `tokenlease-test-server [--port N] [--max-lifetime-s N] [--default-ttl-s N] [--no-rotation]
-//! [--time-scale F] [--session-idle-timeout-s N] [--session-absolute-timeout-s N]`
+//! [--time-scale F] [--session-idle-timeout-s N] [--session-absolute-timeout-s N]
+//! [--jwt-bearer-keys FILE]`
+//!
+//! `--jwt-bearer-keys FILE`: a JSON array of `{"issuer": ISS, "public_key_pem": PEM}` the
+//! JWT-bearer grant accepts (see `ServerConfig::jwt_bearer_keys`).
 //!
 //! Prints exactly one first line `TOKENLEASE_TEST_SERVER_URL=http://127.0.0.1:PORT` to stdout,
 //! then serves until the maximum lifetime elapses (`0` = no limit) or SIGTERM/SIGINT arrives,
@@ -15,7 +19,8 @@ use tokenlease_test_server::{ServerConfig, TestServer};
 
 const USAGE: &str = "usage: tokenlease-test-server [--port N] [--max-lifetime-s N] \
                      [--default-ttl-s N] [--no-rotation] [--time-scale F] \
-                     [--session-idle-timeout-s N] [--session-absolute-timeout-s N]";
+                     [--session-idle-timeout-s N] [--session-absolute-timeout-s N] \
+                     [--jwt-bearer-keys FILE]";
 
 struct Args {
     port: u16,
@@ -25,6 +30,7 @@ struct Args {
     time_scale: f64,
     session_idle_timeout_s: u64,
     session_absolute_timeout_s: u64,
+    jwt_bearer_keys: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -36,6 +42,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         time_scale: 1.0,
         session_idle_timeout_s: 900,
         session_absolute_timeout_s: 3600,
+        jwt_bearer_keys: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -87,6 +94,24 @@ fn parse_args() -> Result<Option<Args>, String> {
                     .parse()
                     .map_err(|_| format!("bad --session-absolute-timeout-s {v:?}"))?;
             }
+            "--jwt-bearer-keys" => {
+                let path = value("--jwt-bearer-keys")?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|err| format!("cannot read --jwt-bearer-keys {path:?}: {err}"))?;
+                let keys: Vec<serde_json::Value> = serde_json::from_str(&text)
+                    .map_err(|err| format!("--jwt-bearer-keys {path:?}: {err}"))?;
+                for key in keys {
+                    let (Some(issuer), Some(pem)) =
+                        (key["issuer"].as_str(), key["public_key_pem"].as_str())
+                    else {
+                        return Err(format!(
+                            "--jwt-bearer-keys {path:?}: each entry needs issuer and public_key_pem"
+                        ));
+                    };
+                    args.jwt_bearer_keys
+                        .push((issuer.to_owned(), pem.to_owned()));
+                }
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -125,6 +150,7 @@ async fn run(args: Args) -> std::io::Result<()> {
         time_scale: args.time_scale,
         session_idle_timeout: Duration::from_secs(args.session_idle_timeout_s),
         session_absolute_timeout: Duration::from_secs(args.session_absolute_timeout_s),
+        jwt_bearer_keys: args.jwt_bearer_keys,
         // The lifetime is enforced below, together with the signals.
         max_lifetime: None,
         ..ServerConfig::default()

@@ -19,10 +19,18 @@ object OidcProvider {
     private val origin: String by lazy { URI.create(issuer).let { "${it.scheme}://${it.authority}" } }
     private val http: HttpClient = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build()
 
+    /** Where the server wrote the private keys of its assertion clients (`<client_id>.pem`). */
+    val clientKeys: java.io.File by lazy {
+        java.nio.file.Files.createTempDirectory("tokenlease-client-keys").toFile().also { it.deleteOnExit() }
+    }
+
     private fun start(): String {
         val script = System.getProperty("tokenlease.oidcServer")
             ?: error("system property tokenlease.oidcServer (tests/oidc/server.js) is not set")
-        val proc = ProcessBuilder("node", script, "--lifetime", "300", "--exit-with-stdin", "--mount", "/realms/tl")
+        val proc = ProcessBuilder(
+            "node", script, "--lifetime", "300", "--exit-with-stdin", "--mount", "/realms/tl",
+            "--client-keys-out", clientKeys.absolutePath,
+        )
             .redirectError(ProcessBuilder.Redirect.INHERIT)
             .start()
         Runtime.getRuntime().addShutdownHook(Thread { proc.destroy() })

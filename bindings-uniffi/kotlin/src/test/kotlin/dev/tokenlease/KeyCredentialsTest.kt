@@ -1,0 +1,103 @@
+package dev.tokenlease
+
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import org.junit.jupiter.api.assertThrows
+import java.io.BufferedReader
+import java.io.File
+import java.io.InputStreamReader
+import java.nio.file.Files
+import java.nio.file.attribute.PosixFilePermissions
+import java.util.Base64
+
+/** Credentials that are keys, from the shared config: each kind end to end from Kotlin. */
+class KeyCredentialsTest {
+    private fun json(text: String) = "\"" + text.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n") + "\""
+
+    @Test
+    fun `private_key_jwt signs a fresh assertion per token request at oidc-provider`() {
+        OidcProvider.issuer
+        val key = File(OidcProvider.clientKeys, "tokenlease-pkjwt.pem")
+        val config = """
+            {"source": {"type": "oauth2", "issuer": "${OidcProvider.issuer}", "client_id": "tokenlease-pkjwt",
+              "scopes": ["api:read"],
+              "client_auth": {"private_key_jwt": {"key": {"file": ${json(key.absolutePath)}}, "alg": "RS256", "kid": "pkjwt-rs"}}}}
+        """.trimIndent()
+        TokenManager.fromConfig(config).use { manager ->
+            val first = manager.tokenBlocking()
+            assertTrue(manager.invalidate(first.generation))
+            val second = manager.tokenBlocking()
+            assertTrue(first.value.expose() != second.value.expose())
+        }
+    }
+
+    @Test
+    fun `DPoP binds the token to the manager's key and follows the server's nonce`() {
+        val config = """
+            {"source": {"type": "oauth2", "issuer": "${OidcProvider.issuer}", "client_id": "tokenlease-dpop",
+              "client_secret": "tokenlease-secret", "scopes": ["api:read"], "dpop": true}}
+        """.trimIndent()
+        TokenManager.fromConfig(config).use { manager ->
+            assertEquals("DPoP", manager.tokenBlocking().tokenType)
+        }
+    }
+
+    @Test
+    fun `a service account key file gets tokens with the JWT-bearer grant`() {
+        val dir = Files.createTempDirectory("tokenlease-sa").toFile()
+        val pair = java.security.KeyPairGenerator.getInstance("RSA").apply { initialize(2048) }.generateKeyPair()
+        fun pem(kind: String, der: ByteArray) =
+            "-----BEGIN $kind-----\n" + Base64.getMimeEncoder(64, "\n".toByteArray()).encodeToString(der) + "\n-----END $kind-----\n"
+        val email = "kotlin@project.iam.gserviceaccount.com"
+        val keys = File(dir, "keys.json")
+        keys.writeText("""[{"issuer": "$email", "public_key_pem": ${json(pem("PUBLIC KEY", pair.public.encoded))}}]""")
+        val binary = System.getProperty("tokenlease.testServer") ?: error("tokenlease.testServer is not set")
+        val server = ProcessBuilder(binary, "--max-lifetime-s", "120", "--jwt-bearer-keys", keys.absolutePath)
+            .redirectError(ProcessBuilder.Redirect.INHERIT).start()
+        try {
+            val url = BufferedReader(InputStreamReader(server.inputStream)).readLine().removePrefix("TOKENLEASE_TEST_SERVER_URL=").trim()
+            val keyFile = File(dir, "service-account.json")
+            keyFile.writeText(
+                """{"type": "service_account", "client_email": "$email", "private_key_id": "k1",
+                   "private_key": ${json(pem("PRIVATE KEY", pair.private.encoded))}, "token_uri": "$url/oauth/token"}""",
+            )
+            Files.setPosixFilePermissions(keyFile.toPath(), PosixFilePermissions.fromString("rw-------"))
+            val config = """{"source": {"type": "service_account", "key_file": {"file": ${json(keyFile.absolutePath)}}, "scopes": ["batch"]}}"""
+            TokenManager.fromConfig(config).use { manager ->
+                val token = manager.tokenBlocking()
+                assertEquals("Bearer", token.tokenType)
+                val stats = java.net.http.HttpClient.newHttpClient().send(
+                    java.net.http.HttpRequest.newBuilder(java.net.URI.create("$url/stats")).build(),
+                    java.net.http.HttpResponse.BodyHandlers.ofString(),
+                ).body()
+                assertTrue(Regex("\"jwt_bearer_grants\"\\s*:\\s*1\\b").containsMatchIn(stats), stats)
+            }
+        } finally {
+            server.destroy()
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
+    fun `a workload token file is read again for every exchange`() {
+        val dir = Files.createTempDirectory("tokenlease-subject").toFile()
+        try {
+            val file = File(dir, "token")
+            val config = """
+                {"source": {"type": "oauth2", "token_url": "${TestServer.url}/oauth/token", "client_id": "demo-client",
+                  "client_secret": "demo-secret",
+                  "grant": {"type": "token_exchange", "subject_token_file": ${json(file.absolutePath)},
+                            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"}}}
+            """.trimIndent()
+            file.writeText("projected-token-1")
+            TokenManager.fromConfig(config).use { it.tokenBlocking() }
+            file.writeText("invalid")
+            TokenManager.fromConfig(config).use { manager ->
+                assertThrows<TokenleaseException.InvalidGrant> { manager.tokenBlocking() }
+            }
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+}

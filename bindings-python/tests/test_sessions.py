@@ -226,6 +226,88 @@ def test_requests_takes_the_session_off_a_redirect_to_another_origin(server: Any
         redirector.server_close()
 
 
+def test_requests_judges_a_rejection_on_a_redirect_hop_without_looping(server: Any) -> None:
+    # /start redirects (same origin) to /end, which always says the session ended: the hop's
+    # rejection is judged (that session is discarded) but not retried, so there is no loop.
+    class Here(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/start":
+                self.send_response(307)
+                self.send_header("Location", "/end")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = b'{"error_type": "UNAUTHENTICATED"}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    here = ThreadingHTTPServer(("127.0.0.1", 0), Here)
+    threading.Thread(target=here.serve_forever, daemon=True).start()
+    try:
+        with Manager.from_config(vsphere(server)) as manager:
+            info = manager.token_info()
+            url = f"http://127.0.0.1:{here.server_address[1]}/start"
+            response = requests.get(url, auth=TokenleaseAuth(manager))
+            assert response.status_code == 401
+            assert [old.status_code for old in response.history] == [307]
+            assert response.request.headers["vmware-api-session-id"] == info.value
+            assert manager.status().state == "empty"  # the rejected session was discarded
+            assert server.stats()["session_logins"] == 1
+    finally:
+        here.shutdown()
+        here.server_close()
+
+
+def test_httpx_does_not_judge_a_response_from_another_origin(server: Any) -> None:
+    # follow_redirects=True to another origin whose 401 carries the expiry text: not a
+    # verdict on the session (it was another server's answer), so nothing is discarded.
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = b'{"error_type": "UNAUTHENTICATED"}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}/end"
+
+    class Redirector(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(307)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    for running in (elsewhere, redirector):
+        threading.Thread(target=running.serve_forever, daemon=True).start()
+    try:
+        with Manager.from_config(vsphere(server)) as manager:
+            info = manager.token_info()
+            auth = TokenleaseHttpxAuth(manager)
+            with httpx.Client(auth=auth, follow_redirects=True) as client:
+                response = client.get(f"http://127.0.0.1:{redirector.server_address[1]}/start")
+            assert response.status_code == 401 and len(response.history) == 1
+            assert manager.status().state == "fresh"
+            assert manager.token_info().generation == info.generation
+    finally:
+        for running in (elsewhere, redirector):
+            running.shutdown()
+            running.server_close()
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("stream", [False, True])
 def test_requests_judges_a_64k_prefix_and_leaves_the_whole_body_to_the_app(

@@ -24,12 +24,13 @@ may be a rejection (e.g. a 401, or a 500 for a SOAP profile); such a response is
 
 Redirects: httpx follows them (``follow_redirects=True``) with the request's headers,
 stripping only ``Authorization`` on another origin; with a session header, leave
-``follow_redirects`` off (httpx's default) for URLs that may redirect elsewhere.
+``follow_redirects`` off (httpx's default) for URLs that may redirect elsewhere. A final
+response from another origin than the request's is not judged.
 """
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, Generator, Optional
+from typing import AsyncGenerator, Generator, Optional, Tuple
 
 import httpx
 
@@ -70,8 +71,17 @@ def _authorized(
     return request
 
 
-def _judge(manager: Manager, response: httpx.Response, info: TokenInfo, read: bool) -> bool:
-    """Core's verdict on ``response`` (``read``: its body was read for judging)."""
+def _origin(url: httpx.URL) -> Tuple[str, str, Optional[int]]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _judge(
+    manager: Manager, response: httpx.Response, info: TokenInfo, read: bool, sent: httpx.URL
+) -> bool:
+    """Core's verdict on ``response`` to a request sent to ``sent`` (``read``: its body was
+    read for judging). A response from another origin (redirected there) is not judged."""
+    if _origin(response.request.url) != _origin(sent):
+        return False
     prefix = response.content[:MAX_JUDGED_BODY_BYTES] if read else b""
     return manager.judge_response(
         info.generation, response.status_code, response.headers.multi_items(), prefix
@@ -95,14 +105,14 @@ class TokenleaseHttpxAuth(httpx.Auth):
         read = manager.needs_response_body(response.status_code)
         if read:
             response.read()
-        if not _judge(manager, response, info, read):
+        if not _judge(manager, response, info, read, request.url):
             return
         info = manager.token_info()
         response = yield _authorized(manager, request, content, cookie, info)
         read = manager.needs_response_body(response.status_code)
         if read:
             response.read()
-        _judge(manager, response, info, read)  # a second rejection is not retried
+        _judge(manager, response, info, read, request.url)  # a second rejection is not retried
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -115,14 +125,14 @@ class TokenleaseHttpxAuth(httpx.Auth):
         read = manager.needs_response_body(response.status_code)
         if read:
             await response.aread()
-        if not _judge(manager, response, info, read):
+        if not _judge(manager, response, info, read, request.url):
             return
         info = await manager.token_info_async()
         response = yield _authorized(manager, request, content, cookie, info)
         read = manager.needs_response_body(response.status_code)
         if read:
             await response.aread()
-        _judge(manager, response, info, read)  # a second rejection is not retried
+        _judge(manager, response, info, read, request.url)  # a second rejection is not retried
 
     def __repr__(self) -> str:
         return f"TokenleaseHttpxAuth({self.manager!r})"

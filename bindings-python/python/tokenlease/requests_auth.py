@@ -25,8 +25,9 @@ application still reads the whole body, streamed (``stream=True``) or not; a rej
 response that was retried keeps only that prefix as its ``content``.
 
 Redirects: before requests follows one to another origin, the token is taken off the
-request (the header, and a rendered body, which 307 and 308 keep); responses from other
-origins are not judged.
+request (the header, and a rendered body, which 307 and 308 keep). Only responses to
+requests that carried the token are judged, and a rejection on a redirect hop is not
+retried (the hop's request is requests' copy, not the application's).
 """
 
 from __future__ import annotations
@@ -49,12 +50,28 @@ def _replayable(body: Any) -> bool:
     return body is None or isinstance(body, (bytes, str))
 
 
+class _Sent:
+    """Where the token went on a request: the header (name, value) and/or the rendered
+    body, so a response can be told apart from one to a request that did not carry it."""
+
+    def __init__(self, header: Optional[Tuple[str, str]], body: Optional[bytes]) -> None:
+        self.header = header
+        self.body = body
+
+    def carried_by(self, request: requests.PreparedRequest) -> bool:
+        if self.header is not None:
+            name, value = self.header
+            if request.headers.get(name) == value:
+                return True
+        return self.body is not None and request.body is self.body
+
+
 def _authorize(
     manager: Manager,
     request: requests.PreparedRequest,
     template: requests.PreparedRequest,
     info: TokenInfo,
-) -> None:
+) -> _Sent:
     """Puts the token of ``info`` where core says, on ``request`` (a copy of ``template``,
     which is left as the application prepared it)."""
     header = manager.request_header(info)
@@ -64,7 +81,9 @@ def _authorize(
         if name.lower() == "cookie" and isinstance(existing, str) and existing:
             value = f"{existing}; {value}"
         request.headers[name] = value
+        header = (name, value)
     body = template.body
+    rendered = None
     if isinstance(body, (bytes, str)):
         rendered = manager.authorize_body(info, body)
         if rendered is not None:
@@ -75,6 +94,7 @@ def _authorize(
             "this manager's configuration carries the token in the request body; "
             "a streamed body cannot carry it: pass the body as bytes or str"
         )
+    return _Sent(header, rendered)
 
 
 class _PrefixedRaw:
@@ -144,18 +164,19 @@ def _origin(url: Optional[str]) -> Tuple[str, str, Optional[int]]:
     return scheme, (parts.hostname or "").lower(), port
 
 
-def _keep_token_home(response: requests.Response, template: requests.PreparedRequest) -> None:
+def _keep_token_home(
+    response: requests.Response, template: requests.PreparedRequest, sent: _Sent
+) -> None:
     """Before requests follows a redirect to another origin, takes the token off the request
-    it copies for the next hop: the header core added (requests itself strips only
+    it copies for the next hop: the header core named (requests itself strips only
     ``Authorization`` and ``Cookie``) and a rendered body (kept by 307 and 308)."""
     target = urljoin(response.url, response.headers.get("location", ""))
     if _origin(target) == _origin(template.url):
         return
     request = response.request
-    for name in list(request.headers):
-        if request.headers[name] != template.headers.get(name):
-            del request.headers[name]
-    if request.body is not template.body:
+    if sent.header is not None:
+        request.headers.pop(sent.header[0], None)
+    if sent.body is not None and request.body is sent.body:
         request.body = template.body
         request.prepare_content_length(template.body)
 
@@ -189,28 +210,32 @@ class TokenleaseAuth(AuthBase):
         manager = self.manager
         template = request.copy()
         info = manager.token_info()
-        _authorize(manager, request, template, info)
+        sent = _authorize(manager, request, template, info)
 
         def on_response(response: requests.Response, **kwargs: Any) -> requests.Response:
-            if _origin(response.url) != _origin(template.url):
-                return response  # a redirect hop elsewhere: the token was not sent there
+            # Also called for each redirect hop (requests copies the hooks): only responses
+            # to requests that carried the token are judged, and only the request this call
+            # authorized is sent again (a hop is not).
+            if not sent.carried_by(response.request):
+                return response
             if response.is_redirect:
-                _keep_token_home(response, template)
-            return self._handle_response(response, template, info.generation, **kwargs)
+                _keep_token_home(response, template, sent)
+            rejected = _judge(manager, response, info.generation)
+            if not rejected or response.request is not request:
+                return response
+            return self._retry(response, template, **kwargs)
 
         request.register_hook("response", on_response)
         return request
 
-    def _handle_response(
-        self,
-        response: requests.Response,
-        template: requests.PreparedRequest,
-        generation: int,
-        **kwargs: Any,
+    def _retry(
+        self, response: requests.Response, template: requests.PreparedRequest, **kwargs: Any
     ) -> requests.Response:
-        manager = self.manager
-        if not _judge(manager, response, generation) or not _replayable(template.body):
+        """Sends the application's request once more with the token core provides now (the
+        manager discarded the rejected one), if its body can be replayed."""
+        if not _replayable(template.body):
             return response
+        manager = self.manager
         info = manager.token_info()
         retry = template.copy()
         retry.hooks = default_hooks()  # the retry is not retried again

@@ -2335,3 +2335,251 @@ mod dpop {
         assert_eq!(refreshed.token_type(), "DPoP");
     }
 }
+
+mod mutual_tls {
+    use super::*;
+
+    /// A CA, a server certificate for 127.0.0.1, a CA-signed client certificate
+    /// (`CN=tokenlease-mtls`) and a self-signed one, all made by openssl for this test.
+    fn certificates(dir: &std::path::Path) {
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // Extensions make these v3 certificates (webpki accepts no other version).
+        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tokenlease test CA",
+        ]);
+        for (name, subject) in [
+            ("server", "/CN=127.0.0.1"),
+            ("client", "/CN=tokenlease-mtls"),
+        ] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                subject,
+            ]);
+            let csr = format!("{name}.csr");
+            let out = format!("{name}.pem");
+            let mut args = vec![
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &out,
+                "-days",
+                "1",
+            ];
+            let extensions = format!("{name}.ext");
+            args.extend(["-extfile", &extensions]);
+            openssl(&args);
+        }
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=self-signed",
+        ]);
+        for key in ["client.key", "self.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+    }
+
+    fn config(
+        server: &OidcServer,
+        dir: &std::path::Path,
+        client_id: &str,
+        cert: &str,
+        key: &str,
+    ) -> String {
+        serde_json::json!({"source": {"type": "oauth2", "issuer": server.issuer(),
+            "client_id": client_id, "scopes": ["api:read"], "ca_file": dir.join("ca.pem"),
+            "client_auth": {"tls_client_auth": {
+                "certificate": dir.join(cert), "key": {"file": dir.join(key)}}}}})
+        .to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_certificates_authenticate_and_bind_tokens_at_oidc_provider() {
+        let dir = std::env::temp_dir().join(format!(
+            "tokenlease-mtls-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        certificates(&dir);
+        let arg = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        let (cert, key, ca, own) = (
+            arg("server.pem"),
+            arg("server.key"),
+            arg("ca.pem"),
+            arg("self.pem"),
+        );
+        let Some(server) = OidcServer::start_with(
+            Mount::Root,
+            &[
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-ca",
+                &ca,
+                "--self-signed-client-cert",
+                &own,
+            ],
+        ) else {
+            return;
+        };
+        assert!(server.issuer().starts_with("https://"));
+        let trusting = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap())
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let introspect = |token: SecretString| {
+            let trusting = trusting.clone();
+            let url = server.url("/token/introspection");
+            async move {
+                trusting
+                    .post(url)
+                    .basic_auth(BASIC_CLIENT, Some(SECRET))
+                    .form(&[("token", token.expose())])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // tls_client_auth: a certificate from the CA with the registered subject.
+        let manager = Manager::from_config(&config(
+            &server,
+            &dir,
+            "tokenlease-mtls",
+            "client.pem",
+            "client.key",
+        ))
+        .unwrap();
+        let token = manager.token().await.unwrap().into_arc();
+        let introspected = introspect(token.value().clone()).await;
+        assert_eq!(introspected["active"], true, "{introspected}");
+        assert!(
+            introspected["cnf"]["x5t#S256"]
+                .as_str()
+                .is_some_and(|thumb| !thumb.is_empty()),
+            "the token is bound to the certificate: {introspected}"
+        );
+        // self_signed_tls_client_auth: the registered self-signed certificate.
+        let manager = Manager::from_config(&config(
+            &server,
+            &dir,
+            "tokenlease-mtls-self",
+            "self.pem",
+            "self.key",
+        ))
+        .unwrap();
+        manager.token().await.unwrap();
+        // The wrong certificate for a client: client authentication fails.
+        let wrong = Manager::from_config(&config(
+            &server,
+            &dir,
+            "tokenlease-mtls",
+            "self.pem",
+            "self.key",
+        ))
+        .unwrap();
+        let err = wrong.token().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");
+        // The authorized client presents the same certificate and trusts the same CA.
+        let client = AuthorizedClient::from_config(&config(
+            &server,
+            &dir,
+            "tokenlease-mtls",
+            "client.pem",
+            "client.key",
+        ))
+        .unwrap();
+        let request = client
+            .request(
+                reqwest::Method::GET,
+                &server.url("/.well-known/openid-configuration"),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(client.execute(request).await.unwrap().status(), 200);
+        // A key file others may read is refused before anything is sent.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.join("client.key"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+        }
+        let err = Manager::from_config(&config(
+            &server,
+            &dir,
+            "tokenlease-mtls",
+            "client.pem",
+            "client.key",
+        ))
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

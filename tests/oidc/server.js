@@ -72,13 +72,20 @@
 //   (private_key_jwt, ES256, kid `pkjwt-es`) and `tokenlease-secretjwt` (client_secret_jwt,
 //   secret CLIENT_JWT_SECRET), client credentials with scope `api:read`. Their private keys are
 //   made at start-up; with --client-keys-out DIR they are written to DIR/<client_id>.pem.
+// - mutual TLS (RFC 8705, features.mTLS, oidc-provider's own code) with --tls-cert F
+//   --tls-key F --tls-ca F: the server listens with TLS (https issuer), asks for a client
+//   certificate, and registers `tokenlease-mtls` (tls_client_auth, subject `CN=tokenlease-mtls`
+//   from that CA) and, with --self-signed-client-cert F, `tokenlease-mtls-self`
+//   (self_signed_tls_client_auth with that certificate); both get certificate-bound tokens.
 // - DPoP (RFC 9449, features.dPoP, oidc-provider's own code) with server nonces required at
 //   every endpoint; `tokenlease-dpop` (client_secret_basic) must use it
 //   (dpop_bound_access_tokens), other clients may.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
+import { X509Certificate } from 'node:crypto';
 
 import Provider, { errors } from 'oidc-provider';
 
@@ -109,6 +116,16 @@ const CLIENT_KEYS_OUT = (() => {
   return at === -1 ? undefined : process.argv[at + 1];
 })();
 const CLIENT_JWT_SECRET = 'tokenlease-client-secret-jwt-0123456789-abcdefghij';
+function fileOption(name) {
+  const at = process.argv.indexOf(name);
+  return at === -1 ? undefined : readFileSync(process.argv[at + 1], 'utf8');
+}
+const TLS = fileOption('--tls-cert') && {
+  cert: fileOption('--tls-cert'),
+  key: fileOption('--tls-key'),
+  ca: fileOption('--tls-ca'),
+};
+const SELF_SIGNED_CLIENT_CERT = fileOption('--self-signed-client-cert');
 
 function mountOption() {
   const at = process.argv.indexOf('--mount');
@@ -185,6 +202,34 @@ const PKJWT_CLIENTS = [
   assertionClient('tokenlease-pkjwt', 'rsa', { modulusLength: 2048 }, 'pkjwt-rs'),
   assertionClient('tokenlease-pkjwt-es', 'ec', { namedCurve: 'P-256' }, 'pkjwt-es'),
 ];
+function mtlsClients() {
+  if (!TLS) return [];
+  const clients = [{
+    client_id: 'tokenlease-mtls',
+    token_endpoint_auth_method: 'tls_client_auth',
+    tls_client_auth_subject_dn: 'CN=tokenlease-mtls',
+    tls_client_certificate_bound_access_tokens: true,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    scope: 'api:read',
+  }];
+  if (SELF_SIGNED_CLIENT_CERT) {
+    const certificate = new X509Certificate(SELF_SIGNED_CLIENT_CERT);
+    clients.push({
+      client_id: 'tokenlease-mtls-self',
+      token_endpoint_auth_method: 'self_signed_tls_client_auth',
+      tls_client_certificate_bound_access_tokens: true,
+      jwks: { keys: [{ ...certificate.publicKey.export({ format: 'jwk' }), x5c: [certificate.raw.toString('base64')] }] },
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      scope: 'api:read',
+    });
+  }
+  return clients;
+}
+
 const DPOP_CLIENT = {
   ...staticClient('tokenlease-dpop', 'client_secret_basic'),
   dpop_bound_access_tokens: true,
@@ -233,6 +278,11 @@ function configuration() {
       ...PKJWT_CLIENTS,
       SECRET_JWT_CLIENT,
       DPOP_CLIENT,
+      ...mtlsClients(),
+    ],
+    clientAuthMethods: [
+      'client_secret_basic', 'client_secret_post', 'client_secret_jwt', 'private_key_jwt', 'none',
+      ...(TLS ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),
     ],
     // The login and consent pages of this server (handled below, not oidc-provider's
     // development pages): a test drives them with HTTP requests, as a browser would.
@@ -263,6 +313,26 @@ function configuration() {
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
       },
       userinfo: { enabled: true },
+      mTLS: {
+        enabled: Boolean(TLS),
+        certificateBoundAccessTokens: true,
+        selfSignedTlsClientAuth: true,
+        tlsClientAuth: true,
+        getCertificate(ctx) {
+          const peer = ctx.req.socket.getPeerCertificate && ctx.req.socket.getPeerCertificate();
+          if (!peer || !peer.raw) return undefined;
+          return new X509Certificate(peer.raw).toString();
+        },
+        certificateAuthorized(ctx) {
+          return ctx.req.socket.authorized === true;
+        },
+        certificateSubjectMatches(ctx, property, expected) {
+          if (property !== 'tls_client_auth_subject_dn') return false;
+          const peer = ctx.req.socket.getPeerCertificate();
+          const subject = new X509Certificate(peer.raw).subject.split('\n').join(',');
+          return subject === expected;
+        },
+      },
       dPoP: {
         enabled: true,
         nonceSecret: randomBytes(32),
@@ -563,7 +633,7 @@ function deviceFlowPacing(ctx, next) {
   });
 }
 
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
   const path = url.pathname;
   if (provider && req.method === 'POST' && path.startsWith('/__browser/')) {
@@ -606,7 +676,11 @@ const server = http.createServer((req, res) => {
     return;
   }
   toProvider(req, res, inner, url.search);
-});
+};
+// With TLS, the client certificate is asked for but judged by oidc-provider (per client).
+const server = TLS
+  ? https.createServer({ ...TLS, requestCert: true, rejectUnauthorized: false }, handler)
+  : http.createServer(handler);
 
 function shutdown(code) {
   server.close();
@@ -628,7 +702,7 @@ if (EXIT_WITH_STDIN) {
 
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}${MOUNT}`;
+  const issuer = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}${MOUNT}`;
   provider = new Provider(issuer, configuration());
   registerPasswordGrant(provider);
   provider.use(deviceFlowPacing);

@@ -128,6 +128,10 @@ pub struct OAuth2Config {
     /// Bind tokens to a per-manager key with DPoP (RFC 9449).
     #[serde(default)]
     pub dpop: bool,
+    /// CA certificates (PEM file) to trust besides the Mozilla roots, for a token endpoint
+    /// (and API) behind a private CA.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// Extra parameters of interactive login URLs (e.g. `prompt = "consent"`,
     /// `login_hint`).
     #[serde(default)]
@@ -226,9 +230,24 @@ pub enum ClientAuthConfig {
     ClientSecretJwt,
     /// `private_key_jwt`: an assertion signed with the client's private key.
     PrivateKeyJwt(Box<KeyConfig>),
+    /// Mutual TLS (RFC 8705 `tls_client_auth` / `self_signed_tls_client_auth`): the client
+    /// certificate (chain) and its PKCS#8 private key, PEM; the API calls of the
+    /// authorized client present it too (certificate-bound tokens).
+    TlsClientAuth(Box<CertificateConfig>),
     /// A platform-issued assertion read from this file before every request (Azure
     /// workload identity: `{"client_assertion_file": "/var/run/secrets/azure/tokens/azure-identity-token"}`).
     ClientAssertionFile(String),
+}
+
+/// A client certificate for mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate (chain): a PEM file's path, or the PEM itself. Public: not
+    /// permission-checked.
+    pub certificate: String,
+    /// Its private key (PKCS#8), PEM.
+    pub key: SecretValue,
 }
 
 /// A private key that signs assertions.
@@ -731,6 +750,8 @@ impl SourceConfig {
                     source.client_auth(ClientAuth::ClientSecretJwt)
                 }
                 ClientAuthConfig::ClientAssertionFile(path) => source.client_assertion_file(path),
+                // Set together with `ca_file` below (one TLS configuration).
+                ClientAuthConfig::TlsClientAuth(_) => source,
                 ClientAuthConfig::PrivateKeyJwt(key) => {
                     let field = "source.client_auth.private_key_jwt";
                     let source = source.private_key_jwt(key.signing_key(field)?);
@@ -761,6 +782,7 @@ impl SourceConfig {
                     device_authorization_url,
                     authorization_params,
                     dpop,
+                    ca_file,
                     audience,
                     resource,
                     extra_params,
@@ -880,6 +902,49 @@ impl SourceConfig {
                 }
                 if *dpop {
                     source = source.dpop()?;
+                }
+                let identity_pem = match client_auth {
+                    ClientAuthConfig::TlsClientAuth(certificate) => {
+                        let field = "source.client_auth.tls_client_auth";
+                        let chain = if certificate
+                            .certificate
+                            .trim_start()
+                            .starts_with("-----BEGIN")
+                        {
+                            certificate.certificate.clone()
+                        } else {
+                            std::fs::read_to_string(&certificate.certificate).map_err(|err| {
+                                Error::new(
+                                    ErrorKind::Configuration,
+                                    format!(
+                                        "{field}.certificate: cannot read {}: {}",
+                                        certificate.certificate,
+                                        err.kind()
+                                    ),
+                                )
+                            })?
+                        };
+                        let key = certificate.key.resolve(&format!("{field}.key"))?;
+                        Some(SecretString::new(format!("{}\n{chain}\n", key.expose())))
+                    }
+                    _ => None,
+                };
+                let extra_roots_pem = ca_file
+                    .as_ref()
+                    .map(|path| {
+                        std::fs::read_to_string(path).map_err(|err| {
+                            Error::new(
+                                ErrorKind::Configuration,
+                                format!("source.ca_file: cannot read {path}: {}", err.kind()),
+                            )
+                        })
+                    })
+                    .transpose()?;
+                if identity_pem.is_some() || extra_roots_pem.is_some() {
+                    source = source.tls(crate::http::TlsOptions {
+                        identity_pem,
+                        extra_roots_pem,
+                    })?;
                 }
                 if let Some(audience) = audience {
                     source = source.audience(audience.clone());

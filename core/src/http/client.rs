@@ -61,10 +61,15 @@ enum Classified {
 impl AuthorizedClient {
     /// A client for `manager`'s tokens, attached the way `authorizer` says.
     pub fn new(manager: Manager, authorizer: Arc<dyn Authorizer>) -> Result<Self> {
+        // Certificate-bound tokens (mutual TLS) go to the API with the same certificate.
+        let http = match manager.source_tls_options() {
+            Some(tls) => crate::http::tls_http_client(&tls)?,
+            None => http_client()?,
+        };
         Ok(Self {
             manager,
             authorizer,
-            http: http_client()?,
+            http,
         })
     }
 

@@ -93,17 +93,61 @@ pub fn endpoint_url(field: &str, value: &str) -> Result<url::Url> {
 /// The HTTP client tokenlease uses: no redirects (credentials never follow a redirect to
 /// another origin), bounded connect time.
 pub fn http_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+    tls_http_client(&TlsOptions::default())
+}
+
+/// TLS settings of an HTTP client beyond the defaults: a client certificate (mutual TLS,
+/// RFC 8705) and extra trusted roots (a private CA). Key material is a secret.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    /// The client certificate chain and its private key, PEM (one text).
+    pub identity_pem: Option<SecretString>,
+    /// CA certificates to trust besides the Mozilla roots, PEM.
+    pub extra_roots_pem: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("client_certificate", &self.identity_pem.is_some())
+            .field("extra_roots", &self.extra_roots_pem.is_some())
+            .finish()
+    }
+}
+
+/// [`http_client`] with these TLS settings. A certificate or key that cannot be used is a
+/// `Configuration` error that does not show it.
+pub fn tls_http_client(tls: &TlsOptions) -> Result<reqwest::Client> {
+    let config = |what: &str| Error::new(ErrorKind::Configuration, what.to_owned());
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|err| {
-            Error::new(
-                ErrorKind::Configuration,
-                format!("cannot build HTTP client: {err}"),
-            )
-        })
+        .timeout(Duration::from_secs(30));
+    if let Some(identity) = &tls.identity_pem {
+        let identity = reqwest::Identity::from_pem(identity.expose().as_bytes()).map_err(|_| {
+            config("client certificate: not a PEM certificate with its PKCS#8 private key")
+        })?;
+        builder = builder.identity(identity);
+    }
+    if let Some(roots) = &tls.extra_roots_pem {
+        let certificates = reqwest::Certificate::from_pem_bundle(roots.as_bytes())
+            .map_err(|_| config("ca_file: not PEM certificates"))?;
+        if certificates.is_empty() {
+            return Err(config("ca_file: no certificate in it"));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|err| {
+        let cause = std::error::Error::source(&err)
+            .map(|cause| format!(" ({cause})"))
+            .unwrap_or_default();
+        Error::new(
+            ErrorKind::Configuration,
+            format!("cannot build HTTP client: {err}{cause}"),
+        )
+    })
 }
 
 pub(crate) fn endpoint_name(url: &url::Url) -> String {

@@ -78,6 +78,14 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     fn dpop_key(&self) -> Option<&dpop::DpopKey> {
         None
     }
+
+    /// The TLS settings (a client certificate, private roots) API requests with this
+    /// source's tokens need: certificate-bound tokens (RFC 8705) must reach the API over
+    /// a connection with the same certificate.
+    #[cfg(feature = "http")]
+    fn tls_options(&self) -> Option<&crate::http::TlsOptions> {
+        None
+    }
 }
 
 /// A source built from an async closure, for apps and tests.

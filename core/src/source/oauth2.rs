@@ -64,6 +64,9 @@ pub enum ClientAuth {
     /// A JWT the platform issued, read from a file before every request (Azure workload
     /// identity's federated credential); set with [`OAuth2Source::client_assertion_file`].
     AssertionFile,
+    /// Mutual TLS (RFC 8705 `tls_client_auth` / `self_signed_tls_client_auth`): the client
+    /// certificate authenticates; set with [`OAuth2Source::tls`].
+    TlsClientAuth,
 }
 
 /// A token given as it is, or read from a file before every use: a workload's platform
@@ -415,6 +418,9 @@ pub struct OAuth2Source {
     assertion_audience: AssertionAudience,
     assertion_file: Option<SubjectToken>,
     dpop: Option<Arc<DpopKey>>,
+    /// Mutual TLS: the client whose connections present the certificate (also used by the
+    /// authorized client, so certificate-bound tokens reach the API from the same key).
+    tls: Option<crate::http::TlsOptions>,
 }
 
 impl fmt::Debug for OAuth2Source {
@@ -473,6 +479,7 @@ impl OAuth2Source {
             assertion_audience: AssertionAudience::TokenEndpoint,
             assertion_file: None,
             dpop: None,
+            tls: None,
         })
     }
 
@@ -551,6 +558,18 @@ impl OAuth2Source {
         self.auth = ClientAuth::AssertionFile;
         self.assertion_file = Some(SubjectToken::File(path.into()));
         self
+    }
+
+    /// TLS settings for every connection of this source: a client certificate (mutual TLS,
+    /// RFC 8705: with one, the certificate authenticates the client, `tls_client_auth` or
+    /// `self_signed_tls_client_auth`, and tokens may be bound to it) and extra trusted roots.
+    pub fn tls(mut self, tls: crate::http::TlsOptions) -> Result<Self> {
+        self.http = crate::http::tls_http_client(&tls)?;
+        if tls.identity_pem.is_some() {
+            self.auth = ClientAuth::TlsClientAuth;
+        }
+        self.tls = Some(tls);
+        Ok(self)
     }
 
     /// Binds tokens to a fresh per-source key with DPoP (RFC 9449): a proof on every token
@@ -954,6 +973,7 @@ impl OAuth2Source {
             form.push(("client_assertion", assertion.expose()));
         }
         match (&self.client_secret, self.auth) {
+            (_, ClientAuth::TlsClientAuth) => form.push(("client_id", &self.client_id)),
             (
                 _,
                 ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt | ClientAuth::AssertionFile,
@@ -1245,6 +1265,10 @@ impl Source for OAuth2Source {
 
     fn dpop_key(&self) -> Option<&DpopKey> {
         self.dpop.as_deref()
+    }
+
+    fn tls_options(&self) -> Option<&crate::http::TlsOptions> {
+        self.tls.as_ref()
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {

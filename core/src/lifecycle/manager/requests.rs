@@ -103,6 +103,12 @@ impl Manager {
         key.proof(method, &url, Some(value)).map(Some)
     }
 
+    /// The TLS settings of the source (a client certificate for mutual TLS), for API
+    /// clients that must present the same certificate as the token requests did.
+    pub fn source_tls_options(&self) -> Option<crate::http::TlsOptions> {
+        self.shared.source.tls_options().cloned()
+    }
+
     /// Keeps the `DPoP-Nonce` a response from `url` carried; `true` when it is new (a
     /// 401 that brings one is worth sending once more, with a new proof).
     pub fn remember_dpop_nonce(&self, url: &url::Url, headers: &HeaderMap) -> bool {

@@ -51,6 +51,30 @@ impl NativeTokenManager {
         self.manager().needs_response_body(status)
     }
 
+    /// The DPoP proof (RFC 9449) for an API request with `token` when it is bound to this
+    /// manager's key (token type `DPoP`): send it as the `DPoP` header next to
+    /// `requestHeader`'s. null/nil for other tokens.
+    pub fn dpop_proof(
+        &self,
+        token: TokenInfo,
+        method: String,
+        url: String,
+    ) -> BindingResult<Option<SecretString>> {
+        Ok(self
+            .manager()
+            .dpop_proof(&method, &url, &token.value, &token.token_type)?)
+    }
+
+    /// Keeps the `DPoP-Nonce` a response from `url` carried (`headers` as received); true
+    /// when it is new: a 401 that brings one is worth sending once more with a new proof.
+    pub fn remember_dpop_nonce(&self, url: String, headers: Vec<ResponseHeader>) -> bool {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|header| (header.name.as_str(), header.value.as_str()))
+            .collect();
+        self.manager().observe_dpop_nonce(&url, &headers)
+    }
+
     /// Asks the server about the current session (vSphere's `GET /api/session`: whose it
     /// is, whether it is alive): the response body. `Configuration` without a `session.info`
     /// request in the configuration.

@@ -141,6 +141,17 @@ public final class TokenManager: @unchecked Sendable {
         native.authorizeBody(token: token, body: body)
     }
 
+    /// The DPoP proof (RFC 9449) for an API request with `token` when it is bound to this
+    /// manager's key (token type `DPoP`): the `DPoP` header's value; nil for other tokens.
+    public func dpopProof(token: TokenInfo, method: String, url: String) throws -> SecretString? {
+        try native.dpopProof(token: token, method: method, url: url)
+    }
+
+    /// Keeps a response's `DPoP-Nonce`; true when it is new (resend a refused request once).
+    public func rememberDpopNonce(url: String, headers: [ResponseHeader]) -> Bool {
+        native.rememberDpopNonce(url: url, headers: headers)
+    }
+
     /// Whether a response with `status` needs a body prefix (at most 64 KiB) for `judgeResponse`.
     public func needsResponseBody(status: Int) -> Bool {
         (0...0xFFFF).contains(status) && native.needsResponseBody(status: UInt16(status))

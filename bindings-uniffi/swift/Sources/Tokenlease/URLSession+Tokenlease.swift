@@ -10,7 +10,13 @@ extension TokenManager {
     /// new token. Requests with a body stream are not retried.
     public func data(for request: URLRequest, session: URLSession = .shared) async throws -> (Data, HTTPURLResponse) {
         let first = try await token()
-        let (data, response) = try await Self.send(try authorized(request, first), session)
+        var (data, response) = try await Self.send(try authorized(request, first), session)
+        // A DPoP server asking for a fresh nonce: the same token once more, with a new proof.
+        if response.statusCode == 401, first.tokenType.lowercased() == "dpop",
+           rememberDpopNonce(url: request.url?.absoluteString ?? "", headers: Self.headers(of: response)),
+           request.httpBodyStream == nil {
+            (data, response) = try await Self.send(try authorized(request, first), session)
+        }
         guard rejects(response, data, first), request.httpBodyStream == nil else { return (data, response) }
         return try await Self.send(try authorized(request, try await token()), session)
     }
@@ -24,17 +30,25 @@ extension TokenManager {
            let placed = authorizeBody(token: token, body: text) {
             request.httpBody = Data(placed.expose().utf8)
         }
+        if let url = request.url?.absoluteString,
+           let proof = try dpopProof(token: token, method: request.httpMethod ?? "GET", url: url) {
+            request.setValue(proof.expose(), forHTTPHeaderField: "DPoP")
+        }
         return request
     }
 
-    private func rejects(_ response: HTTPURLResponse, _ data: Data, _ token: TokenInfo) -> Bool {
-        guard needsResponseBody(status: response.statusCode) else { return false }
-        let headers = response.allHeaderFields.compactMap { name, value -> ResponseHeader? in
+    private static func headers(of response: HTTPURLResponse) -> [ResponseHeader] {
+        response.allHeaderFields.compactMap { name, value -> ResponseHeader? in
             guard let name = name as? String else { return nil }
             return ResponseHeader(name: name, value: "\(value)")
         }
+    }
+
+    /// Core judges every response: a rejection, or a use (sliding sessions, reported lifetimes).
+    private func rejects(_ response: HTTPURLResponse, _ data: Data, _ token: TokenInfo) -> Bool {
+        let prefix = needsResponseBody(status: response.statusCode) ? data.prefix(64 * 1024) : Data()
         return judgeResponse(generation: token.generation, status: response.statusCode,
-                             headers: headers, bodyPrefix: data.prefix(64 * 1024))
+                             headers: Self.headers(of: response), bodyPrefix: prefix)
     }
 
     private static func send(_ request: URLRequest, _ session: URLSession) async throws -> (Data, HTTPURLResponse) {

@@ -162,6 +162,17 @@ final class UserLoginTests: XCTestCase {
         XCTAssertTrue(device.isCancelled())
     }
 
+    func testADPoPBoundLoginReachesTheUserinfoAPIWithAProofPerRequest() async throws {
+        let config = OidcProvider.userLoginConfig().replacingOccurrences(of: "\"grant\":", with: "\"dpop\": true, \"grant\":")
+        let manager = try TokenManager.fromConfig(config: config)
+        let request = try await manager.beginLogin(redirectUri: redirectUri)
+        let token = try await manager.completeLogin(request: request, redirectUrl: OidcProvider.authorize(request.url()))
+        XCTAssertEqual(token.tokenType, "DPoP")
+        let (body, response) = try await manager.data(for: URLRequest(url: URL(string: "\(OidcProvider.issuer)/me")!))
+        XCTAssertEqual(response.statusCode, 200, String(decoding: body, as: UTF8.self))
+        XCTAssertTrue(String(decoding: body, as: UTF8.self).contains("alice"))
+    }
+
     func testASeedNeverRollsBackANewerStoredLogin() async throws {
         let store = DictionaryStore()
         let issuedAt = UInt64(Date().timeIntervalSince1970 * 1000)

@@ -118,6 +118,12 @@ impl Manager {
             .is_some_and(|key| key.remember_nonce(url, headers))
     }
 
+    /// [`Manager::remember_dpop_nonce`] for bindings that hold a URL and header pairs
+    /// (malformed ones are skipped).
+    pub fn observe_dpop_nonce(&self, url: &str, headers: &[(&str, &str)]) -> bool {
+        url::Url::parse(url).is_ok_and(|url| self.remember_dpop_nonce(&url, &header_map(headers)))
+    }
+
     /// Whether a response with this status needs (a prefix of) its body read before
     /// [`Manager::judge_response`] can tell whether it rejects the token. Successful
     /// responses never do.

@@ -20,16 +20,27 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
     override fun intercept(chain: okhttp3.Interceptor.Chain): okhttp3.Response {
         val request = chain.request()
         val token = manager.tokenBlocking()
-        val response = chain.proceed(authorized(request, token))
+        var response = chain.proceed(authorized(request, token))
+        // A DPoP server asking for a fresh nonce: the same token once more, with a new proof.
+        if (response.code == 401 && token.tokenType.equals("DPoP", ignoreCase = true) &&
+            manager.rememberDpopNonce(request.url.toString(), headersOf(response)) &&
+            request.body?.isOneShot() != true
+        ) {
+            response.close()
+            response = chain.proceed(authorized(request, token))
+        }
         if (!rejects(response, token)) return response
         if (request.body?.isOneShot() == true) return response
         response.close()
         return chain.proceed(authorized(request, manager.tokenBlocking()))
     }
 
+    private fun headersOf(response: okhttp3.Response) = response.headers.map { (name, value) -> ResponseHeader(name, value) }
+
     private fun authorized(request: okhttp3.Request, token: TokenInfo): okhttp3.Request {
         val builder = request.newBuilder()
         manager.requestHeader(token)?.let { builder.header(it.name, it.value.expose()) }
+        manager.dpopProof(token, request.method, request.url.toString())?.let { builder.header("DPoP", it.expose()) }
         val body = request.body
         if (body != null && !body.isOneShot()) {
             val buffer = okio.Buffer()
@@ -41,11 +52,14 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
         return builder.build()
     }
 
+    /** Core judges every response: a rejection, or a use (sliding sessions, reported lifetimes). */
     private fun rejects(response: okhttp3.Response, token: TokenInfo): Boolean {
-        if (!manager.needsResponseBody(response.code)) return false
-        val prefix = response.peekBody(MAX_JUDGED_BODY_BYTES.toLong()).bytes()
-        val headers = response.headers.map { (name, value) -> ResponseHeader(name, value) }
-        return manager.judgeResponse(token.generation, response.code, headers, prefix)
+        val prefix = if (manager.needsResponseBody(response.code)) {
+            response.peekBody(MAX_JUDGED_BODY_BYTES.toLong()).bytes()
+        } else {
+            ByteArray(0)
+        }
+        return manager.judgeResponse(token.generation, response.code, headersOf(response), prefix)
     }
 }
 
@@ -60,7 +74,13 @@ object TokenleaseHttp {
     @Throws(TokenleaseException::class, java.io.IOException::class, InterruptedException::class)
     fun send(manager: TokenManager, client: HttpClient, request: HttpRequest.Builder): HttpResponse<ByteArray> {
         val first = manager.tokenBlocking()
-        val response = client.send(authorized(manager, request, first), HttpResponse.BodyHandlers.ofByteArray())
+        var response = client.send(authorized(manager, request, first), HttpResponse.BodyHandlers.ofByteArray())
+        // A DPoP server asking for a fresh nonce: the same token once more, with a new proof.
+        if (response.statusCode() == 401 && first.tokenType.equals("DPoP", ignoreCase = true) &&
+            manager.rememberDpopNonce(response.uri().toString(), headersOf(response))
+        ) {
+            response = client.send(authorized(manager, request, first), HttpResponse.BodyHandlers.ofByteArray())
+        }
         if (!rejects(manager, response, first)) return response
         return client.send(authorized(manager, request, manager.tokenBlocking()), HttpResponse.BodyHandlers.ofByteArray())
     }
@@ -68,15 +88,23 @@ object TokenleaseHttp {
     private fun authorized(manager: TokenManager, request: HttpRequest.Builder, token: TokenInfo): HttpRequest {
         val builder = request.copy()
         manager.requestHeader(token)?.let { builder.setHeader(it.name, it.value.expose()) }
-        return builder.build()
+        val built = builder.build()
+        val proof = manager.dpopProof(token, built.method(), built.uri().toString()) ?: return built
+        return builder.setHeader("DPoP", proof.expose()).build()
     }
 
+    /** Core judges every response: a rejection, or a use (sliding sessions, reported lifetimes). */
     private fun rejects(manager: TokenManager, response: HttpResponse<ByteArray>, token: TokenInfo): Boolean {
         val status = response.statusCode()
-        if (!manager.needsResponseBody(status)) return false
         val body = response.body()
-        val prefix = if (body.size > MAX_JUDGED_BODY_BYTES) body.copyOf(MAX_JUDGED_BODY_BYTES) else body
-        val headers = response.headers().map().flatMap { (name, values) -> values.map { ResponseHeader(name, it) } }
-        return manager.judgeResponse(token.generation, status, headers, prefix)
+        val prefix = when {
+            !manager.needsResponseBody(status) -> ByteArray(0)
+            body.size > MAX_JUDGED_BODY_BYTES -> body.copyOf(MAX_JUDGED_BODY_BYTES)
+            else -> body
+        }
+        return manager.judgeResponse(token.generation, status, headersOf(response), prefix)
     }
+
+    private fun headersOf(response: HttpResponse<*>) =
+        response.headers().map().flatMap { (name, values) -> values.map { ResponseHeader(name, it) } }
 }

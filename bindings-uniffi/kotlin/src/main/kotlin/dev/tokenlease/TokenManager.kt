@@ -153,6 +153,16 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
      */
     fun authorizeBody(token: TokenInfo, body: String): SecretString? = native.authorizeBody(token, body)
 
+    /**
+     * The DPoP proof (RFC 9449) for an API request with [token] when it is bound to this
+     * manager's key (token type `DPoP`): the `DPoP` header's value; null for other tokens.
+     */
+    @Throws(TokenleaseException::class)
+    fun dpopProof(token: TokenInfo, method: String, url: String): SecretString? = native.dpopProof(token, method, url)
+
+    /** Keeps a response's `DPoP-Nonce`; true when it is new (resend a refused request once). */
+    fun rememberDpopNonce(url: String, headers: List<ResponseHeader>): Boolean = native.rememberDpopNonce(url, headers)
+
     /** Whether a response with [status] needs a body prefix (≤ 64 KiB) for [judgeResponse]. */
     fun needsResponseBody(status: Int): Boolean = status in 0..0xFFFF && native.needsResponseBody(status.toUShort())
 

@@ -44,6 +44,21 @@ class KeyCredentialsTest {
     }
 
     @Test
+    fun `a DPoP-bound user login reaches the userinfo API through OkHttp with a proof per request`() = kotlinx.coroutines.runBlocking<Unit> {
+        val config = OidcProvider.userLoginConfig().replace("\"grant\":", "\"dpop\": true, \"grant\":")
+        TokenManager.fromConfig(config).use { manager ->
+            val request = manager.beginLogin("http://127.0.0.1:49152/callback")
+            val token = manager.completeLogin(request, OidcProvider.browserAuthorize(request.url()))
+            assertEquals("DPoP", token.tokenType)
+            val okhttp = okhttp3.OkHttpClient.Builder().addInterceptor(TokenleaseInterceptor(manager)).build()
+            okhttp.newCall(okhttp3.Request.Builder().url("${OidcProvider.issuer}/me").build()).execute().use {
+                assertEquals(200, it.code)
+                assertTrue(it.body.string().contains("alice"))
+            }
+        }
+    }
+
+    @Test
     fun `a service account key file gets tokens with the JWT-bearer grant`() {
         val dir = Files.createTempDirectory("tokenlease-sa").toFile()
         val pair = java.security.KeyPairGenerator.getInstance("RSA").apply { initialize(2048) }.generateKeyPair()

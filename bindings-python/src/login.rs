@@ -16,7 +16,7 @@ use tokenlease::source::device::DeviceAuthorization;
 use tokenlease::{Error, ErrorKind, FetchedToken};
 
 use crate::errors::to_pyerr;
-use crate::source::fetched_from_py;
+use crate::token::fetched_from_py;
 
 /// An interactive login in progress (authorization code with PKCE), from
 /// ``Manager.begin_login``: open ``url`` in the user's browser, then hand the URL the browser

@@ -1,8 +1,8 @@
 //! Python token sources: an object with `fetch()` (sync or `async def`) and optionally
 //! `refresh()` and `revoke()`, as core's `BlockingSource`.
 
-use std::fmt;
 use pyo3::prelude::*;
+use std::fmt;
 use tokenlease::{BlockingSource, ErrorKind, FetchedToken, SecretString, Token};
 
 use crate::dispatch::attach_unless_stopped;

@@ -2426,6 +2426,31 @@ mod mutual_tls {
             "-subj",
             "/CN=self-signed",
         ]);
+        // The client's key and subject again, in a certificate that expired in 2020.
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = .\n\
+             certificate = ca.pem\nprivate_key = ca.key\nserial = serial\ndefault_md = sha256\n\
+             policy = any\nx509_extensions = ext\n[any]\ncommonName = supplied\n\
+             [ext]\nextendedKeyUsage = clientAuth\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "01\n").unwrap();
+        openssl(&[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-in",
+            "client.csr",
+            "-out",
+            "expired.pem",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+        ]);
         for key in ["client.key", "self.key"] {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
@@ -2544,6 +2569,17 @@ mod mutual_tls {
         ))
         .unwrap();
         let err = wrong.token().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");
+        // An expired certificate (right CA, right subject, right key) is refused.
+        let expired = Manager::from_config(&config(
+            &server,
+            &dir,
+            "tokenlease-mtls",
+            "expired.pem",
+            "client.key",
+        ))
+        .unwrap();
+        let err = expired.token().await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidCredentials, "{err}");
         // The authorized client presents the same certificate and trusts the same CA.
         let client = AuthorizedClient::from_config(&config(

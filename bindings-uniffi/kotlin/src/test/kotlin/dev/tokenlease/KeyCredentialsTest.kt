@@ -95,6 +95,54 @@ class KeyCredentialsTest {
     }
 
     @Test
+    fun `mutual TLS authenticates with a client certificate at oidc-provider over TLS`() {
+        val dir = Files.createTempDirectory("tokenlease-mtls").toFile()
+        fun openssl(vararg args: String) {
+            val proc = ProcessBuilder(listOf("openssl") + args).directory(dir).redirectErrorStream(true).start()
+            val output = proc.inputStream.readBytes().decodeToString()
+            check(proc.waitFor() == 0) { output }
+        }
+        File(dir, "server.ext").writeText("subjectAltName=IP:127.0.0.1\n")
+        File(dir, "client.ext").writeText("extendedKeyUsage=clientAuth\n")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=kotlin test CA")
+        for ((name, subject) in listOf("server" to "/CN=127.0.0.1", "client" to "/CN=tokenlease-mtls")) {
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "$name.key", "-out", "$name.csr", "-subj", subject)
+            openssl(
+                "x509", "-req", "-in", "$name.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "$name.pem", "-days", "1", "-extfile", "$name.ext",
+            )
+        }
+        Files.setPosixFilePermissions(File(dir, "client.key").toPath(), PosixFilePermissions.fromString("rw-------"))
+        val script = System.getProperty("tokenlease.oidcServer") ?: error("tokenlease.oidcServer is not set")
+        val server = ProcessBuilder(
+            "node", script, "--lifetime", "120", "--exit-with-stdin",
+            "--tls-cert", File(dir, "server.pem").path, "--tls-key", File(dir, "server.key").path,
+            "--tls-ca", File(dir, "ca.pem").path,
+        ).redirectError(ProcessBuilder.Redirect.INHERIT).start()
+        try {
+            val reader = BufferedReader(InputStreamReader(server.inputStream))
+            var issuer: String? = null
+            while (issuer == null) {
+                val line = reader.readLine() ?: error("the TLS oidc server exited")
+                if (line.startsWith("OIDC_PROVIDER_URL=")) issuer = line.removePrefix("OIDC_PROVIDER_URL=").trim()
+            }
+            assertTrue(issuer.startsWith("https://"))
+            val caFile = json(File(dir, "ca.pem").path)
+            val certificate = json(File(dir, "client.pem").path)
+            val key = json(File(dir, "client.key").path)
+            val config = "{\"source\": {\"type\": \"oauth2\", \"issuer\": \"$issuer\", \"client_id\": \"tokenlease-mtls\", " +
+                "\"scopes\": [\"api:read\"], \"ca_file\": $caFile, " +
+                "\"client_auth\": {\"tls_client_auth\": {\"certificate\": $certificate, \"key\": {\"file\": $key}}}}}"
+            TokenManager.fromConfig(config).use { manager ->
+                assertEquals("Bearer", manager.tokenBlocking().tokenType)
+            }
+        } finally {
+            server.destroy()
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
     fun `a workload token file is read again for every exchange`() {
         val dir = Files.createTempDirectory("tokenlease-subject").toFile()
         try {

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod serve;
 use tokenlease::config::{ManagerConfig, SecretValue, StoreConfig};
 use tokenlease::{Error, ErrorKind, Manager, Token};
 
@@ -98,6 +100,21 @@ enum Command {
         /// The command and its arguments (after `--`).
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// The local token agent: several credentials served to local clients over a Unix
+    /// socket (and optionally loopback HTTP with a per-start secret), one shared refresh.
+    Serve {
+        /// A credential to serve, as NAME=CONFIG_FILE (repeat for several).
+        #[arg(long = "credential", required = true, value_parser = parse_credential)]
+        credentials: Vec<(String, PathBuf)>,
+        /// The socket (default: $XDG_RUNTIME_DIR/tokenlease/agent.sock, else under the
+        /// cache directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Also serve loopback HTTP on this port (0: any); clients send the secret the agent
+        /// writes next to the socket (agent.secret) in `x-tokenlease-agent`.
+        #[arg(long)]
+        http_port: Option<u16>,
     },
     /// A git credential helper (`get`, `store`, `erase` on stdin/stdout):
     /// `git config credential.helper '!tokenlease git-credential --config FILE'`.
@@ -200,6 +217,35 @@ fn run(cli: Cli) -> tokenlease::Result<ExitCode> {
             username,
             operation,
         } => return git_credential(&common, &username, &operation),
+        Command::Serve {
+            credentials,
+            socket,
+            http_port,
+        } => {
+            let agent = serve::Agent::new(
+                &credentials,
+                Box::new(|_path, text| manager_from_text(text, None)),
+            )?;
+            let socket = socket.unwrap_or_else(|| {
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(|dir| PathBuf::from(dir).join("tokenlease"))
+                    .unwrap_or_else(|| cache_dir().join("agent"))
+                    .join("agent.sock")
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|err| Error::new(ErrorKind::Internal, format!("cannot start: {err}")))?;
+            runtime
+                .block_on(serve::run(
+                    std::sync::Arc::new(agent),
+                    serve::Listeners { socket, http_port },
+                ))
+                .map_err(|err| {
+                    Error::new(ErrorKind::Configuration, format!("cannot serve: {err}"))
+                })?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -217,9 +263,14 @@ fn manager(common: &Common) -> tokenlease::Result<Manager> {
             ),
         )
     })?;
-    let mut config = ManagerConfig::parse(&text)?;
-    if let Some(key) = &common.key {
-        config.key = Some(key.clone());
+    manager_from_text(&text, common.key.as_deref())
+}
+
+/// The manager a configuration text describes, with the CLI's default store.
+fn manager_from_text(text: &str, key: Option<&str>) -> tokenlease::Result<Manager> {
+    let mut config = ManagerConfig::parse(text)?;
+    if let Some(key) = key {
+        config.key = Some(key.to_owned());
     }
     if matches!(config.store, StoreConfig::Memory) {
         let dir = cache_dir().join("cli-store");
@@ -239,6 +290,24 @@ fn manager(common: &Common) -> tokenlease::Result<Manager> {
         };
     }
     config.build()
+}
+
+/// `NAME=FILE` of `serve --credential`.
+fn parse_credential(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = text
+        .split_once('=')
+        .ok_or_else(|| "give NAME=CONFIG_FILE".to_owned())?;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(format!(
+            "{name:?}: a credential name is letters, digits, '-', '_', '.'"
+        ));
+    }
+    Ok((name.to_owned(), PathBuf::from(file)))
 }
 
 /// `$TOKENLEASE_CACHE_DIR`, else `$XDG_CACHE_HOME/tokenlease`, else `~/.cache/tokenlease`.

@@ -1,0 +1,274 @@
+//! `tokenlease serve` end to end: the agent binary and the test token server over loopback,
+//! clients over the Unix socket (raw HTTP/1.1, as any language would) and loopback HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokenlease_test_server::{ServerConfig, TestServer};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tokenlease");
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    http: Option<(String, String)>,
+}
+
+impl Agent {
+    fn start(server: &TestServer, extra: &[&str]) -> Agent {
+        let dir = std::env::temp_dir().join(format!(
+            "tokenlease-agent-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("api.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"source": {"type": "oauth2", "token_url": server.token_url(),
+                "client_id": "demo-client", "client_secret": "demo-secret"}})
+            .to_string(),
+        )
+        .unwrap();
+        let socket = dir.join("run").join("agent.sock");
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--credential")
+            .arg(format!("api={}", config.display()))
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("TOKENLEASE_CACHE_DIR", dir.join("cache"))
+            .env(
+                "TOKENLEASE_STORE_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the agent starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut http_url = None;
+        let mut secret_file = None;
+        let wanted = if extra.contains(&"--http-port") { 3 } else { 1 };
+        for _ in 0..wanted {
+            let line = lines
+                .next()
+                .expect("the agent says where it listens")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("TOKENLEASE_AGENT_HTTP=") {
+                http_url = Some(url.to_owned());
+            } else if let Some(file) = line.strip_prefix("TOKENLEASE_AGENT_SECRET_FILE=") {
+                secret_file = Some(file.to_owned());
+            }
+        }
+        let http =
+            http_url.map(|url| (url, std::fs::read_to_string(secret_file.unwrap()).unwrap()));
+        Agent {
+            child,
+            dir,
+            socket,
+            http,
+        }
+    }
+
+    /// One HTTP/1.1 request over the Unix socket: status and body.
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let stream = UnixStream::connect(&self.socket).expect("the socket accepts");
+        exchange(stream, method, path, body, "")
+    }
+
+    fn token(&self) -> (String, u64) {
+        let (status, body) = self.request("GET", "/v1/token/api", "");
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            json["access_token"].as_str().unwrap().to_owned(),
+            json["generation"].as_u64().unwrap(),
+        )
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn exchange<S: Read + Write>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra: &str,
+) -> (u16, String) {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("an HTTP status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn clients_share_one_manager_invalidate_by_generation_and_bad_input_is_refused() {
+    let server = TestServer::start_background(ServerConfig::default()).unwrap();
+    let agent = Agent::start(&server, &[]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&agent.socket)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "only the user reaches the socket");
+    }
+    // 1,000 concurrent clients on a cold manager: one token request.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(1000));
+    let clients: Vec<_> = (0..1000)
+        .map(|_| {
+            let socket = agent.socket.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let stream = UnixStream::connect(&socket).unwrap();
+                exchange(stream, "GET", "/v1/token/api", "", "")
+            })
+        })
+        .collect();
+    let mut tokens = std::collections::BTreeSet::new();
+    for client in clients {
+        let (status, body) = client.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        tokens.insert(json["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(server.stats().token_requests, 1, "one shared refresh");
+
+    // A client got a 401: it reports the generation; one refresh follows.
+    let (first, generation) = agent.token();
+    let (status, body) = agent.request(
+        "POST",
+        "/v1/token/api/invalidate",
+        &format!("{{\"generation\": {generation}}}"),
+    );
+    assert_eq!((status, body.contains("true")), (200, true), "{body}");
+    let (second, newer) = agent.token();
+    assert_ne!(first, second);
+    // A late report of the older token changes nothing.
+    let (_, body) = agent.request(
+        "POST",
+        "/v1/token/api/invalidate",
+        &format!("{{\"generation\": {generation}}}"),
+    );
+    assert!(body.contains("false"), "{body}");
+    assert_eq!(agent.token().1, newer);
+    assert_eq!(server.stats().token_requests, 2);
+
+    // Bad input: an unknown name, a malformed body, a wrong method, an unknown path.
+    let (status, body) = agent.request("GET", "/v1/token/nope", "");
+    assert_eq!(status, 404);
+    assert!(body.contains("unknown_credential"), "{body}");
+    assert_eq!(
+        agent
+            .request("POST", "/v1/token/api/invalidate", "{\"gen\": 1}")
+            .0,
+        400
+    );
+    assert_eq!(
+        agent
+            .request("POST", "/v1/token/api/invalidate", &"x".repeat(8192))
+            .0,
+        413
+    );
+    assert_eq!(agent.request("DELETE", "/v1/token/api", "").0, 405);
+    assert_eq!(agent.request("GET", "/etc/passwd", "").0, 404);
+
+    // A client that connects and stalls blocks no one.
+    let _stalled = UnixStream::connect(&agent.socket).unwrap();
+    let started = Instant::now();
+    agent.token();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Metrics and health.
+    let (status, metrics) = agent.request("GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tokenlease_agent_requests_total{credential=\"api\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tokenlease_fetches_total{credential=\"api\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&second), "never a token in the metrics");
+    assert_eq!(agent.request("GET", "/healthz", "").0, 200);
+}
+
+#[test]
+fn loopback_http_needs_the_secret_and_signals_reload_and_stop() {
+    let server = TestServer::start_background(ServerConfig::default()).unwrap();
+    let mut agent = Agent::start(&server, &["--http-port", "0"]);
+    let (url, secret) = agent.http.clone().expect("an HTTP listener");
+    let address = url.trim_start_matches("http://").to_owned();
+    let http = |extra: &str| {
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        exchange(stream, "GET", "/v1/token/api", "", extra)
+    };
+    assert_eq!(
+        http("").0,
+        401,
+        "no secret: refused (a browser page cannot read tokens)"
+    );
+    assert_eq!(http("x-tokenlease-agent: wrong\r\n").0, 401);
+    let (status, body) = http(&format!("x-tokenlease-agent: {secret}\r\n"));
+    assert_eq!(status, 200, "{body}");
+
+    // SIGHUP re-reads the configuration; the cached token stays.
+    let (token, _) = agent.token();
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(agent.token().0, token);
+    assert_eq!(server.stats().token_requests, 1);
+
+    // SIGTERM: a clean exit, the socket removed.
+    agent.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent stops on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!Path::new(&agent.socket).exists(), "the socket is removed");
+}

@@ -35,12 +35,58 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 /// The header a loopback HTTP client must send with the per-start secret.
 pub const SECRET_HEADER: &str = "x-tokenlease-agent";
 
+/// Upper bounds (seconds) of the refresh latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// What the events of one manager say: failures by kind, refresh latencies.
+#[derive(Default)]
+struct Observed {
+    failures: parking_lot::Mutex<BTreeMap<&'static str, u64>>,
+    refresh_started: parking_lot::Mutex<Option<std::time::Instant>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl tokenlease::EventListener for Observed {
+    fn on_event(&self, _key: &str, event: &tokenlease::Event) {
+        match event {
+            tokenlease::Event::RefreshStarted { .. } => {
+                *self.refresh_started.lock() = Some(std::time::Instant::now());
+            }
+            tokenlease::Event::RefreshSucceeded {
+                from_store: false, ..
+            } => {
+                if let Some(started) = self.refresh_started.lock().take() {
+                    let seconds = started.elapsed().as_secs_f64();
+                    for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+                        if seconds <= bound {
+                            bucket.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    self.latency_count.fetch_add(1, Ordering::Relaxed);
+                    self.latency_sum_micros
+                        .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+                }
+            }
+            tokenlease::Event::RefreshFailed { kind, .. } => {
+                *self.failures.lock().entry(kind.name()).or_insert(0) += 1;
+                self.refresh_started.lock().take();
+            }
+            _ => {}
+        }
+    }
+}
+
 /// One served credential.
 struct Credential {
     manager: Manager,
     file: PathBuf,
     text: String,
     served: AtomicU64,
+    /// Sum of the ages (ms) of the tokens served, for the mean age at serve time.
+    served_age_ms: AtomicU64,
+    observed: Arc<Observed>,
 }
 
 /// Makes a manager from a configuration file's path and text.
@@ -55,10 +101,7 @@ pub struct Agent {
 impl Agent {
     /// An agent for `credentials` (name → configuration file); `build` makes a manager from
     /// a file's path and text.
-    pub fn new(
-        credentials: &[(String, PathBuf)],
-        build: BuildManager,
-    ) -> tokenlease::Result<Self> {
+    pub fn new(credentials: &[(String, PathBuf)], build: BuildManager) -> tokenlease::Result<Self> {
         let agent = Self {
             credentials: RwLock::new(BTreeMap::new()),
             build,
@@ -78,11 +121,16 @@ impl Agent {
                 format!("cannot read {}: {}", file.display(), err.kind()),
             )
         })?;
+        let manager = (self.build)(file, &text)?;
+        let observed = Arc::new(Observed::default());
+        manager.add_listener(observed.clone());
         Ok(Credential {
-            manager: (self.build)(file, &text)?,
+            manager,
             file: file.to_owned(),
             text,
             served: AtomicU64::new(0),
+            served_age_ms: AtomicU64::new(0),
+            observed,
         })
     }
 
@@ -144,15 +192,24 @@ impl Agent {
         };
         credential.served.fetch_add(1, Ordering::Relaxed);
         match credential.manager.token().await {
-            Ok(token) => json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "access_token": token.value().expose(),
-                    "token_type": token.token_type(),
-                    "expires_at": crate::rfc3339(token.expires_at_wall()),
-                    "generation": token.generation(),
-                }),
-            ),
+            Ok(token) => {
+                let age = tokenlease::clock::system_clock()
+                    .now()
+                    .saturating_duration_since(token.obtained_at());
+                credential.served_age_ms.fetch_add(
+                    u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "access_token": token.value().expose(),
+                        "token_type": token.token_type(),
+                        "expires_at": crate::rfc3339(token.expires_at_wall()),
+                        "generation": token.generation(),
+                    }),
+                )
+            }
             Err(err) => {
                 let status = if err.is_transient() || err.kind() == ErrorKind::Expired {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -201,6 +258,11 @@ impl Agent {
     /// Prometheus text format.
     fn metrics(&self) -> String {
         let credentials = self.credentials.read();
+        // Events reach the listeners on core's event thread: let the queued ones land
+        // (bounded) so a scrape right after a refresh counts it.
+        if let Some(credential) = credentials.values().next() {
+            credential.manager.flush_events(Duration::from_millis(200));
+        }
         let mut out = String::new();
         let mut family =
             |name: &str, kind: &str, help: &str, value: &dyn Fn(&Credential) -> f64| {
@@ -244,6 +306,12 @@ impl Agent {
             &|c| c.manager.status().counters.served_stale as f64,
         );
         family(
+            "tokenlease_token_age_at_serve_seconds_sum",
+            "counter",
+            "Sum of the ages of the tokens served (divide by the requests for the mean).",
+            &|c| c.served_age_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        );
+        family(
             "tokenlease_token_expires_in_seconds",
             "gauge",
             "Seconds until the cached token expires (0: none).",
@@ -255,6 +323,37 @@ impl Agent {
                     .map_or(0.0, |left| left.as_secs_f64())
             },
         );
+        out.push_str("# HELP tokenlease_failures_by_kind_total Failed refreshes by error kind.\n");
+        out.push_str("# TYPE tokenlease_failures_by_kind_total counter\n");
+        for (name, credential) in credentials.iter() {
+            for (kind, count) in credential.observed.failures.lock().iter() {
+                out.push_str(&format!(
+                    "tokenlease_failures_by_kind_total{{credential=\"{}\",kind=\"{kind}\"}} {count}\n",
+                    escape_label(name)
+                ));
+            }
+        }
+        out.push_str(
+            "# HELP tokenlease_refresh_seconds How long refreshes that reached the source took.\n",
+        );
+        out.push_str("# TYPE tokenlease_refresh_seconds histogram\n");
+        for (name, credential) in credentials.iter() {
+            let label = escape_label(name);
+            let observed = &credential.observed;
+            for (bucket, bound) in observed.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+                out.push_str(&format!(
+                    "tokenlease_refresh_seconds_bucket{{credential=\"{label}\",le=\"{bound}\"}} {}\n",
+                    bucket.load(Ordering::Relaxed)
+                ));
+            }
+            let count = observed.latency_count.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "tokenlease_refresh_seconds_bucket{{credential=\"{label}\",le=\"+Inf\"}} {count}\n\
+                 tokenlease_refresh_seconds_sum{{credential=\"{label}\"}} {}\n\
+                 tokenlease_refresh_seconds_count{{credential=\"{label}\"}} {count}\n",
+                observed.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            ));
+        }
         out
     }
 }

@@ -229,6 +229,14 @@ fn clients_share_one_manager_invalidate_by_generation_and_bad_input_is_refused()
         metrics.contains("tokenlease_fetches_total{credential=\"api\"} 2"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("tokenlease_refresh_seconds_count{credential=\"api\"} 2"),
+        "two timed refreshes: {metrics}"
+    );
+    assert!(
+        metrics.contains("tokenlease_token_age_at_serve_seconds_sum"),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&second), "never a token in the metrics");
     assert_eq!(agent.request("GET", "/healthz", "").0, 200);
 }

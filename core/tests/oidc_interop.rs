@@ -2619,3 +2619,57 @@ mod mutual_tls {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Entra ID names a certificate credential by `x5t#S256`: the SHA-256 of the certificate's
+/// DER, here checked against openssl's own fingerprint of a certificate made for the test.
+#[test]
+fn a_certificate_names_the_assertion_key_by_its_sha256_thumbprint() {
+    use base64::Engine as _;
+    let dir = std::env::temp_dir().join(format!("tokenlease-x5t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("openssl")
+        .current_dir(&dir)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem",
+        ])
+        .args(["-out", "c.pem", "-days", "1", "-subj", "/CN=app"])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let fingerprint = Command::new("openssl")
+        .current_dir(&dir)
+        .args(["x509", "-in", "c.pem", "-noout", "-fingerprint", "-sha256"])
+        .output()
+        .unwrap();
+    let hex: String = String::from_utf8_lossy(&fingerprint.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .replace(':', "");
+    let digest: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let key = tokenlease::source::assertion::SigningKey::from_pem(
+        tokenlease::source::assertion::SigningAlgorithm::Rs256,
+        &SecretString::from(std::fs::read_to_string(dir.join("k.pem")).unwrap()),
+        "test",
+    )
+    .unwrap()
+    .with_certificate_pem(&std::fs::read_to_string(dir.join("c.pem")).unwrap(), "test")
+    .unwrap();
+    let jwt =
+        tokenlease::source::assertion::client_assertion(&key, "app", "https://idp/token").unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwt.expose().split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        header["x5t#S256"],
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

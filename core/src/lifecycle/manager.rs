@@ -190,7 +190,7 @@ impl ManagerBuilder {
                 install_lock: tokio::sync::Mutex::new(()),
                 #[cfg(feature = "http")]
                 authorizer: self.authorizer,
-                logins: watch::channel(0).0,
+                login_wakeup: Notify::new(),
             }),
         }
     }
@@ -230,9 +230,9 @@ struct Shared {
     /// How tokens travel on API requests (`None`: bearer).
     #[cfg(feature = "http")]
     authorizer: Option<Arc<dyn crate::http::authorize::Authorizer>>,
-    /// Counts tokens installed outside a refresh (a new login): callers waiting for a
-    /// refresh of the old session look again at once instead of waiting for it to end.
-    logins: watch::Sender<u64>,
+    /// Wakes callers waiting for a refresh when a token is installed outside one (a new
+    /// login): they look again at once instead of waiting for the old session's refresh.
+    login_wakeup: Notify,
 }
 
 /// The policy as managers hold it: the default one is shared by every manager of the
@@ -817,8 +817,10 @@ impl Shared {
     /// A caller waiting for a refresh that a revoke overtook gets `Cancelled`: logout
     /// sticks, and the next call logs in again.
     async fn acquire(self: Arc<Self>) -> Outcome {
-        // Subscribed before deciding, so a login published after the decision wakes us.
-        let mut logins = self.logins.subscribe();
+        // Registered before deciding, so a login published after the decision wakes us.
+        let login = self.login_wakeup.notified();
+        tokio::pin!(login);
+        login.as_mut().enable();
         let mut verdict = self.handle(Input::Acquire).0;
         let mut deadline = None;
         loop {
@@ -836,8 +838,9 @@ impl Shared {
             });
             let outcome = tokio::select! {
                 outcome = wait_for_outcome(receiver) => outcome,
-                Ok(()) = logins.changed() => {
-                    logins.borrow_and_update();
+                () = &mut login => {
+                    login.set(self.login_wakeup.notified());
+                    login.as_mut().enable();
                     match self.current.load_full() {
                         Some(token) => Ok(token),
                         None => Err(Error::new(
@@ -1579,7 +1582,7 @@ impl Shared {
             self.mirror(&state);
         }
         self.timer_wakeup.notify_one();
-        self.logins.send_modify(|logins| *logins += 1);
+        self.login_wakeup.notify_waiters();
         Ok(token)
     }
 

@@ -1,6 +1,6 @@
 //! Core's HTTP decisions, for the `requests`/`httpx` adapters: the argument conversions of
-//! `Manager.request_header`, `authorize_body` and `judge_response` (the methods themselves
-//! are in `manager`), and the bearer-only `is_token_rejected`.
+//! `Manager.request_header`, `authorize_body`, `judge_response` and `remember_dpop_nonce`
+//! (the methods themselves are in `manager`), and the bearer-only `is_token_rejected`.
 
 use std::borrow::Cow;
 
@@ -70,10 +70,13 @@ pub(crate) fn body_bytes<'py>(py: Python<'py>, rendered: &SecretString) -> Bound
     PyBytes::new(py, rendered.expose().as_bytes())
 }
 
-/// Response headers for `judge_response`: a mapping (its `items()`) or an iterable of
+/// Response headers for `judge_response` and `remember_dpop_nonce`: a mapping (its `items()`) or an iterable of
 /// `(name, value)` pairs; only the first [`tokenlease::MAX_JUDGED_HEADERS`] are read (core
 /// looks at no more).
-pub(crate) fn header_pairs(headers: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, String)>> {
+pub(crate) fn header_pairs(
+    headers: Option<&Bound<'_, PyAny>>,
+    function: &str,
+) -> PyResult<Vec<(String, String)>> {
     let Some(headers) = headers else {
         return Ok(Vec::new());
     };
@@ -85,9 +88,26 @@ pub(crate) fn header_pairs(headers: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(
     let mut pairs = Vec::new();
     for item in items.try_iter()?.take(tokenlease::MAX_JUDGED_HEADERS) {
         let (name, value): (String, String) = item?.extract().map_err(|_| {
-            PyTypeError::new_err("judge_response() takes headers as (name, value) str pairs")
+            PyTypeError::new_err(format!(
+                "{function}() takes headers as (name, value) str pairs"
+            ))
         })?;
         pairs.push((name, value));
     }
     Ok(pairs)
+}
+
+/// Header pairs as a header map; malformed names and values are skipped (as core's
+/// `judge_response` does).
+pub(crate) fn header_map(pairs: &[(String, String)]) -> reqwest::header::HeaderMap {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
 }

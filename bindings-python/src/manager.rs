@@ -364,7 +364,7 @@ impl Manager {
         headers: Option<&Bound<'_, PyAny>>,
         body_prefix: Option<PyBackedBytes>,
     ) -> PyResult<bool> {
-        let pairs = crate::http::header_pairs(headers)?;
+        let pairs = crate::http::header_pairs(headers, "judge_response")?;
         let pairs: Vec<(&str, &str)> = pairs
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
@@ -373,6 +373,43 @@ impl Manager {
         let body = &body[..body.len().min(MAX_INSPECTED_ERROR_BODY_BYTES)];
         Ok(self.inner.judge_response(generation, status, &pairs, body)
             == tokenlease::ResponseVerdict::Rejected)
+    }
+
+    /// The DPoP proof (RFC 9449) for an API request ``method`` ``url`` with ``token`` (a
+    /// ``TokenInfo``) when that token is bound to this manager's key (``token_type``
+    /// ``"DPoP"``, from a configuration with ``"dpop": true``): send it as the ``DPoP``
+    /// header next to ``request_header``'s ``Authorization: DPoP …``. A new proof (new
+    /// ``jti``, the server's latest nonce) on every call. ``None`` for other tokens. The
+    /// proof is a credential: never log it.
+    fn dpop_proof<'py>(
+        &self,
+        py: Python<'py>,
+        token: &Bound<'py, PyAny>,
+        method: &str,
+        url: &str,
+    ) -> PyResult<Option<Bound<'py, PyString>>> {
+        let (value, token_type) = token_info_parts(py, token)?;
+        let proof = self
+            .inner
+            .dpop_proof(method, url, &value, &token_type)
+            .map_err(|err| to_pyerr(&err))?;
+        Ok(proof.map(|proof| PyString::new(py, proof.expose())))
+    }
+
+    /// Keeps the ``DPoP-Nonce`` a response from ``url`` carried (``headers``: a mapping or
+    /// ``(name, value)`` pairs; the first 256 are read), for the next proofs to that origin.
+    /// ``True`` when the nonce is new: a 401 that brings one is worth sending once more,
+    /// with a new proof. ``False`` without one, for a known one, or for a manager without
+    /// DPoP.
+    #[pyo3(signature = (url, headers=None))]
+    fn remember_dpop_nonce(&self, url: &str, headers: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+        let pairs = crate::http::header_pairs(headers, "remember_dpop_nonce")?;
+        let Ok(url) = reqwest::Url::parse(url) else {
+            return Ok(false);
+        };
+        Ok(self
+            .inner
+            .remember_dpop_nonce(&url, &crate::http::header_map(&pairs)))
     }
 
     /// Asks the server about the current session (``session.info`` in the configuration,

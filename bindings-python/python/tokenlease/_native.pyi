@@ -171,6 +171,23 @@ class Manager:
         ``False`` otherwise (a sliding session's use is recorded). ``headers``: a mapping or
         ``(name, value)`` pairs (the first 256 are read); ``body_prefix``: the first bytes of
         the body when ``needs_response_body(status)`` (at most 64 KiB are looked at)."""
+    def dpop_proof(self, token: TokenInfo, method: str, url: str) -> Optional[str]:
+        """The DPoP proof (RFC 9449) for an API request ``method`` ``url`` with ``token`` when
+        that token is bound to this manager's key (``token_type`` ``"DPoP"``, from a
+        configuration with ``"dpop": true``): send it as the ``DPoP`` header next to
+        ``request_header``'s ``Authorization: DPoP …``. A new proof (new ``jti``, the
+        server's latest nonce) on every call. ``None`` for other tokens. The proof is a
+        credential: never log it."""
+    def remember_dpop_nonce(
+        self,
+        url: str,
+        headers: Union[Mapping[str, str], Iterable[Tuple[str, str]], None] = None,
+    ) -> bool:
+        """Keeps the ``DPoP-Nonce`` a response from ``url`` carried (``headers``: a mapping or
+        ``(name, value)`` pairs; the first 256 are read), for the next proofs to that origin.
+        ``True`` when the nonce is new: a 401 that brings one is worth sending once more,
+        with a new proof. ``False`` without one, for a known one, or for a manager without
+        DPoP."""
     def session_info(self) -> str:
         """Asks the server about the current session (``session.info`` in the configuration,
         e.g. vSphere's ``GET /api/session``) and returns the response body.

@@ -17,15 +17,23 @@ headers and bytes:
   provides next (its body rendered again). The request body is read first, so it can
   always be replayed.
 
+DPoP (RFC 9449, ``"dpop": true``): a token bound to the manager's key (``token_type``
+``DPoP``) goes with ``Authorization: DPoP …`` and, on every request, a new proof in the
+``DPoP`` header (``Manager.dpop_proof``, for the request's method and URL). A ``DPoP-Nonce``
+a response brings is kept for the next proofs (``Manager.remember_dpop_nonce``); when it
+comes with a 401, the request is sent once more with a proof that carries it, before the
+response is judged.
+
 Reading response bodies: only when ``Manager.needs_response_body(status)`` says the status
 may be a rejection (e.g. a 401, or a 500 for a SOAP profile); such a response is read
 (``response.read()``, so the application can still read it) and its first
 ``MAX_JUDGED_BODY_BYTES`` (64 KiB) are judged. Successful responses are never read here.
 
 Redirects: httpx follows them (``follow_redirects=True``) with the request's headers,
-stripping only ``Authorization`` on another origin; with a session header, leave
-``follow_redirects`` off (httpx's default) for URLs that may redirect elsewhere. A final
-response from another origin than the request's is not judged.
+stripping only ``Authorization`` on another origin; with a session header or a DPoP proof
+(which httpx keeps too, and which names the first URL), leave ``follow_redirects`` off
+(httpx's default) for URLs that may redirect. A final response from another origin than the
+request's is not judged.
 """
 
 from __future__ import annotations
@@ -46,10 +54,11 @@ def _authorized(
     content: bytes,
     cookie: Optional[str],
     info: TokenInfo,
-) -> httpx.Request:
+) -> Tuple[httpx.Request, bool]:
     """``request`` carrying the token of ``info`` where core says: the same request with
     the header set, or a new one with the rendered body (``content`` and ``cookie`` are the
-    body and ``Cookie`` header the application's request came with)."""
+    body and ``Cookie`` header the application's request came with); and whether a DPoP
+    proof goes with it (a DPoP-bound token)."""
     rendered = manager.authorize_body(info, content) if content else None
     if rendered is not None:
         headers = request.headers.copy()
@@ -68,11 +77,26 @@ def _authorized(
         if name.lower() == "cookie" and cookie:
             value = f"{cookie}; {value}"
         request.headers[name] = value
-    return request
+    proof = manager.dpop_proof(info, request.method, str(request.url))
+    if proof is not None:
+        request.headers["DPoP"] = proof
+    return request, proof is not None
 
 
 def _origin(url: httpx.URL) -> Tuple[str, str, Optional[int]]:
     return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _new_dpop_nonce(
+    manager: Manager, response: httpx.Response, proof: bool, sent: httpx.URL
+) -> bool:
+    """Keeps the ``DPoP-Nonce`` of a response to a request that carried a proof (``proof``)
+    to ``sent``; ``True`` when the response is a 401 from there that brought a new one (the
+    request is worth sending once more, with a new proof)."""
+    if not proof:
+        return False
+    fresh = manager.remember_dpop_nonce(str(response.request.url), response.headers.multi_items())
+    return fresh and response.status_code == 401 and _origin(response.request.url) == _origin(sent)
 
 
 def _judge(
@@ -100,19 +124,19 @@ class TokenleaseHttpxAuth(httpx.Auth):
         manager = self.manager
         content = request.read()  # so the body can be rendered and resent
         cookie = request.headers.get("Cookie")
-        info = manager.token_info()
-        response = yield _authorized(manager, request, content, cookie, info)
-        read = manager.needs_response_body(response.status_code)
-        if read:
-            response.read()
-        if not _judge(manager, response, info, read, request.url):
-            return
-        info = manager.token_info()
-        response = yield _authorized(manager, request, content, cookie, info)
-        read = manager.needs_response_body(response.status_code)
-        if read:
-            response.read()
-        _judge(manager, response, info, read, request.url)  # a second rejection is not retried
+        for _attempt in range(2):  # a rejection is retried once; a second one is not
+            info = manager.token_info()
+            authorized, proof = _authorized(manager, request, content, cookie, info)
+            response = yield authorized
+            if _new_dpop_nonce(manager, response, proof, request.url):
+                authorized, proof = _authorized(manager, request, content, cookie, info)
+                response = yield authorized
+                _new_dpop_nonce(manager, response, proof, request.url)  # kept; not resent
+            read = manager.needs_response_body(response.status_code)
+            if read:
+                response.read()
+            if not _judge(manager, response, info, read, request.url):
+                return
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -120,19 +144,19 @@ class TokenleaseHttpxAuth(httpx.Auth):
         manager = self.manager
         content = await request.aread()  # so the body can be rendered and resent
         cookie = request.headers.get("Cookie")
-        info = await manager.token_info_async()
-        response = yield _authorized(manager, request, content, cookie, info)
-        read = manager.needs_response_body(response.status_code)
-        if read:
-            await response.aread()
-        if not _judge(manager, response, info, read, request.url):
-            return
-        info = await manager.token_info_async()
-        response = yield _authorized(manager, request, content, cookie, info)
-        read = manager.needs_response_body(response.status_code)
-        if read:
-            await response.aread()
-        _judge(manager, response, info, read, request.url)  # a second rejection is not retried
+        for _attempt in range(2):  # a rejection is retried once; a second one is not
+            info = await manager.token_info_async()
+            authorized, proof = _authorized(manager, request, content, cookie, info)
+            response = yield authorized
+            if _new_dpop_nonce(manager, response, proof, request.url):
+                authorized, proof = _authorized(manager, request, content, cookie, info)
+                response = yield authorized
+                _new_dpop_nonce(manager, response, proof, request.url)  # kept; not resent
+            read = manager.needs_response_body(response.status_code)
+            if read:
+                await response.aread()
+            if not _judge(manager, response, info, read, request.url):
+                return
 
     def __repr__(self) -> str:
         return f"TokenleaseHttpxAuth({self.manager!r})"

@@ -18,6 +18,14 @@ headers and bytes:
   (its body rendered again), if its body can be replayed (``bytes``, ``str`` or none); the
   rejected response is in ``response.history``.
 
+DPoP (RFC 9449, ``"dpop": true``): a token bound to the manager's key (``token_type``
+``DPoP``) goes with ``Authorization: DPoP …`` and, on every request, a new proof in the
+``DPoP`` header (``Manager.dpop_proof``, for the request's method and URL). A ``DPoP-Nonce``
+a response brings is kept for the next proofs (``Manager.remember_dpop_nonce``); when it
+comes with a 401, the request (if replayable) is sent once more with a proof that carries
+it, before the response is judged. A redirect to another origin loses the proof with the
+token; a redirect to the same origin gets a proof for the new URL and method.
+
 Reading response bodies: only when ``Manager.needs_response_body(status)`` says the status
 may be a rejection, and then at most ``MAX_JUDGED_BODY_BYTES`` (64 KiB), read from
 ``response.raw`` (decoded). That prefix is put back in front of the rest of the body, so the
@@ -45,6 +53,8 @@ from ._native import MAX_JUDGED_BODY_BYTES
 
 __all__ = ["TokenleaseAuth"]
 
+_DPOP = "DPoP"
+
 
 def _replayable(body: Any) -> bool:
     return body is None or isinstance(body, (bytes, str))
@@ -52,11 +62,15 @@ def _replayable(body: Any) -> bool:
 
 class _Sent:
     """Where the token went on a request: the header (name, value) and/or the rendered
-    body, so a response can be told apart from one to a request that did not carry it."""
+    body, so a response can be told apart from one to a request that did not carry it;
+    and whether a DPoP proof went with it."""
 
-    def __init__(self, header: Optional[Tuple[str, str]], body: Optional[bytes]) -> None:
+    def __init__(
+        self, header: Optional[Tuple[str, str]], body: Optional[bytes], proof: bool
+    ) -> None:
         self.header = header
         self.body = body
+        self.proof = proof
 
     def carried_by(self, request: requests.PreparedRequest) -> bool:
         if self.header is not None:
@@ -82,6 +96,10 @@ def _authorize(
             value = f"{existing}; {value}"
         request.headers[name] = value
         header = (name, value)
+    # A DPoP-bound token: a new proof for this request (None for other tokens).
+    proof = manager.dpop_proof(info, request.method or "GET", request.url or "")
+    if proof is not None:
+        request.headers[_DPOP] = proof
     body = template.body
     rendered = None
     if isinstance(body, (bytes, str)):
@@ -94,7 +112,7 @@ def _authorize(
             "this manager's configuration carries the token in the request body; "
             "a streamed body cannot carry it: pass the body as bytes or str"
         )
-    return _Sent(header, rendered)
+    return _Sent(header, rendered, proof is not None)
 
 
 class _PrefixedRaw:
@@ -164,16 +182,39 @@ def _origin(url: Optional[str]) -> Tuple[str, str, Optional[int]]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+def _redirect_method(response: requests.Response) -> str:
+    """The method requests uses for the next hop (as ``Session.rebuild_method``)."""
+    method = str(response.request.method or "GET")
+    status = response.status_code
+    if status in (302, 303) and method != "HEAD":
+        return "GET"
+    if status == 301 and method == "POST":
+        return "GET"
+    return method
+
+
 def _keep_token_home(
-    response: requests.Response, template: requests.PreparedRequest, sent: _Sent
+    manager: Manager,
+    response: requests.Response,
+    template: requests.PreparedRequest,
+    sent: _Sent,
+    info: TokenInfo,
 ) -> None:
-    """Before requests follows a redirect to another origin, takes the token off the request
-    it copies for the next hop: the header core named (requests itself strips only
-    ``Authorization`` and ``Cookie``) and a rendered body (kept by 307 and 308)."""
+    """Before requests follows a redirect, fixes the request it copies for the next hop: to
+    another origin, takes the token off (the header core named, as requests itself strips
+    only ``Authorization`` and ``Cookie``; a rendered body, kept by 307 and 308; a DPoP
+    proof); to the same origin, gives a DPoP-bound token a proof for the hop's URL and
+    method."""
     target = urljoin(response.url, response.headers.get("location", ""))
-    if _origin(target) == _origin(template.url):
-        return
     request = response.request
+    if _origin(target) == _origin(template.url):
+        if sent.proof:
+            proof = manager.dpop_proof(info, _redirect_method(response), target)
+            if proof is not None:
+                request.headers[_DPOP] = proof
+        return
+    if sent.proof:
+        request.headers.pop(_DPOP, None)
     if sent.header is not None:
         request.headers.pop(sent.header[0], None)
     if sent.body is not None and request.body is sent.body:
@@ -187,6 +228,15 @@ def _judge(manager: Manager, response: requests.Response, generation: int) -> bo
     status = response.status_code
     prefix = _body_prefix(response) if manager.needs_response_body(status) else b""
     return manager.judge_response(generation, status, list(response.headers.items()), prefix)
+
+
+def _new_dpop_nonce(manager: Manager, response: requests.Response) -> bool:
+    """Keeps the ``DPoP-Nonce`` of a response to a request that carried a proof; ``True``
+    when the response is a 401 that brought a new one (worth sending once more)."""
+    fresh = manager.remember_dpop_nonce(
+        response.url or response.request.url or "", list(response.headers.items())
+    )
+    return fresh and response.status_code == 401
 
 
 def _discard(response: requests.Response) -> None:
@@ -218,10 +268,13 @@ class TokenleaseAuth(AuthBase):
             # authorized is sent again (a hop is not).
             if not sent.carried_by(response.request):
                 return response
+            own = response.request is request
             if response.is_redirect:
-                _keep_token_home(response, template, sent)
+                _keep_token_home(manager, response, template, sent, info)
+            if sent.proof and _new_dpop_nonce(manager, response) and own:
+                response = self._send_again(response, template, info, False, **kwargs)
             rejected = _judge(manager, response, info.generation)
-            if not rejected or response.request is not request:
+            if not rejected or not own:
                 return response
             return self._retry(response, template, **kwargs)
 
@@ -237,15 +290,35 @@ class TokenleaseAuth(AuthBase):
             return response
         manager = self.manager
         info = manager.token_info()
-        retry = template.copy()
-        retry.hooks = default_hooks()  # the retry is not retried again
-        _authorize(manager, retry, template, info)
-        _discard(response)
-        new_response: requests.Response = response.connection.send(retry, **kwargs)
+        new_response = self._send_again(response, template, info, True, **kwargs)
         # Judged too: its use is recorded; a second rejection discards that token (no retry).
         _judge(manager, new_response, info.generation)
-        new_response.history.append(response)
+        return new_response
+
+    def _send_again(
+        self,
+        response: requests.Response,
+        template: requests.PreparedRequest,
+        info: TokenInfo,
+        follow_nonce: bool,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Sends the application's request (``template``) once more, with the token of
+        ``info`` and, for a DPoP-bound token, a new proof, in place of ``response``, if the
+        body can be replayed. ``follow_nonce``: a 401 that brings a new DPoP nonce is sent
+        once more again (only once)."""
+        if not _replayable(template.body):
+            return response
+        manager = self.manager
+        retry = template.copy()
+        retry.hooks = default_hooks()  # the retry is not retried again
+        sent = _authorize(manager, retry, template, info)
+        _discard(response)
+        new_response: requests.Response = response.connection.send(retry, **kwargs)
+        new_response.history = [*response.history, response]
         new_response.request = retry
+        if sent.proof and _new_dpop_nonce(manager, new_response) and follow_nonce:
+            return self._send_again(new_response, template, info, False, **kwargs)
         return new_response
 
     def __repr__(self) -> str:

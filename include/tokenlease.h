@@ -695,6 +695,63 @@ tl_result tl_manager_judge_response(const struct tl_manager *mgr,
                                     bool *rejected);
 
 /**
+ * The DPoP proof (RFC 9449) for an API request `method` (e.g. `"GET"`) to `url` (the
+ * absolute URL the request goes to) with `token`, when that token is bound to the manager's
+ * key (token type `DPoP`, from a configuration with `"dpop": true`): send it as the `DPoP`
+ * request header, next to `tl_manager_request_header`'s `authorization: DPoP <token>`.
+ *
+ * On `TL_OK`, `*has_proof` tells whether there is a proof: `false` for other tokens (Bearer,
+ * sessions); then `buf` receives an empty string and `*written` 0. Otherwise the proof goes
+ * into `buf`, NUL-terminated, its length in `*written`. Every call signs a new proof (a new
+ * `jti`, the server's latest nonce for that origin): with `TL_BUFFER_TOO_SMALL`, `*written`
+ * is the size that proof needed (terminator included; the next one for the same request has
+ * the same size unless a new nonce came in between: 1024 bytes plus the URL's length is
+ * ample), nothing but an empty string is written, and `*has_proof` is `true`. `buf` may be
+ * NULL when `len` is 0 (a size query). `TL_USAGE` when `url` is not an absolute URL.
+ *
+ * The proof is a credential: wipe `buf` when done and never log it. Thread-safety:
+ * callable from any thread; never blocks (it signs with ES256, tens of microseconds).
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `token` NULL or a live `tl_token`; `method` and
+ * `url` NULL or NUL-terminated; `buf` NULL or writable for `len` bytes; `written` and
+ * `has_proof` NULL or writable.
+ */
+tl_result tl_manager_dpop_proof(const struct tl_manager *mgr,
+                                const struct tl_token *token,
+                                const char *method,
+                                const char *url,
+                                char *buf,
+                                size_t len,
+                                size_t *written,
+                                bool *has_proof);
+
+/**
+ * Keeps the `DPoP-Nonce` a response from `url` carried (`headers`, as received), for the
+ * next DPoP proofs to that origin (`tl_manager_dpop_proof`, and the manager's own token
+ * requests). `*is_new` receives `true` when the nonce is new: a 401 that brings one is
+ * worth sending once more (once), with a new proof. `false` without a nonce, for one
+ * already known, or for a manager without DPoP. Call it for every response to a request
+ * that carried a proof.
+ *
+ * `headers`: `count` response headers (at most `TL_MAX_JUDGED_HEADERS` are read; NULL when
+ * `count` is 0), each name and value NUL-terminated UTF-8 (`TL_NULL_ARGUMENT` /
+ * `TL_INVALID_UTF8` otherwise). `TL_USAGE` when `url` is not an absolute URL.
+ *
+ * Thread-safety: callable from any thread; never blocks.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `url` NULL or NUL-terminated; `headers` NULL or
+ * readable for `min(count, TL_MAX_JUDGED_HEADERS)` elements whose strings are NULL or
+ * NUL-terminated; `is_new` NULL or writable.
+ */
+tl_result tl_manager_remember_dpop_nonce(const struct tl_manager *mgr,
+                                         const char *url,
+                                         const struct tl_header *headers,
+                                         size_t count,
+                                         bool *is_new);
+
+/**
  * Asks the server about the current session (`session.info` in the configuration, e.g.
  * vSphere's `GET /api/session`: whose session it is, whether it is alive) and copies the
  * response body into `buf`, NUL-terminated, its length in `*written`. Gets a session

@@ -1,16 +1,18 @@
 //! Core's request decisions for C callers' own HTTP code: which header carries a token
 //! (`tl_manager_request_header`), the body that carries it for configurations that place it
 //! in bodies (`tl_manager_authorize_body`), and what a response means
-//! (`tl_manager_needs_response_body`, `tl_manager_judge_response`), plus the session info
-//! request (`tl_manager_session_info`). All of it is `tokenlease::Manager`'s; these exports
-//! convert arguments and results.
+//! (`tl_manager_needs_response_body`, `tl_manager_judge_response`), the DPoP proof of an
+//! API request with a bound token and the server nonces it needs (`tl_manager_dpop_proof`,
+//! `tl_manager_remember_dpop_nonce`), plus the session info request
+//! (`tl_manager_session_info`). All of it is `tokenlease::Manager`'s; these exports convert
+//! arguments and results.
 
 use std::ffi::{c_char, CStr};
 
 use tl_core::http::MAX_INSPECTED_ERROR_BODY_BYTES;
 use tl_core::{ResponseVerdict, MAX_JUDGED_HEADERS};
 
-use crate::boundary::{copy_out, ffi_boundary_or, utf8_arg, Failure};
+use crate::boundary::{copy_out, ffi_boundary_or, str_arg, utf8_arg, Failure};
 use crate::manager::{manager_call, tl_manager};
 use crate::result::tl_result;
 use crate::token::tl_token;
@@ -323,22 +325,8 @@ pub unsafe extern "C" fn tl_manager_judge_response(
         if body.is_null() && len > 0 {
             return Err(Failure::null("body"));
         }
-        let count = count.min(TL_MAX_JUDGED_HEADERS);
-        let headers: &[tl_header] = if count == 0 {
-            &[]
-        } else {
-            // SAFETY: non-NULL and readable for `min(count, TL_MAX_JUDGED_HEADERS)` elements
-            // per the contract.
-            unsafe { std::slice::from_raw_parts(headers, count) }
-        };
-        let mut pairs = Vec::with_capacity(headers.len());
-        for (index, header) in headers.iter().enumerate() {
-            // SAFETY: each string NULL or NUL-terminated per the contract.
-            let name = unsafe { header_text(header.name, "name", index) }?;
-            // SAFETY: as above.
-            let value = unsafe { header_text(header.value, "value", index) }?;
-            pairs.push((name, value));
-        }
+        // SAFETY: per the contract.
+        let pairs = unsafe { header_args(headers, count) }?;
         let len = len.min(TL_MAX_JUDGED_BODY_BYTES);
         let body: &[u8] = if len == 0 {
             &[]
@@ -350,6 +338,169 @@ pub unsafe extern "C" fn tl_manager_judge_response(
         let verdict = mgr.manager.judge_response(generation, status, &pairs, body);
         // SAFETY: non-NULL (checked) and writable per the contract.
         unsafe { rejected.write(verdict == ResponseVerdict::Rejected) };
+        Ok(())
+    })
+}
+
+/// Response headers as `(name, value)` pairs: at most `TL_MAX_JUDGED_HEADERS` of `count`, each
+/// string checked (`TL_NULL_ARGUMENT` / `TL_INVALID_UTF8`).
+///
+/// # Safety
+/// `headers` NULL (then `count` must be 0) or readable for `min(count,
+/// TL_MAX_JUDGED_HEADERS)` elements whose strings are NULL or NUL-terminated.
+unsafe fn header_args<'a>(
+    headers: *const tl_header,
+    count: usize,
+) -> Result<Vec<(&'a str, &'a str)>, Failure> {
+    if headers.is_null() && count > 0 {
+        return Err(Failure::null("headers"));
+    }
+    let count = count.min(TL_MAX_JUDGED_HEADERS);
+    let headers: &[tl_header] = if count == 0 {
+        &[]
+    } else {
+        // SAFETY: non-NULL and readable for `min(count, TL_MAX_JUDGED_HEADERS)` elements per
+        // the contract.
+        unsafe { std::slice::from_raw_parts(headers, count) }
+    };
+    let mut pairs = Vec::with_capacity(headers.len());
+    for (index, header) in headers.iter().enumerate() {
+        // SAFETY: each string NULL or NUL-terminated per the contract.
+        let name = unsafe { header_text(header.name, "name", index) }?;
+        // SAFETY: as above.
+        let value = unsafe { header_text(header.value, "value", index) }?;
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// An absolute URL argument (`TL_USAGE` otherwise, as core's `dpop_proof` says).
+fn absolute_url(url: &str, function: &str) -> Result<reqwest::Url, Failure> {
+    reqwest::Url::parse(url).map_err(|_| {
+        Failure::new(
+            tl_result::TL_USAGE,
+            format!("{function}: url is not an absolute URL"),
+        )
+    })
+}
+
+/// The DPoP proof (RFC 9449) for an API request `method` (e.g. `"GET"`) to `url` (the
+/// absolute URL the request goes to) with `token`, when that token is bound to the manager's
+/// key (token type `DPoP`, from a configuration with `"dpop": true`): send it as the `DPoP`
+/// request header, next to `tl_manager_request_header`'s `authorization: DPoP <token>`.
+///
+/// On `TL_OK`, `*has_proof` tells whether there is a proof: `false` for other tokens (Bearer,
+/// sessions); then `buf` receives an empty string and `*written` 0. Otherwise the proof goes
+/// into `buf`, NUL-terminated, its length in `*written`. Every call signs a new proof (a new
+/// `jti`, the server's latest nonce for that origin): with `TL_BUFFER_TOO_SMALL`, `*written`
+/// is the size that proof needed (terminator included; the next one for the same request has
+/// the same size unless a new nonce came in between: 1024 bytes plus the URL's length is
+/// ample), nothing but an empty string is written, and `*has_proof` is `true`. `buf` may be
+/// NULL when `len` is 0 (a size query). `TL_USAGE` when `url` is not an absolute URL.
+///
+/// The proof is a credential: wipe `buf` when done and never log it. Thread-safety:
+/// callable from any thread; never blocks (it signs with ES256, tens of microseconds).
+///
+/// # Safety
+/// `mgr` must be NULL or a live manager; `token` NULL or a live `tl_token`; `method` and
+/// `url` NULL or NUL-terminated; `buf` NULL or writable for `len` bytes; `written` and
+/// `has_proof` NULL or writable.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn tl_manager_dpop_proof(
+    mgr: *const tl_manager,
+    token: *const tl_token,
+    method: *const c_char,
+    url: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    written: *mut usize,
+    has_proof: *mut bool,
+) -> tl_result {
+    manager_call(mgr, |mgr| {
+        // SAFETY: NULL or a live tl_token per the contract.
+        let token = unsafe { token_arg(token) }?.token();
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let method = unsafe { str_arg(method, "method") }?;
+        // SAFETY: as above.
+        let url = unsafe { str_arg(url, "url") }?;
+        if written.is_null() {
+            return Err(Failure::null("written"));
+        }
+        if has_proof.is_null() {
+            return Err(Failure::null("has_proof"));
+        }
+        if buf.is_null() && len > 0 {
+            return Err(Failure::null("buf"));
+        }
+        // SAFETY: the buffer and out-pointers per the contract (checked above).
+        unsafe {
+            clear(buf, len);
+            written.write(0);
+            has_proof.write(false);
+        }
+        let proof = mgr
+            .manager
+            .dpop_proof(method, url, token.value(), token.token_type())?;
+        let Some(proof) = proof else {
+            return Ok(());
+        };
+        // SAFETY: as above.
+        unsafe {
+            has_proof.write(true);
+            copy_out(proof.expose().as_bytes(), buf, len, written)
+        }
+    })
+}
+
+/// Keeps the `DPoP-Nonce` a response from `url` carried (`headers`, as received), for the
+/// next DPoP proofs to that origin (`tl_manager_dpop_proof`, and the manager's own token
+/// requests). `*is_new` receives `true` when the nonce is new: a 401 that brings one is
+/// worth sending once more (once), with a new proof. `false` without a nonce, for one
+/// already known, or for a manager without DPoP. Call it for every response to a request
+/// that carried a proof.
+///
+/// `headers`: `count` response headers (at most `TL_MAX_JUDGED_HEADERS` are read; NULL when
+/// `count` is 0), each name and value NUL-terminated UTF-8 (`TL_NULL_ARGUMENT` /
+/// `TL_INVALID_UTF8` otherwise). `TL_USAGE` when `url` is not an absolute URL.
+///
+/// Thread-safety: callable from any thread; never blocks.
+///
+/// # Safety
+/// `mgr` must be NULL or a live manager; `url` NULL or NUL-terminated; `headers` NULL or
+/// readable for `min(count, TL_MAX_JUDGED_HEADERS)` elements whose strings are NULL or
+/// NUL-terminated; `is_new` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tl_manager_remember_dpop_nonce(
+    mgr: *const tl_manager,
+    url: *const c_char,
+    headers: *const tl_header,
+    count: usize,
+    is_new: *mut bool,
+) -> tl_result {
+    manager_call(mgr, |mgr| {
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let url = unsafe { str_arg(url, "url") }?;
+        if is_new.is_null() {
+            return Err(Failure::null("is_new"));
+        }
+        // SAFETY: writable per the contract (checked above).
+        unsafe { is_new.write(false) };
+        // SAFETY: per the contract.
+        let pairs = unsafe { header_args(headers, count) }?;
+        let url = absolute_url(url, "tl_manager_remember_dpop_nonce")?;
+        let mut map = reqwest::header::HeaderMap::new();
+        for (name, value) in pairs {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                reqwest::header::HeaderValue::from_str(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        let fresh = mgr.manager.remember_dpop_nonce(&url, &map);
+        // SAFETY: as above.
+        unsafe { is_new.write(fresh) };
         Ok(())
     })
 }

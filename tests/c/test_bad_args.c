@@ -568,6 +568,61 @@ static void test_request_decision_arguments(void) {
     CHECK_RC(tl_manager_status(mgr, &status), TL_OK);
     CHECK(status.state == TL_STATE_EMPTY); /* that generation was discarded */
 
+    /* tl_manager_dpop_proof and tl_manager_remember_dpop_nonce on a manager without DPoP:
+     * no proof, no nonce kept; the pointer and text rules hold all the same. */
+    const char *api = "https://api.example/items";
+    bool has_proof = true, is_new = true;
+    CHECK_RC(tl_manager_dpop_proof(NULL, tok, "GET", api, out, sizeof out, &written, &has_proof),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_proof(mgr, NULL, "GET", api, out, sizeof out, &written, &has_proof),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, NULL, api, out, sizeof out, &written, &has_proof),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "`method`") != NULL);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", NULL, out, sizeof out, &written, &has_proof),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, NOT_UTF8, api, out, sizeof out, &written, &has_proof),
+             TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", NOT_UTF8, out, sizeof out, &written, &has_proof),
+             TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", api, out, sizeof out, NULL, &has_proof),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", api, out, sizeof out, &written, NULL),
+             TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", api, NULL, 5, &written, &has_proof),
+             TL_NULL_ARGUMENT);
+    memset(out, 'x', sizeof out);
+    written = 9;
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", api, out, sizeof out, &written, &has_proof),
+             TL_OK);
+    CHECK(!has_proof && written == 0 && out[0] == '\0');
+    has_proof = true;
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", api, NULL, 0, &written, &has_proof), TL_OK);
+    CHECK(!has_proof && written == 0);
+    tl_header nonce_headers[] = {{"DPoP-Nonce", "n-1"}};
+    CHECK_RC(tl_manager_remember_dpop_nonce(NULL, api, nonce_headers, 1, &is_new), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, NULL, nonce_headers, 1, &is_new), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, NOT_UTF8, nonce_headers, 1, &is_new), TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, nonce_headers, 1, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, NULL, 1, &is_new), TL_NULL_ARGUMENT);
+    headers[3].name = NULL;
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, headers, 5, &is_new), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_last_error(mgr, detail, sizeof detail, &written), TL_OK);
+    CHECK(strstr(detail, "headers[3].name") != NULL);
+    headers[3].name = "X-Filler";
+    headers[4].value = NOT_UTF8;
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, headers, 5, &is_new), TL_INVALID_UTF8);
+    headers[4].value = "1";
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, "not a url", nonce_headers, 1, &is_new), TL_USAGE);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, NULL, 0, &is_new), TL_OK);
+    CHECK(!is_new);
+    is_new = true;
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, nonce_headers, 1, &is_new), TL_OK);
+    CHECK(!is_new);
+    /* Huge counts are bounded (only TL_MAX_JUDGED_HEADERS headers are read). */
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, headers, SIZE_MAX, &is_new), TL_OK);
+
     /* tl_manager_session_info: a C source has no session info request. */
     CHECK_RC(tl_manager_session_info(NULL, out, sizeof out, &written), TL_NULL_ARGUMENT);
     CHECK_RC(tl_manager_session_info(mgr, out, sizeof out, NULL), TL_NULL_ARGUMENT);

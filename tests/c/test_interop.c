@@ -13,8 +13,16 @@
  *   refused refresh) -> a new login with the device flow -> logout; a denied device login is
  *   TL_CANCELLED, tl_device_login_cancel from another thread ends a waiting one;
  *   tl_manager_seed never rolls back a newer token in an encrypted file store;
+ * - key credentials (issue 17) at oidc-provider (started with --client-keys-out): private_key_jwt
+ *   (RS256, ES256) with the server's client keys, client_secret_jwt, a wrong key is
+ *   TL_INVALID_CREDENTIALS; DPoP: a bound token (type "DPoP") from a server that demands its
+ *   nonces, tl_manager_dpop_proof (an ES256 dpop+jwt with htm, htu, ath, the remembered
+ *   nonce), tl_manager_remember_dpop_nonce, and a DPoP user login whose token and proof call
+ *   the userinfo API over raw HTTP (sent once more on a 401 with a new nonce);
  * - no.nav.security:mock-oauth2-server (tests/mock-oauth2/launch), issuer
- *   http://127.0.0.1:PORT/default.
+ *   http://127.0.0.1:PORT/default;
+ * - a Google service-account key file made with openssl, against the project's test token
+ *   server ($TOKENLEASE_TEST_SERVER_BIN, started here with --jwt-bearer-keys).
  *
  * Starts each server itself on 127.0.0.1 (run from the repository root, as scripts/test-c
  * does) and stops it at the end. A server that is not installed (./scripts/setup-oidc,
@@ -793,6 +801,394 @@ done:
     remove_dir(dir);
 }
 
+/* ---- key credentials (issue 17) ---- */
+
+#define CLIENT_JWT_SECRET "tokenlease-client-secret-jwt-0123456789-abcdefghij"
+
+/* Where oidc-provider writes its signed-assertion clients' private keys (--client-keys-out). */
+static char g_keys_dir[] = "/tmp/tokenlease-c-keys-XXXXXX";
+static int g_have_keys_dir = 0;
+
+static tl_manager *manager_from(const char *config) {
+    tl_manager *mgr = NULL;
+    tl_result rc = tl_manager_from_config(config, &mgr);
+    if (rc != TL_OK) {
+        char detail[512];
+        size_t written = 0;
+        tl_manager_last_error(NULL, detail, sizeof detail, &written);
+        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
+    }
+    return mgr;
+}
+
+/* The whole file into `out` (NUL-terminated). 1 on success. */
+static int read_file(const char *path, char *out, size_t len) {
+    FILE *file = fopen(path, "rb");
+    if (file == NULL) return 0;
+    size_t got = fread(out, 1, len - 1, file);
+    int ok = !ferror(file) && feof(file);
+    fclose(file);
+    out[got] = '\0';
+    return ok;
+}
+
+/* Writes `content` to `path`, readable by its owner only (as key files must be). */
+static int write_private(const char *path, const char *content) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return 0;
+    size_t len = strlen(content);
+    int ok = fchmod(fd, 0600) == 0 && write(fd, content, len) == (ssize_t)len;
+    close(fd);
+    return ok;
+}
+
+/* `in` as the inside of a JSON string (PEM text: newlines, no control characters else). */
+static int json_escape(const char *in, char *out, size_t len) {
+    size_t at = 0;
+    for (; *in; in++) {
+        const char *piece = NULL;
+        char one[2] = {*in, '\0'};
+        if (*in == '\n') piece = "\\n";
+        else if (*in == '"') piece = "\\\"";
+        else if (*in == '\\') piece = "\\\\";
+        else piece = one;
+        size_t n = strlen(piece);
+        if (at + n >= len) return 0;
+        memcpy(out + at, piece, n);
+        at += n;
+    }
+    out[at] = '\0';
+    return 1;
+}
+
+/* Decodes one base64url part of a JWT into `out` (NUL-terminated). 1 on success. */
+static int base64url_decode(const char *in, size_t in_len, char *out, size_t len) {
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    unsigned long bits = 0;
+    int count = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < in_len; i++) {
+        const char *found = strchr(alphabet, in[i]);
+        if (found == NULL || in[i] == '\0') return 0;
+        bits = (bits << 6) | (unsigned long)(found - alphabet);
+        count += 6;
+        if (count >= 8) {
+            count -= 8;
+            if (at + 1 >= len) return 0;
+            out[at++] = (char)((bits >> count) & 0xff);
+        }
+    }
+    out[at] = '\0';
+    return 1;
+}
+
+/* The decoded header and claims of a compact JWT. 1 on success. */
+static int jwt_parts(const char *jwt, char *header, size_t header_len, char *claims,
+                     size_t claims_len) {
+    const char *dot = strchr(jwt, '.');
+    const char *second = dot ? strchr(dot + 1, '.') : NULL;
+    if (dot == NULL || second == NULL || strchr(second + 1, '.') != NULL) return 0;
+    return base64url_decode(jwt, (size_t)(dot - jwt), header, header_len) &&
+           base64url_decode(dot + 1, (size_t)(second - dot - 1), claims, claims_len);
+}
+
+static void pkjwt_config(char *out, size_t len, const char *client_id, const char *alg,
+                         const char *key_client) {
+    snprintf(out, len,
+             "{\"source\": {\"type\": \"oauth2\", \"issuer\": \"%s\", \"client_id\": \"%s\","
+             " \"scopes\": [\"api:read\"], \"client_auth\": {\"private_key_jwt\": {"
+             "\"key\": {\"file\": \"%s/%s.pem\"}, \"alg\": \"%s\", \"kid\": \"%s\"}}}}",
+             g_oidc.url, client_id, g_keys_dir, key_client, alg,
+             strcmp(alg, "RS256") == 0 ? "pkjwt-rs" : "pkjwt-es");
+}
+
+static void test_private_key_jwt_and_client_secret_jwt(void) {
+    const char *clients[2][2] = {{"tokenlease-pkjwt", "RS256"}, {"tokenlease-pkjwt-es", "ES256"}};
+    char config[2048], first[512], second[512], detail[1024];
+    size_t written = 0;
+    uint64_t generation = 0;
+    long grants = oidc_stat("client_credentials");
+    for (int i = 0; i < 2; i++) {
+        pkjwt_config(config, sizeof config, clients[i][0], clients[i][1], clients[i][0]);
+        tl_manager *mgr = manager_from(config);
+        CHECK(mgr != NULL);
+        if (!mgr) return;
+        CHECK_RC(tl_manager_token(mgr, first, sizeof first, &written, &generation), TL_OK);
+        CHECK(oidc_is_active(first) == 1);
+        /* A new signed assertion per token request (the server refuses a replayed jti). */
+        bool invalidated = false;
+        CHECK_RC(tl_manager_invalidate(mgr, generation, &invalidated), TL_OK);
+        CHECK(invalidated);
+        CHECK_RC(tl_manager_token(mgr, second, sizeof second, &written, NULL), TL_OK);
+        CHECK(strcmp(first, second) != 0);
+        CHECK_RC(tl_manager_free(mgr), TL_OK);
+    }
+    CHECK(oidc_stat("client_credentials") == grants + 4);
+
+    /* client_secret_jwt: an HS256 assertion signed with the client secret. */
+    snprintf(config, sizeof config,
+             "{\"source\": {\"type\": \"oauth2\", \"issuer\": \"%s\", \"client_id\":"
+             " \"tokenlease-secretjwt\", \"client_secret\": \"" CLIENT_JWT_SECRET "\","
+             " \"client_auth\": \"client_secret_jwt\", \"scopes\": [\"api:read\"]}}",
+             g_oidc.url);
+    tl_manager *mgr = manager_from(config);
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    CHECK_RC(tl_manager_token(mgr, first, sizeof first, &written, NULL), TL_OK);
+    CHECK(oidc_is_active(first) == 1);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+
+    /* The wrong key (the ES client's for the RS client): client authentication fails, and the
+     * error says so without the key. */
+    pkjwt_config(config, sizeof config, "tokenlease-pkjwt", "ES256", "tokenlease-pkjwt-es");
+    mgr = manager_from(config);
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    CHECK_RC(tl_manager_token(mgr, first, sizeof first, &written, NULL), TL_INVALID_CREDENTIALS);
+    last_error(mgr, detail, sizeof detail);
+    CHECK(strstr(detail, "PRIVATE KEY") == NULL);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+static void test_dpop_bound_token_and_proofs(void) {
+    char config[1024];
+    snprintf(config, sizeof config,
+             "{\"source\": {\"type\": \"oauth2\", \"issuer\": \"%s\", \"client_id\":"
+             " \"tokenlease-dpop\", \"client_secret\": \"" SECRET "\", \"scopes\": [\"api:read\"],"
+             " \"dpop\": true}}",
+             g_oidc.url);
+    long challenges = oidc_error_stat("use_dpop_nonce");
+    tl_manager *mgr = manager_from(config);
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    tl_token *tok = NULL;
+    CHECK_RC(tl_manager_token_handle(mgr, &tok), TL_OK);
+    if (!tok) goto done;
+    const char *type = NULL, *value = NULL;
+    CHECK_RC(tl_token_type(tok, &type, NULL), TL_OK);
+    CHECK(strcmp(type, "DPoP") == 0); /* a bound token is never Bearer */
+    CHECK_RC(tl_token_value(tok, &value, NULL), TL_OK);
+    CHECK(oidc_is_active(value) == 1);
+    CHECK(oidc_error_stat("use_dpop_nonce") == challenges + 1); /* the server's nonce, once */
+
+    char name[64], header[4096];
+    size_t nw = 0, vw = 0;
+    bool has = false;
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, header, sizeof header,
+                                       &vw, &has),
+             TL_OK);
+    CHECK(has && strcmp(name, "authorization") == 0 && strncmp(header, "DPoP ", 5) == 0);
+
+    /* The proof: a size query, then the proof itself, an ES256 dpop+jwt for GET <url>. */
+    const char *url = "https://api.example/v1/items?page=2";
+    char proof[4096], head[1024], claims[2048];
+    size_t written = 0;
+    bool has_proof = false;
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", url, NULL, 0, &written, &has_proof),
+             TL_BUFFER_TOO_SMALL);
+    CHECK(has_proof && written > 100);
+    size_t needed = written;
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "get", url, proof, needed, &written, &has_proof),
+             TL_OK);
+    CHECK(has_proof && written == needed - 1 && strlen(proof) == written);
+    CHECK(jwt_parts(proof, head, sizeof head, claims, sizeof claims));
+    CHECK(strstr(head, "\"typ\":\"dpop+jwt\"") != NULL);
+    CHECK(strstr(head, "\"alg\":\"ES256\"") != NULL && strstr(head, "\"jwk\":{") != NULL);
+    CHECK(strstr(claims, "\"htm\":\"GET\"") != NULL);
+    CHECK(strstr(claims, "\"htu\":\"https://api.example/v1/items\"") != NULL);
+    CHECK(strstr(claims, "\"ath\":\"") != NULL && strstr(claims, "\"nonce\"") == NULL);
+    char again[4096];
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", url, again, sizeof again, &written,
+                                   &has_proof),
+             TL_OK);
+    CHECK(strcmp(again, proof) != 0); /* a new jti every time */
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", "/relative", again, sizeof again, &written,
+                                   &has_proof),
+             TL_USAGE);
+    CHECK(!has_proof && again[0] == '\0');
+
+    /* A nonce a response brings goes into the next proofs to that origin. */
+    tl_header plain[] = {{"Content-Type", "text/plain"}};
+    tl_header nonce[] = {{"Content-Type", "text/plain"}, {"DPoP-Nonce", "nonce-1"}};
+    bool is_new = true;
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, url, plain, 1, &is_new), TL_OK);
+    CHECK(!is_new);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, url, nonce, 2, &is_new), TL_OK);
+    CHECK(is_new);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, url, nonce, 2, &is_new), TL_OK);
+    CHECK(!is_new);
+    CHECK_RC(tl_manager_remember_dpop_nonce(mgr, "not a url", nonce, 2, &is_new), TL_USAGE);
+    CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", url, proof, sizeof proof, &written,
+                                   &has_proof),
+             TL_OK);
+    CHECK(jwt_parts(proof, head, sizeof head, claims, sizeof claims));
+    CHECK(strstr(claims, "\"nonce\":\"nonce-1\"") != NULL);
+    tl_token_free(tok);
+    tok = NULL;
+
+    /* A Bearer token has no proof, and a manager without DPoP keeps no nonce. */
+    tl_manager *bearer = manager_for(g_oidc.url, "tokenlease-basic", SECRET, "basic",
+                                     CLIENT_CREDENTIALS, "[\"api:read\"]");
+    CHECK(bearer != NULL);
+    if (bearer) {
+        CHECK_RC(tl_manager_token_handle(bearer, &tok), TL_OK);
+        strcpy(proof, "x");
+        written = 7;
+        CHECK_RC(tl_manager_dpop_proof(bearer, tok, "GET", url, proof, sizeof proof, &written,
+                                       &has_proof),
+                 TL_OK);
+        CHECK(!has_proof && written == 0 && proof[0] == '\0');
+        CHECK_RC(tl_manager_remember_dpop_nonce(bearer, url, nonce, 2, &is_new), TL_OK);
+        CHECK(!is_new);
+        tl_token_free(tok);
+        tok = NULL;
+        CHECK_RC(tl_manager_free(bearer), TL_OK);
+    }
+done:
+    tl_token_free(tok);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+/* A DPoP-bound user login, then oidc-provider's userinfo API (GET <issuer>/me) over raw
+ * HTTP: Authorization: DPoP <token> plus a proof from tl_manager_dpop_proof, sent once more
+ * when a 401 brings a new nonce (the server requires its nonces everywhere). */
+static void test_dpop_user_login_calls_userinfo_with_a_proof(void) {
+    static struct http_answer answer;
+    char config[1024], redirect[3072], me[512], path[512], proof[4096], name[64],
+        value[4096], headers[9000];
+    snprintf(config, sizeof config,
+             "{\"source\": {\"type\": \"oauth2\", \"issuer\": \"%s\", \"client_id\": \"" APP_CLIENT
+             "\", \"grant\": {\"type\": \"user_login\"}, \"scopes\": [\"openid\","
+             " \"offline_access\"], \"authorization_params\": {\"prompt\": \"consent\"},"
+             " \"dpop\": true}}",
+             g_oidc.url);
+    tl_manager *mgr = manager_from(config);
+    CHECK(mgr != NULL);
+    if (!mgr) return;
+    tl_login_request *req = NULL;
+    tl_token *tok = NULL;
+    CHECK_RC(tl_manager_begin_login(mgr, REDIRECT_URI, &req), TL_OK);
+    if (!req) goto done;
+    CHECK(browser_authorize(tl_login_request_url(req), redirect, sizeof redirect));
+    CHECK_RC(tl_manager_complete_login(mgr, req, redirect, &tok), TL_OK);
+    tl_login_request_free(req);
+    if (!tok) goto done;
+    const char *type = NULL;
+    CHECK_RC(tl_token_type(tok, &type, NULL), TL_OK);
+    CHECK(strcmp(type, "DPoP") == 0);
+
+    snprintf(me, sizeof me, "%s/me", g_oidc.url);
+    snprintf(path, sizeof path, "%s/me", issuer_path());
+    size_t nw = 0, vw = 0, written = 0;
+    bool has = false, has_proof = false, is_new = false;
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &nw, value, sizeof value, &vw,
+                                       &has),
+             TL_OK);
+    int status = -1, sends = 0;
+    for (; sends < 2; sends++) {
+        CHECK_RC(tl_manager_dpop_proof(mgr, tok, "GET", me, proof, sizeof proof, &written,
+                                       &has_proof),
+                 TL_OK);
+        CHECK(has_proof);
+        snprintf(headers, sizeof headers, "%s: %s\r\nDPoP: %s\r\n", name, value, proof);
+        status = http_exchange_to(g_oidc.port, "GET", path, headers, NULL, NULL, 0, &answer);
+        CHECK_RC(tl_manager_remember_dpop_nonce(mgr, me, answer.headers, answer.header_count,
+                                                &is_new),
+                 TL_OK);
+        if (!(status == 401 && is_new)) break;
+    }
+    CHECK(status == 200);
+    CHECK(strstr(answer.body, "\"sub\":\"alice\"") != NULL);
+    if (status != 200) fprintf(stderr, "GET /me: %d %s\n", status, answer.body);
+    /* Without a proof the bound token is refused. */
+    snprintf(headers, sizeof headers, "%s: %s\r\n", name, value);
+    status = http_exchange_to(g_oidc.port, "GET", path, headers, NULL, NULL, 0, &answer);
+    CHECK(status == 400 || status == 401);
+    memset(value, 0, sizeof value);
+    memset(proof, 0, sizeof proof);
+done:
+    tl_token_free(tok);
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+}
+
+/* A Google service-account key file made with openssl, against the test token server started
+ * with --jwt-bearer-keys (its JWT-bearer grant verifies the RS256 signature). */
+static void test_service_account_key_file(void) {
+    const char *binary = getenv("TOKENLEASE_TEST_SERVER_BIN");
+    if (binary == NULL || access(binary, X_OK) != 0) {
+        missing("test_service_account_key_file",
+                "TOKENLEASE_TEST_SERVER_BIN is not set (scripts/test-c sets it)");
+        return;
+    }
+    char dir[] = "/tmp/tokenlease-c-sa-XXXXXX";
+    if (mkdtemp(dir) == NULL) {
+        CHECK(!"mkdtemp");
+        return;
+    }
+    static char pem[8192], escaped[16384], json[20000];
+    char command[512], keys[300], key_file[300], config[1024], token[2048], body[4096];
+    spawned server = {-1, -1, "", "", 0, -1, 0};
+    tl_manager *mgr = NULL;
+    snprintf(command, sizeof command,
+             "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out %s/key.pem "
+             ">/dev/null 2>&1 && openssl pkey -in %s/key.pem -pubout -out %s/key.pub.pem "
+             ">/dev/null 2>&1",
+             dir, dir, dir);
+    CHECK(system(command) == 0);
+    const char *email = "c-batch@project.iam.gserviceaccount.com";
+    snprintf(keys, sizeof keys, "%s/key.pub.pem", dir);
+    CHECK(read_file(keys, pem, sizeof pem) && json_escape(pem, escaped, sizeof escaped));
+    snprintf(json, sizeof json, "[{\"issuer\": \"%s\", \"public_key_pem\": \"%s\"}]", email,
+             escaped);
+    snprintf(keys, sizeof keys, "%s/keys.json", dir);
+    CHECK(write_private(keys, json));
+    char *argv[] = {(char *)binary, "--max-lifetime-s", "120", "--jwt-bearer-keys", keys, NULL};
+    if (!spawn_server(argv, "TOKENLEASE_TEST_SERVER_URL", &server)) {
+        CHECK(!"the test token server did not start");
+        goto done;
+    }
+    snprintf(key_file, sizeof key_file, "%s/key.pem", dir);
+    CHECK(read_file(key_file, pem, sizeof pem) && json_escape(pem, escaped, sizeof escaped));
+    snprintf(json, sizeof json,
+             "{\"type\": \"service_account\", \"project_id\": \"project\", \"private_key_id\":"
+             " \"key-1\", \"private_key\": \"%s\", \"client_email\": \"%s\", \"client_id\":"
+             " \"1234567890\", \"token_uri\": \"%s/oauth/token\"}",
+             escaped, email, server.url);
+    snprintf(key_file, sizeof key_file, "%s/service-account.json", dir);
+    CHECK(write_private(key_file, json));
+    memset(pem, 0, sizeof pem);
+    memset(escaped, 0, sizeof escaped);
+    memset(json, 0, sizeof json);
+    snprintf(config, sizeof config,
+             "{\"source\": {\"type\": \"service_account\", \"key_file\": {\"file\": \"%s\"},"
+             " \"scopes\": [\"batch\"]}}",
+             key_file);
+    mgr = manager_from(config);
+    CHECK(mgr != NULL);
+    if (!mgr) goto done;
+    size_t written = 0;
+    uint64_t generation = 0;
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, &generation), TL_OK);
+    CHECK(http_to(server.port, "GET", "/stats", NULL, NULL, NULL, body, sizeof body) == 200);
+    CHECK(strstr(body, "\"jwt_bearer_grants\":1") != NULL);
+    CHECK_RC(tl_manager_invalidate(mgr, generation, NULL), TL_OK);
+    CHECK_RC(tl_manager_token(mgr, token, sizeof token, &written, NULL), TL_OK);
+    CHECK(http_to(server.port, "GET", "/stats", NULL, NULL, NULL, body, sizeof body) == 200);
+    CHECK(strstr(body, "\"jwt_bearer_grants\":2") != NULL); /* a new assertion per request */
+    CHECK_RC(tl_manager_free(mgr), TL_OK);
+    mgr = NULL;
+    /* A key file others may read is refused before anything is sent. */
+    CHECK(chmod(key_file, 0644) == 0);
+    tl_manager *refused = NULL;
+    CHECK_RC(tl_manager_from_config(config, &refused), TL_CONFIGURATION);
+    CHECK(refused == NULL);
+done:
+    if (mgr) CHECK_RC(tl_manager_free(mgr), TL_OK);
+    stop_server(&server);
+    remove_dir(dir);
+}
+
 static int have_node_provider(void) {
     return system("node --version >/dev/null 2>&1") == 0 &&
            access("tests/oidc/node_modules/oidc-provider/package.json", R_OK) == 0;
@@ -807,8 +1203,9 @@ int main(void) {
         missing("oidc-provider interop",
                 "Node.js or tests/oidc/node_modules is missing (./scripts/setup-oidc)");
     } else {
+        g_have_keys_dir = mkdtemp(g_keys_dir) != NULL;
         char *argv[] = {"node", "tests/oidc/server.js", "--lifetime", "300", "--exit-with-stdin",
-                        "--mount", "/realms/tl", NULL};
+                        "--mount", "/realms/tl", "--client-keys-out", g_keys_dir, NULL};
         if (!spawn_server(argv, "OIDC_PROVIDER_URL", &g_oidc)) {
             printf("FAIL oidc-provider did not start\n");
             g_failures++;
@@ -822,9 +1219,14 @@ int main(void) {
             RUN(test_a_denied_device_login_is_cancelled);
             RUN(test_a_waiting_device_login_is_cancelled_from_another_thread);
             RUN(test_seed_never_rolls_back_a_newer_stored_login);
+            RUN(test_private_key_jwt_and_client_secret_jwt);
+            RUN(test_dpop_bound_token_and_proofs);
+            RUN(test_dpop_user_login_calls_userinfo_with_a_proof);
             stop_server(&g_oidc);
         }
+        if (g_have_keys_dir) remove_dir(g_keys_dir);
     }
+    RUN(test_service_account_key_file);
 
     if (system("bash tests/mock-oauth2/launch --check >/dev/null 2>&1") != 0) {
         missing("mock-oauth2-server interop",

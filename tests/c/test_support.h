@@ -130,16 +130,15 @@ struct http_answer {
     size_t body_len;
 };
 
-/* One HTTP/1.1 request to the test token server with `extra_headers` (full lines, each
- * ending in CRLF) and a body of `body_len` bytes; fills `answer`. Returns the status, or -1
- * on a connection or parse failure. */
-static inline int http_exchange(const char *method, const char *path, const char *extra_headers,
-                                const char *content_type, const char *body, size_t body_len,
-                                struct http_answer *answer) {
+/* One HTTP/1.1 request to 127.0.0.1:port with `extra_headers` (full lines, each ending in
+ * CRLF) and a body of `body_len` bytes; fills `answer`. Returns the status, or -1 on a
+ * connection or parse failure. */
+static inline int http_exchange_to(int port, const char *method, const char *path,
+                                   const char *extra_headers, const char *content_type,
+                                   const char *body, size_t body_len, struct http_answer *answer) {
     memset(answer, 0, sizeof *answer);
     answer->status = -1;
     answer->body = "";
-    int port = server_port();
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
     struct sockaddr_in addr;
@@ -192,6 +191,14 @@ static inline int http_exchange(const char *method, const char *path, const char
         line = next;
     }
     return answer->status;
+}
+
+/* http_exchange_to the test token server. */
+static inline int http_exchange(const char *method, const char *path, const char *extra_headers,
+                                const char *content_type, const char *body, size_t body_len,
+                                struct http_answer *answer) {
+    return http_exchange_to(server_port(), method, path, extra_headers, content_type, body,
+                            body_len, answer);
 }
 
 /* Sends one HTTP request to the test token server; returns the status code and copies the

@@ -2331,8 +2331,33 @@ mod dpop {
         assert!(bare.status().is_client_error(), "{}", bare.status());
         // The refresh stays bound.
         assert!(client.manager().invalidate(&login));
-        let refreshed = client.manager().token().await.unwrap();
+        let refreshed = client.manager().token().await.unwrap().into_arc();
         assert_eq!(refreshed.token_type(), "DPoP");
+        // The token is revoked at the server (oidc-provider ends the grant with it): userinfo
+        // answers 401 with a DPoP `invalid_token` challenge, which the authorized client
+        // recognises as a rejection: it discards the token and, the grant being gone, the
+        // caller learns that the user must log in again (not a bare 401).
+        let revoked = reqwest::Client::new()
+            .post(server.url("/token/revocation"))
+            .form(&[
+                ("client_id", APP_CLIENT),
+                ("token", refreshed.value().expose()),
+                ("token_type_hint", "access_token"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert!(revoked.status().is_success());
+        let me = client
+            .request(reqwest::Method::GET, &server.url("/me"))
+            .build()
+            .unwrap();
+        let err = client.execute(me).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LoginRequired, "{err}");
+        assert!(
+            client.manager().cached().is_none(),
+            "the rejected token was discarded"
+        );
     }
 }
 

@@ -684,23 +684,66 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(|seconds| Duration::from_secs(seconds.min(3600)))
 }
 
-/// Whether a resource server's response means "this token is no longer accepted":
-/// 401 with a Bearer challenge carrying `error="invalid_token"`, or a bare 401 Bearer
-/// challenge with no error code (RFC 6750 §3.1).
+/// Whether a resource server's response means "this token is no longer accepted": 401 with
+/// a `Bearer` or `DPoP` challenge (RFC 6750 §3.1, RFC 9449 §7.1) carrying
+/// `error="invalid_token"`, or such a challenge with no error code, or a 401 with no challenge
+/// at all. Every challenge of every `WWW-Authenticate` header is looked at; a DPoP
+/// `use_dpop_nonce` or an `insufficient_scope` is not a rejection of the token.
 pub fn is_token_rejected(status: StatusCode, headers: &HeaderMap) -> bool {
     if status != StatusCode::UNAUTHORIZED {
         return false;
     }
-    let Some(challenge) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
+    let mut values = headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .peekable();
+    if values.peek().is_none() {
         return true;
-    };
-    let lower = challenge.to_ascii_lowercase();
-    if !lower.trim_start().starts_with("bearer") {
-        return false;
     }
-    !lower.contains("error=")
-        || lower.contains("error=\"invalid_token\"")
-        || lower.contains("error=invalid_token")
+    values.any(|value| {
+        challenges(value).iter().any(|(scheme, params)| {
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop"))
+                && match challenge_error(params) {
+                    None => true,
+                    Some(error) => error == "invalid_token",
+                }
+        })
+    })
+}
+
+/// The challenges of one `WWW-Authenticate` value: each scheme with its parameter text.
+/// Commas separate both challenges and parameters; a part that starts with a token not
+/// followed by `=` starts a new challenge.
+fn challenges(value: &str) -> Vec<(&str, String)> {
+    let is_token = |text: &str| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut found: Vec<(&str, String)> = Vec::new();
+    for part in value.split(',') {
+        let part = part.trim();
+        let (first, rest) = part.split_once(' ').unwrap_or((part, ""));
+        if is_token(first) && !first.contains('=') && !rest.trim_start().starts_with('=') {
+            found.push((first, rest.to_owned()));
+        } else if let Some((_, params)) = found.last_mut() {
+            params.push(',');
+            params.push_str(part);
+        }
+    }
+    found
+}
+
+/// The `error` parameter of a challenge's parameters, lower-cased, unquoted.
+fn challenge_error(params: &str) -> Option<String> {
+    params.split(',').find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("error")
+            .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+    })
 }
 
 #[cfg(test)]
@@ -1068,5 +1111,37 @@ mod tests {
             StatusCode::UNAUTHORIZED,
             &HeaderMap::new()
         ));
+    }
+
+    #[test]
+    fn rejections_are_read_from_bearer_and_dpop_challenges_only() {
+        let rejected = |challenges: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for challenge in challenges {
+                headers.append(WWW_AUTHENTICATE, challenge.parse().unwrap());
+            }
+            is_token_rejected(StatusCode::UNAUTHORIZED, &headers)
+        };
+        assert!(rejected(&[]), "a 401 with no challenge");
+        assert!(rejected(&["Bearer"]));
+        assert!(rejected(&[r#"Bearer realm="api", error="invalid_token""#]));
+        assert!(rejected(&[
+            r#"DPoP realm="x", error="invalid_token", algs="ES256""#
+        ]));
+        assert!(rejected(&[
+            r#"Bearer realm="x", DPoP error="invalid_token", algs="ES256""#
+        ]));
+        assert!(rejected(&[
+            "Basic realm=\"x\"",
+            r#"DPoP error=invalid_token"#
+        ]));
+        assert!(!rejected(&[
+            r#"DPoP error="use_dpop_nonce", error_description="a, b""#
+        ]));
+        assert!(!rejected(&[
+            r#"Bearer error="insufficient_scope", scope="a b""#
+        ]));
+        assert!(!rejected(&["Basic realm=\"x\""]));
+        assert!(!is_token_rejected(StatusCode::FORBIDDEN, &HeaderMap::new()));
     }
 }

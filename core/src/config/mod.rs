@@ -1554,7 +1554,9 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Configuration);
         assert_eq!(
             err.message(),
-            "config.source.client_auth: unknown variant (value not shown), expected `basic` or `post`"
+            "config.source.client_auth: unknown variant (value not shown), expected one of \
+             `basic`, `post`, `client_secret_jwt`, `private_key_jwt`, `tls_client_auth`, \
+             `client_assertion_file`"
         );
         let err = ManagerConfig::from_json(&JSON.replace("oauth2_client_credentials", secret))
             .unwrap_err();
@@ -1580,7 +1582,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.message(),
-            "config.source.client_auth: unknown variant (value not shown), expected `basic` or `post`"
+            "config.source.client_auth: unknown variant (value not shown), expected one of \
+             `basic`, `post`, `client_secret_jwt`, `private_key_jwt`, `tls_client_auth`, \
+             `client_assertion_file`"
         );
         let err =
             ManagerConfig::from_toml(&format!("[source]\ntype = \"{secret}\"\n")).unwrap_err();

@@ -222,6 +222,7 @@ fn run(cli: Cli) -> tokenlease::Result<ExitCode> {
             socket,
             http_port,
         } => {
+            serve::init_logs();
             let agent = serve::Agent::new(
                 &credentials,
                 Box::new(|_path, text| manager_from_text(text, None)),

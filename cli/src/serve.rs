@@ -154,9 +154,13 @@ impl Agent {
                     self.credentials
                         .write()
                         .insert(name.clone(), Arc::new(fresh));
-                    eprintln!("tokenlease serve: reloaded {name}");
+                    tracing::info!(credential = %name, "configuration reloaded");
                 }
-                Err(err) => eprintln!("tokenlease serve: kept {name}: {err}"),
+                Err(err) => tracing::warn!(
+                    credential = %name,
+                    error = %err,
+                    "configuration not reloaded; the previous one stays"
+                ),
             }
         }
     }
@@ -441,6 +445,18 @@ pub struct Listeners {
     pub http_port: Option<u16>,
 }
 
+/// Structured logs (JSON lines on stderr; `TOKENLEASE_LOG` filters, default `info`). Token
+/// values never reach a log: core logs keys, kinds and endpoints only.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOKENLEASE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(agent: Arc<Agent>, listeners: Listeners) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -490,11 +506,18 @@ pub async fn run(agent: Arc<Agent>, listeners: Listeners) -> std::io::Result<()>
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut connections = tokio::task::JoinSet::new();
+    tracing::info!(
+        socket = %listeners.socket.display(),
+        credentials = agent.credentials.read().len(),
+        http = http.is_some(),
+        "serving"
+    );
     loop {
         let slot = tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
                 agent.reload();
                 continue;
             }
@@ -504,6 +527,10 @@ pub async fn run(agent: Arc<Agent>, listeners: Listeners) -> std::io::Result<()>
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                agent.reload();
+            }
             accepted = unix.accept() => {
                 if let Ok((stream, _)) = accepted {
                     let agent = agent.clone();
@@ -530,6 +557,7 @@ pub async fn run(agent: Arc<Agent>, listeners: Listeners) -> std::io::Result<()>
             }
         }
     }
+    tracing::info!("stopping");
     connections.abort_all();
     let _ = std::fs::remove_file(&listeners.socket);
     if http.is_some() {

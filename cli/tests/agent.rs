@@ -20,6 +20,12 @@ struct Agent {
 
 impl Agent {
     fn start(server: &TestServer, extra: &[&str]) -> Agent {
+        Self::start_with_cache(server, extra, None)
+    }
+
+    /// With `cache`, the store directory is shared (agents on one host, or a network
+    /// file system).
+    fn start_with_cache(server: &TestServer, extra: &[&str], cache: Option<&Path>) -> Agent {
         let dir = std::env::temp_dir().join(format!(
             "tokenlease-agent-{}-{}",
             std::process::id(),
@@ -45,7 +51,10 @@ impl Agent {
             .arg("--socket")
             .arg(&socket)
             .args(extra)
-            .env("TOKENLEASE_CACHE_DIR", dir.join("cache"))
+            .env(
+                "TOKENLEASE_CACHE_DIR",
+                cache.map_or_else(|| dir.join("cache"), Path::to_owned),
+            )
             .env(
                 "TOKENLEASE_STORE_KEY",
                 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
@@ -279,4 +288,119 @@ fn loopback_http_needs_the_secret_and_signals_reload_and_stop() {
     };
     assert!(status.success(), "{status}");
     assert!(!Path::new(&agent.socket).exists(), "the socket is removed");
+}
+
+#[test]
+fn agents_sharing_a_store_make_one_token_request_per_lifetime() {
+    let server = TestServer::start_background(ServerConfig::default()).unwrap();
+    let cache = std::env::temp_dir().join(format!(
+        "tokenlease-agents-shared-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let agents: Vec<Agent> = (0..3)
+        .map(|_| Agent::start_with_cache(&server, &[], Some(&cache)))
+        .collect();
+    // Cold, all at once: the file store's lease lets one agent fetch; the others adopt it.
+    let threads: Vec<_> = agents
+        .iter()
+        .map(|agent| {
+            let socket = agent.socket.clone();
+            std::thread::spawn(move || {
+                let stream = UnixStream::connect(&socket).unwrap();
+                exchange(stream, "GET", "/v1/token/api", "", "")
+            })
+        })
+        .collect();
+    let mut tokens = std::collections::BTreeSet::new();
+    for thread in threads {
+        let (status, body) = thread.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        tokens.insert(json["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(tokens.len(), 1, "every agent serves the one token");
+    assert_eq!(server.stats().token_requests, 1);
+    drop(agents);
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+#[test]
+fn logs_are_json_lines_without_tokens() {
+    let server = TestServer::start_background(ServerConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "tokenlease-agent-logs-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("api.json");
+    let write_config = |scopes: &str| {
+        std::fs::write(
+            &config,
+            serde_json::json!({"source": {"type": "oauth2", "token_url": server.token_url(),
+                "client_id": "demo-client", "client_secret": "demo-secret", "scopes": [scopes]}})
+            .to_string(),
+        )
+        .unwrap();
+    };
+    write_config("read");
+    let log = dir.join("agent.log");
+    let socket = dir.join("agent.sock");
+    let mut child = Command::new(BINARY)
+        .arg("serve")
+        .arg("--credential")
+        .arg(format!("api={}", config.display()))
+        .arg("--socket")
+        .arg(&socket)
+        .env("TOKENLEASE_CACHE_DIR", dir.join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let (status, body) = exchange(
+        UnixStream::connect(&socket).unwrap(),
+        "GET",
+        "/v1/token/api",
+        "",
+        "",
+    );
+    assert_eq!(status, 200);
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    // A changed file is reloaded on SIGHUP, and that is logged.
+    write_config("write");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("configuration reloaded")
+    {
+        assert!(Instant::now() < deadline, "the reload was logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines().filter(|line| !line.trim().is_empty()) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+        assert!(entry.get("level").is_some(), "{line}");
+    }
+    assert!(!text.contains(&token), "no token in the logs");
+    assert!(!text.contains("demo-secret"), "no secret in the logs");
+    let _ = std::fs::remove_dir_all(dir);
 }

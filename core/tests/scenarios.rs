@@ -758,3 +758,48 @@ fn a_subject_token_file_is_read_again_for_every_exchange() {
     exchange().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// vSphere's login with a token from another identity system (SAML there; here an access
+/// token of the test server's token endpoint): the session source takes it from another
+/// manager at every login and, when the login is refused, fetches it again.
+#[test]
+fn a_session_login_credential_from_another_source_is_fetched_again_when_refused() {
+    let sim = Sim::new(ServerConfig::default());
+    let config = serde_json::json!({"source": {"type": "session_login",
+        "credential_sources": {"saml": {"type": "oauth2", "token_url": sim.server.token_url(),
+            "client_id": "demo-client", "client_secret": "demo-secret"}},
+        "session": {
+            "login": {"url": format!("{}/api/session", sim.server.url()),
+                      "headers": {"Authorization": "SIGN token=\"{{saml}}\""}},
+            "token": {"json_pointer": ""}, "lifetime_s": 900,
+            "send": {"header": "vmware-api-session-id"},
+            "expired": {"statuses": [401], "body_contains": ["UNAUTHENTICATED"]}}}})
+    .to_string();
+    let client = sim.client(&config, Arc::new(MemoryStore::new()));
+    let vms = format!("{}/api/vcenter/vm", sim.server.url());
+    let get = || {
+        sim.call_with(&client, reqwest::Method::GET, &vms, String::new())
+            .unwrap()
+            .0
+    };
+    assert_eq!(get(), 200);
+    let stats = sim.server.stats();
+    assert_eq!((stats.token_requests, stats.session_logins), (1, 1));
+    assert_eq!(get(), 200);
+    assert_eq!(
+        sim.server.stats().token_requests,
+        1,
+        "the credential is reused"
+    );
+    // Everything ends at the server (sessions and access tokens): one 401, a login refused
+    // with the old credential, the credential fetched again, a new session, one retry.
+    sim.server.control(Control {
+        revoke_all: Some(true),
+        ..Control::default()
+    });
+    assert_eq!(get(), 200);
+    let stats = sim.server.stats();
+    assert_eq!(stats.token_requests, 2, "{stats:?}");
+    assert_eq!(stats.session_logins, 2, "{stats:?}");
+    assert!(!format!("{:?}", client.manager()).contains("demo-secret"));
+}

@@ -81,6 +81,10 @@ pub enum SourceConfig {
         /// Credentials the request templates refer to as `{{name}}`.
         #[serde(default)]
         credentials: std::collections::BTreeMap<String, SecretValue>,
+        /// Credentials that are the tokens of other sources (`{{name}}` too): a SAML or
+        /// OAuth2 token from an identity provider, fetched again when a login is refused.
+        #[serde(default)]
+        credential_sources: std::collections::BTreeMap<String, Box<SourceConfig>>,
         /// The session API description.
         session: Box<crate::source::session::SessionSpec>,
     },
@@ -1008,6 +1012,7 @@ impl SourceConfig {
             }
             SourceConfig::SessionLogin {
                 credentials,
+                credential_sources,
                 session,
             } => {
                 let resolved = credentials
@@ -1020,7 +1025,26 @@ impl SourceConfig {
                     })
                     .collect::<Result<_>>()?;
                 let key = session.default_store_key();
-                let source = Arc::new(SessionLogin::new((**session).clone(), resolved)?);
+                let sources = credential_sources
+                    .iter()
+                    .map(|(name, config)| {
+                        let built = config.build().map_err(|err| {
+                            Error::new(
+                                err.kind(),
+                                format!("source.credential_sources.{name}: {}", err.message()),
+                            )
+                        })?;
+                        let manager = Manager::builder_from_arc(built.source)
+                            .key(built.default_key)
+                            .build();
+                        Ok((name.clone(), manager))
+                    })
+                    .collect::<Result<_>>()?;
+                let source = Arc::new(SessionLogin::with_credential_sources(
+                    (**session).clone(),
+                    resolved,
+                    sources,
+                )?);
                 Ok(BuiltSource {
                     source: source.clone(),
                     authorizer: source,

@@ -310,6 +310,9 @@ pub struct SessionLogin {
     http: reqwest::Client,
     spec: SessionSpec,
     credentials: BTreeMap<String, SecretString>,
+    /// Credentials that are tokens of other managers (a SAML token from an identity
+    /// provider): read at every login, fetched again when a login is refused.
+    credential_sources: BTreeMap<String, crate::Manager>,
     authorizer: HeaderAuthorizer,
 }
 
@@ -326,6 +329,10 @@ impl fmt::Debug for SessionLogin {
                 &self.spec.logout.as_ref().map(RequestSpec::redacted_url),
             )
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field(
+                "credential_sources",
+                &self.credential_sources.keys().collect::<Vec<_>>(),
+            )
             .field("send", &self.spec.send.header)
             .finish()
     }
@@ -338,6 +345,18 @@ fn config_error(message: String) -> Error {
 impl SessionLogin {
     /// Checks the spec (URLs, header names, templates) and builds the source.
     pub fn new(spec: SessionSpec, credentials: BTreeMap<String, SecretString>) -> Result<Self> {
+        Self::with_credential_sources(spec, credentials, BTreeMap::new())
+    }
+
+    /// As [`SessionLogin::new`], with credentials that are the tokens of other managers
+    /// (`{{name}}` in templates): each login uses their current token, and a refused login
+    /// is tried once more with new ones (vSphere's login with a SAML token from an identity
+    /// provider, re-fetched when the session must be re-created).
+    pub fn with_credential_sources(
+        spec: SessionSpec,
+        credentials: BTreeMap<String, SecretString>,
+        credential_sources: BTreeMap<String, crate::Manager>,
+    ) -> Result<Self> {
         let mut authorizer = HeaderAuthorizer::new(&spec.send, spec.expired.clone())
             .map_err(|err| config_error(format!("session.{}", err.message())))?;
         if let Some(header) = &spec.reported_lifetime {
@@ -371,7 +390,10 @@ impl SessionLogin {
                 )));
             }
             for placeholder in placeholders_of(request) {
-                if placeholder != "token" && !credentials.contains_key(&placeholder) {
+                if placeholder != "token"
+                    && !credentials.contains_key(&placeholder)
+                    && !credential_sources.contains_key(&placeholder)
+                {
                     return Err(config_error(format!(
                         "session.{name}: template uses {{{{{placeholder}}}}} but no credential {placeholder:?} is configured"
                     )));
@@ -417,8 +439,37 @@ impl SessionLogin {
             http: http_client()?,
             spec,
             credentials,
+            credential_sources,
             authorizer,
         })
+    }
+
+    /// One login, with the credential sources' current tokens.
+    async fn login_once(&self) -> Result<FetchedToken> {
+        let (status, headers, body, shown) = if self.credential_sources.is_empty() {
+            self.send("login", &self.spec.login, None).await?
+        } else {
+            let mut with_tokens = self.clone();
+            for (name, manager) in &self.credential_sources {
+                let token = manager.token().await.map_err(|err| {
+                    Error::new(
+                        err.kind(),
+                        format!(
+                            "session credential {name:?} from its source: {}",
+                            err.message()
+                        ),
+                    )
+                })?;
+                with_tokens
+                    .credentials
+                    .insert(name.clone(), token.value().clone());
+            }
+            with_tokens.send("login", &self.spec.login, None).await?
+        };
+        if !status.is_success() {
+            return Err(self.failure("login", &shown, status, &headers, &body));
+        }
+        self.parse_login_body(&headers, &body)
     }
 
     /// How the session token is attached and its expiry recognised.
@@ -1090,11 +1141,22 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 #[async_trait]
 impl Source for SessionLogin {
     async fn fetch(&self) -> Result<FetchedToken> {
-        let (status, headers, body, shown) = self.send("login", &self.spec.login, None).await?;
-        if !status.is_success() {
-            return Err(self.failure("login", &shown, status, &headers, &body));
+        match self.login_once().await {
+            // A login credential from another source was refused (expired or revoked
+            // there): fetch it again and log in once more.
+            Err(err)
+                if err.kind() == ErrorKind::InvalidCredentials
+                    && !self.credential_sources.is_empty() =>
+            {
+                for manager in self.credential_sources.values() {
+                    if let Some(token) = manager.cached() {
+                        manager.invalidate(&token);
+                    }
+                }
+                self.login_once().await
+            }
+            other => other,
         }
-        self.parse_login_body(&headers, &body)
     }
 
     async fn revoke(&self, token: &Token) -> Result<()> {

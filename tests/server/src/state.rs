@@ -662,6 +662,24 @@ impl Shared {
         })
     }
 
+    /// A session for the holder of a valid access token (vSphere's login with a token from
+    /// another identity system, such as a SAML bearer token): `None` when it is not valid.
+    pub(crate) fn session_for_token(&self, token: &str) -> Option<NewSession> {
+        if !matches!(self.check_access(token), TokenCheck::Valid { .. }) {
+            self.state.lock().stats.session_rejections += 1;
+            return None;
+        }
+        let mut st = self.state.lock();
+        let (token, idle, absolute) = st.new_session(None);
+        st.stats.session_logins += 1;
+        let now = st.clock.now();
+        Some(NewSession {
+            token,
+            expires_in: idle.as_secs(),
+            absolute_expires_at: st.wall_time(now + absolute),
+        })
+    }
+
     /// A session token presented to `/session/resource` (`kind = Resource`), `/session/keepalive`
     /// or `/session/logout`. Valid uses slide the idle timeout (logout deletes the session);
     /// counts stats. Returns the session's idle timeout when valid.

@@ -1,7 +1,9 @@
 //! Session APIs in the wire formats of two vendors this library is specified against, on the
 //! same session store (idle and absolute timeouts on the server clock) as `/session/...`:
 //!
-//! - vSphere Automation sessions: `POST /api/session` with HTTP basic auth answers the
+//! - vSphere Automation sessions: `POST /api/session` with HTTP basic auth (or
+//!   `Authorization: SIGN token="<access token of this server>"`, standing for a SAML token
+//!   from another identity system) answers the
 //!   session id as a bare JSON string (201); `GET /api/session` says who the session
 //!   belongs to; `DELETE /api/session` ends it; `GET /api/vcenter/vm` is an API call. The
 //!   session travels in `vmware-api-session-id`; a dead one is 401
@@ -58,6 +60,18 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 pub(crate) async fn vsphere_create(State(shared): State<Shr>, headers: HeaderMap) -> Response {
+    // vSphere also logs in with a token from another identity system (`SIGN token=...` for
+    // a SAML token); here: an access token of this server's own token endpoint.
+    if let Some(token) = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().strip_prefix("SIGN token="))
+    {
+        return match shared.session_for_token(token.trim_matches('"')) {
+            Some(session) => (StatusCode::CREATED, Json(json!(session.token))).into_response(),
+            None => unauthenticated(),
+        };
+    }
     let Some((user, password)) = basic_credentials(&headers) else {
         return unauthenticated();
     };

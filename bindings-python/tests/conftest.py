@@ -88,7 +88,7 @@ class Server:
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     process = subprocess.Popen(
-        [str(_server_binary()), "--max-lifetime-s", "300"],
+        [str(_server_binary()), "--max-lifetime-s", "900"],  # stopped at session end
         stdout=subprocess.PIPE,
         text=True,
     )

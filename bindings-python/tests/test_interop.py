@@ -29,6 +29,7 @@ import os
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -72,6 +73,14 @@ class Process:
     closes; stopped by :meth:`stop`."""
 
     def __init__(self, args: List[str], prefix: str) -> None:
+        # A server that stalls at start-up (seen rarely on a loaded machine) is started once more.
+        try:
+            self._start(args, prefix)
+        except RuntimeError as first:
+            print(f"{first}; starting it again", file=sys.stderr)
+            self._start(args, prefix)
+
+    def _start(self, args: List[str], prefix: str) -> None:
         self.process = subprocess.Popen(
             args,
             stdin=subprocess.PIPE,

@@ -71,7 +71,8 @@
 //   code: `tokenlease-pkjwt` (private_key_jwt, RS256, kid `pkjwt-rs`), `tokenlease-pkjwt-es`
 //   (private_key_jwt, ES256, kid `pkjwt-es`) and `tokenlease-secretjwt` (client_secret_jwt,
 //   secret CLIENT_JWT_SECRET), client credentials with scope `api:read`. Their private keys are
-//   made at start-up; with --client-keys-out DIR they are written to DIR/<client_id>.pem.
+//   made at start-up and written to DIR/<client_id>.pem when --client-keys-out DIR is given
+//   (the clients exist only then).
 // - mutual TLS (RFC 8705, features.mTLS, oidc-provider's own code) with --tls-cert F
 //   --tls-key F --tls-ca F: the server listens with TLS (https issuer), asks for a client
 //   certificate, and registers `tokenlease-mtls` (tls_client_auth, subject `CN=tokenlease-mtls`
@@ -198,10 +199,12 @@ function assertionClient(clientId, type, options, kid) {
     scope: 'api:read',
   };
 }
-const PKJWT_CLIENTS = [
+// Only when a test asks for their keys (--client-keys-out): key generation is start-up time.
+const PKJWT_CLIENTS = CLIENT_KEYS_OUT ? [
   assertionClient('tokenlease-pkjwt', 'rsa', { modulusLength: 2048 }, 'pkjwt-rs'),
   assertionClient('tokenlease-pkjwt-es', 'ec', { namedCurve: 'P-256' }, 'pkjwt-es'),
-];
+] : [];
+if (CLIENT_KEYS_OUT) phase('assertion client keys generated');
 function mtlsClients() {
   if (!TLS) return [];
   const clients = [{
@@ -703,7 +706,9 @@ if (EXIT_WITH_STDIN) {
 server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}${MOUNT}`;
+  phase('port bound');
   provider = new Provider(issuer, configuration());
+  phase('provider configured');
   registerPasswordGrant(provider);
   provider.use(deviceFlowPacing);
   provider.on('grant.success', (ctx) => bump(stats.grants, ctx.oidc.params.grant_type));

@@ -24,7 +24,10 @@ object OidcProvider {
         java.nio.file.Files.createTempDirectory("tokenlease-client-keys").toFile().also { it.deleteOnExit() }
     }
 
-    private fun start(): String {
+    /** Starts the server; one that stalls at start-up (seen rarely on a loaded machine) is started again once. */
+    private fun start(): String = startOnce() ?: startOnce() ?: error("tests/oidc/server.js did not start twice (run scripts/setup-oidc)")
+
+    private fun startOnce(): String? {
         val script = System.getProperty("tokenlease.oidcServer")
             ?: error("system property tokenlease.oidcServer (tests/oidc/server.js) is not set")
         val proc = ProcessBuilder(
@@ -34,11 +37,23 @@ object OidcProvider {
             .redirectError(ProcessBuilder.Redirect.INHERIT)
             .start()
         Runtime.getRuntime().addShutdownHook(Thread { proc.destroy() })
-        val reader = BufferedReader(InputStreamReader(proc.inputStream))
-        while (true) {
-            val line = reader.readLine() ?: error("tests/oidc/server.js exited before printing its issuer (run scripts/setup-oidc)")
-            if (line.startsWith("OIDC_PROVIDER_URL=")) return line.removePrefix("OIDC_PROVIDER_URL=").trim()
+        val issuer = java.util.concurrent.CompletableFuture<String?>()
+        Thread {
+            val reader = BufferedReader(InputStreamReader(proc.inputStream))
+            while (true) {
+                val line = reader.readLine() ?: break
+                if (line.startsWith("OIDC_PROVIDER_URL=")) {
+                    issuer.complete(line.removePrefix("OIDC_PROVIDER_URL=").trim())
+                }
+            }
+            issuer.complete(null)
+        }.apply { isDaemon = true }.start()
+        val started = runCatching { issuer.get(60, java.util.concurrent.TimeUnit.SECONDS) }.getOrNull()
+        if (started == null) {
+            System.err.println("tests/oidc/server.js did not start within 60 s; starting it again")
+            proc.destroy()
         }
+        return started
     }
 
     /** A user login for the public app client, kept in [store] (JSON). */

@@ -1087,6 +1087,21 @@ impl MockIssuer {
     }
 }
 
+/// A fresh directory for one test's files (keys, certificates, stores), unique per process
+/// and call.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tokenlease-{name}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// mock-oauth2-server signs JWTs for one hour and says `expires_in` 3599 or 3600.
 const MOCK_TTL: Duration = Duration::from_secs(3600);
 
@@ -1892,14 +1907,7 @@ async fn a_seed_never_rolls_back_a_newer_stored_login(mount: Mount) {
     let Some(server) = OidcServer::start(mount) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!(
-        "tokenlease-seed-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
+    let dir = scratch_dir("seed");
     let store = serde_json::json!({
         "type": "file",
         "dir": dir,
@@ -1991,19 +1999,6 @@ mod key_credentials {
         file.write_all(content.as_ref()).unwrap();
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "tokenlease-{name}-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     fn pkjwt_config(
         server: &OidcServer,
         client_id: &str,
@@ -2029,7 +2024,7 @@ mod key_credentials {
     /// fresh jti per request (the server refuses a replayed assertion).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn signed_client_assertions_authenticate_at_oidc_provider() {
-        let keys = temp_dir("client-keys");
+        let keys = scratch_dir("client-keys");
         let keys_arg = keys.to_str().unwrap().to_owned();
         let Some(server) =
             OidcServer::start_with(Mount::Path, &["--client-keys-out", keys_arg.as_str()])
@@ -2141,7 +2136,7 @@ mod key_credentials {
     /// test token server's JWT-bearer grant (which verifies the RS256 signature).
     #[test]
     fn a_service_account_key_file_gets_tokens_with_the_jwt_bearer_grant() {
-        let dir = temp_dir("service-account");
+        let dir = scratch_dir("service-account");
         let openssl = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -2499,15 +2494,7 @@ mod mutual_tls {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn client_certificates_authenticate_and_bind_tokens_at_oidc_provider() {
-        let dir = std::env::temp_dir().join(format!(
-            "tokenlease-mtls-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("mtls");
         certificates(&dir);
         let arg = |name: &str| dir.join(name).to_str().unwrap().to_owned();
         let (cert, key, ca, own) = (
@@ -2650,8 +2637,7 @@ mod mutual_tls {
 #[test]
 fn a_certificate_names_the_assertion_key_by_its_sha256_thumbprint() {
     use base64::Engine as _;
-    let dir = std::env::temp_dir().join(format!("tokenlease-x5t-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("x5t");
     let out = Command::new("openssl")
         .current_dir(&dir)
         .args([

@@ -108,17 +108,23 @@ pub fn place_token_in_body(
     value: &SecretString,
 ) -> zeroize::Zeroizing<String> {
     let mut escaped = zeroize::Zeroizing::new(String::with_capacity(value.expose().len()));
-    for c in value.expose().chars() {
+    push_xml_escaped(&mut escaped, value.expose());
+    zeroize::Zeroizing::new(body.replace(placeholder, &escaped))
+}
+
+/// Appends `text` XML-escaped (`&`, `<`, `>`, `"`, `'`): a value can never add an element or
+/// attribute.
+pub(crate) fn push_xml_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
         match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&apos;"),
-            c => escaped.push(c),
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
         }
     }
-    zeroize::Zeroizing::new(body.replace(placeholder, &escaped))
 }
 
 /// A header value that carries a secret: never printed by `http`'s Debug, never indexed.

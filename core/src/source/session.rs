@@ -27,7 +27,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::authorize::{Authorizer, HeaderAuthorizer};
+use crate::http::authorize::{push_xml_escaped, Authorizer, HeaderAuthorizer};
 pub use crate::http::authorize::{ExpiredSpec, SendSpec};
 use crate::http::{
     endpoint_name, endpoint_url, form_body, http_client, jwt_expiry, read_body, retry_after,
@@ -889,19 +889,6 @@ enum Escape {
     Xml,
 }
 
-fn push_xml_escaped(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// A login response body, parsed the ways the spec's locations need.
 struct ParsedBody<'a> {
     json: Option<serde_json::Value>,
@@ -1069,6 +1056,32 @@ fn placeholders_of(request: &RequestSpec) -> Vec<String> {
         scan_json(json, &mut out);
     }
     out
+}
+
+/// Formats a time as RFC 3339 in UTC with whole seconds (`2026-12-01T20:00:00Z`), the
+/// inverse of [`parse_rfc3339`] for such values (Kubernetes `expirationTimestamp`, JSON
+/// answers of the command and the agent).
+pub fn format_rfc3339(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil from days (Howard Hinnant's algorithm), the inverse of the one below.
+    let z = i64::try_from(days).unwrap_or(i64::MAX / 2) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Parses an RFC 3339 timestamp (`2026-11-23T10:00:00Z`, with optional fraction and offset).
@@ -1558,6 +1571,30 @@ mod tests {
             .unwrap_err()
             .message()
             .contains("HTTPS"));
+    }
+
+    #[test]
+    fn rfc3339_formats_what_it_parses() {
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723);
+        assert_eq!(format_rfc3339(leap), "2000-02-29T01:02:03Z");
+        assert_eq!(
+            format_rfc3339(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+        for seconds in [
+            0u64,
+            951_782_400,
+            1_796_157_475,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+            assert_eq!(
+                parse_rfc3339(&format_rfc3339(time)),
+                Some(time),
+                "{seconds}"
+            );
+        }
     }
 
     #[test]

@@ -746,21 +746,7 @@ impl Manager {
         dict.set_item("last_error_message", status.last_error_message)?;
         dict.set_item("refreshing", status.refreshing)?;
         let counters = PyDict::new(py);
-        let c = status.counters;
-        for (name, value) in [
-            ("fetches", c.fetches),
-            ("refreshes", c.refreshes),
-            ("failures", c.failures),
-            ("served_stale", c.served_stale),
-            ("waits", c.waits),
-            ("invalidations", c.invalidations),
-            ("store_loads", c.store_loads),
-            ("store_errors", c.store_errors),
-            ("keep_alives", c.keep_alives),
-            ("events_dropped", c.events_dropped),
-            ("store_timeouts", c.store_timeouts),
-            ("source_timeouts", c.source_timeouts),
-        ] {
+        for (name, value) in status.counters.named() {
             counters.set_item(name, value)?;
         }
         dict.set_item("counters", counters)?;

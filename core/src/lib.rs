@@ -40,6 +40,9 @@ pub mod http;
 // The configuration file every binding reads.
 #[cfg(feature = "config")]
 pub mod config;
+// A manual clock and helpers for testing code built on tokenlease.
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 // Short paths for the modules users name most.
 #[cfg(feature = "http")]

@@ -11,7 +11,7 @@ use common::*;
 use tokenlease::client::{AuthorizedClient, Authorizer};
 use tokenlease::clock::ManualClock;
 use tokenlease::config::ManagerConfig;
-use tokenlease::{Clock, ErrorKind, Manager, MemoryStore, ResponseVerdict, Store};
+use tokenlease::{ErrorKind, Manager, MemoryStore, ResponseVerdict, Store};
 use tokenlease_test_server::{Control, Outage, OutageMode, RateLimit, ServerConfig, TestServer};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -59,31 +59,17 @@ impl Sim {
         AuthorizedClient::new(manager, authorizer).unwrap()
     }
 
-    /// Both clocks move; then background work the move triggered is allowed to finish.
+    /// Both clocks move (the server's first, so work the move starts meets a server
+    /// already there); then background work the move triggered is allowed to finish.
     fn advance(&self, by: Duration, manager: &Manager) {
-        self.clock.advance(by);
         self.server.advance(by);
-        let clock = &self.clock;
-        // Settled: no refresh running, and the manager's timer is armed for a future
-        // deadline again (a due timer is removed by `advance` and re-armed by the task).
-        // While a refresh runs the timer task parks at FAR_FUTURE; that parked timer is still
-        // registered for a moment after the refresh ends, until the task re-arms, so it only
-        // counts as settled when nothing is left to schedule (a terminal failure).
-        wait_until("background work settled", || {
-            let status = manager.status();
-            if status.refreshing {
-                return false;
-            }
-            if status.state == tokenlease::TokenState::Empty {
-                return true;
-            }
-            let terminal = status
-                .last_error_kind
-                .is_some_and(|kind| !kind.is_transient());
-            clock.next_timer().is_some_and(|next| {
-                next > clock.now() && (next != tokenlease::MonoTime::FAR_FUTURE || terminal)
-            })
-        });
+        tokenlease::testing::advance_and_settle(
+            &self.clock,
+            by,
+            manager,
+            tokenlease::testing::DEFAULT_SETTLE_TIMEOUT,
+        )
+        .expect("background work settled");
     }
 
     fn call(&self, client: &AuthorizedClient, url: &str, body: String) -> tokenlease::Result<u16> {
@@ -802,4 +788,130 @@ fn a_session_login_credential_from_another_source_is_fetched_again_when_refused(
     assert_eq!(stats.token_requests, 2, "{stats:?}");
     assert_eq!(stats.session_logins, 2, "{stats:?}");
     assert!(!format!("{:?}", client.manager()).contains("demo-secret"));
+}
+
+/// The stories of tests/scenarios (README there), which every binding also runs, told here
+/// through the authorized client: each file against a fresh server, on the manual clock.
+#[test]
+fn every_shared_scenario_runs_through_the_authorized_client() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "scenario"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "the shared scenarios: {files:?}");
+    for file in files {
+        run_shared_scenario(&dir, &file);
+    }
+}
+
+fn run_shared_scenario(dir: &std::path::Path, file: &std::path::Path) {
+    let sim = Sim::new(ServerConfig::default());
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut config = String::new();
+    let mut client: Option<AuthorizedClient> = None;
+    for (number, line) in text.lines().enumerate() {
+        let at = format!("{name}:{}: {line}", number + 1);
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (step, rest) = line.split_once(' ').unwrap_or((line, ""));
+        // The manager is built at the first step that needs it.
+        let needs_client = !matches!(step, "config" | "replace" | "control" | "server-stat");
+        if needs_client && client.is_none() {
+            client = Some(scenario_client(&sim, &config, &at));
+        }
+        let client_here = || client.as_ref().unwrap();
+        match step {
+            "config" => {
+                config = std::fs::read_to_string(dir.join("../..").join(rest))
+                    .unwrap_or_else(|err| panic!("{at}: {err}"));
+            }
+            "replace" => {
+                let (from, to) = rest.split_once(" => ").expect("FROM => TO");
+                assert!(config.contains(from), "{at}: not in the configuration");
+                config = config.replace(from, to);
+            }
+            "control" => {
+                let control: Control =
+                    serde_json::from_str(rest).unwrap_or_else(|err| panic!("{at}: {err}"));
+                sim.server.control(control);
+            }
+            "call" => {
+                let words: Vec<&str> = rest.split(' ').collect();
+                let client = client_here();
+                let url = match words[1].strip_prefix('@') {
+                    Some(attribute) => sim
+                        .runtime
+                        .block_on(client.manager().token())
+                        .unwrap_or_else(|err| panic!("{at}: {err}"))
+                        .attribute(attribute)
+                        .unwrap_or_else(|| panic!("{at}: no attribute"))
+                        .to_owned(),
+                    None => format!("{}{}", sim.server.url(), words[1]),
+                };
+                let body = words
+                    .get(3)
+                    .map(|body| std::fs::read_to_string(dir.join(body)).unwrap())
+                    .unwrap_or_default();
+                let method = reqwest::Method::from_bytes(words[0].as_bytes()).unwrap();
+                let (status, answer) = sim
+                    .call_with(client, method, &url, body)
+                    .unwrap_or_else(|err| panic!("{at}: {err}"));
+                assert_eq!(status.to_string(), words[2], "{at}: {answer}");
+            }
+            "advance" => {
+                let minutes: u32 = rest.parse().unwrap();
+                let client = client_here();
+                for _ in 0..minutes {
+                    sim.advance(MINUTE, client.manager());
+                }
+            }
+            "server-stat" => {
+                let (field, expected) = rest.split_once(' ').unwrap();
+                let stats = serde_json::to_value(sim.server.stats()).unwrap();
+                let pointer = format!("/{}", field.replace('.', "/"));
+                let value = stats
+                    .pointer(&pointer)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                assert_eq!(value.to_string(), expected, "{at}: {stats}");
+            }
+            "manager-counter" => {
+                let (field, expected) = rest.split_once(' ').unwrap();
+                let counters = client_here().manager().status().counters;
+                let value = counters
+                    .get(field)
+                    .unwrap_or_else(|| panic!("{at}: no counter"));
+                assert_eq!(value.to_string(), expected, "{at}: {counters:?}");
+            }
+            "info-contains" => {
+                let info = sim
+                    .runtime
+                    .block_on(client_here().manager().session_info())
+                    .unwrap_or_else(|err| panic!("{at}: {err}"));
+                assert!(info.contains(rest), "{at}: {info}");
+            }
+            "revoke" => sim
+                .runtime
+                .block_on(client_here().manager().revoke())
+                .unwrap_or_else(|err| panic!("{at}: {err}")),
+            other => panic!("{at}: unknown step {other}"),
+        }
+    }
+}
+
+fn scenario_client(sim: &Sim, config: &str, at: &str) -> AuthorizedClient {
+    let text = config.replace("{{server}}", &sim.server.url());
+    let config = ManagerConfig::parse(&text).unwrap_or_else(|err| panic!("{at}: {err}"));
+    let manager = config
+        .builder()
+        .unwrap_or_else(|err| panic!("{at}: {err}"))
+        .clock(Arc::new(sim.clock.clone()))
+        .build();
+    let authorizer = manager.authorizer();
+    AuthorizedClient::new(manager, authorizer).unwrap()
 }

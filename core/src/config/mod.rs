@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::client::{AuthorizedClient, Authorizer, BearerAuthorizer, HeaderAuthorizer};
-use crate::lifecycle::manager::Manager;
+use crate::lifecycle::manager::{Manager, ManagerBuilder};
 use crate::lifecycle::policy::Policy;
 use crate::secret::SecretString;
 use crate::source::oauth2::{ClientAuth, Grant, OAuth2Source};
@@ -715,6 +715,12 @@ impl ManagerConfig {
 
     /// Builds the manager this configuration describes.
     pub fn build(&self) -> Result<Manager> {
+        Ok(self.builder()?.build())
+    }
+
+    /// A builder holding everything the configuration says, for what a file cannot say
+    /// (a clock of one's own, listeners).
+    pub fn builder(&self) -> Result<ManagerBuilder> {
         let policy = self.policy.to_policy()?;
         let BuiltSource {
             source,
@@ -726,8 +732,7 @@ impl ManagerConfig {
             .key(self.key.clone().unwrap_or(default_key))
             .policy(policy)
             .store(store)
-            .authorizer(authorizer)
-            .build())
+            .authorizer(authorizer))
     }
 }
 

@@ -146,6 +146,33 @@ pub struct Counters {
     pub source_timeouts: u64,
 }
 
+impl Counters {
+    /// Every counter with its field name, for bindings and exporters that list them by name.
+    pub fn named(&self) -> [(&'static str, u64); 12] {
+        [
+            ("fetches", self.fetches),
+            ("refreshes", self.refreshes),
+            ("failures", self.failures),
+            ("served_stale", self.served_stale),
+            ("waits", self.waits),
+            ("invalidations", self.invalidations),
+            ("store_loads", self.store_loads),
+            ("store_errors", self.store_errors),
+            ("keep_alives", self.keep_alives),
+            ("events_dropped", self.events_dropped),
+            ("store_timeouts", self.store_timeouts),
+            ("source_timeouts", self.source_timeouts),
+        ]
+    }
+
+    /// The counter with this field name.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.named()
+            .into_iter()
+            .find_map(|(field, value)| (field == name).then_some(value))
+    }
+}
+
 /// Where the cached token is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenState {

@@ -225,6 +225,8 @@ pub struct Control {
     /// server side lifetime and the `X-Token-Expires-In` header are unchanged. An empty
     /// string (or text that is not JSON) clears it.
     pub expires_in_json: Option<String>,
+    /// Sets [`ServerConfig::refresh_for_client_credentials`] for tokens issued from now on.
+    pub refresh_for_client_credentials: Option<bool>,
 }
 
 /// A token endpoint outage.

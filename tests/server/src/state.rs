@@ -348,6 +348,9 @@ impl Shared {
         if let Some(s) = c.session_absolute_timeout_s {
             st.settings.session_absolute_timeout = Duration::from_secs(s);
         }
+        if let Some(on) = c.refresh_for_client_credentials {
+            st.settings.refresh_for_client_credentials = on;
+        }
         if let Some(s) = c.advance_s {
             st.clock.advance(Duration::from_secs(s));
         }

@@ -30,6 +30,7 @@ mod login;
 mod manager;
 mod source;
 mod store;
+mod testing;
 mod token;
 
 use pyo3::prelude::*;
@@ -41,6 +42,7 @@ fn native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<manager::AsyncCall>()?;
     module.add_class::<login::LoginRequest>()?;
     module.add_class::<login::DeviceLogin>()?;
+    module.add_class::<testing::ManualClock>()?;
     module.add_function(wrap_pyfunction!(errors::_register_errors, module)?)?;
     module.add_function(wrap_pyfunction!(dispatch::flush_events, module)?)?;
     module.add_function(wrap_pyfunction!(dispatch::_shutdown, module)?)?;

@@ -21,6 +21,7 @@ use crate::events::PyListener;
 use crate::login::{login_result, wait_interruptibly, DeviceLogin, LoginRequest};
 use crate::source::PySource;
 use crate::store::PyStore;
+use crate::testing::ManualClock;
 use crate::token::{token_tuple, unix_seconds};
 
 /// The parts of `tokenlease/_manager.py` this class calls, looked up once (that module
@@ -112,6 +113,13 @@ pub(crate) struct Manager {
     inner: tokenlease::Manager,
 }
 
+impl Manager {
+    /// The core manager this object wraps.
+    pub(crate) fn core(&self) -> &tokenlease::Manager {
+        &self.inner
+    }
+}
+
 /// A running `token_async` call; `cancel()` stops waiting (the shared refresh goes on).
 #[pyclass(frozen, module = "tokenlease._native", name = "AsyncCall")]
 pub(crate) struct AsyncCall {
@@ -167,20 +175,31 @@ impl Manager {
 
     /// A manager from the configuration every language uses (a dict, JSON or TOML).
     #[classmethod]
-    #[pyo3(signature = (config, *, listener=None))]
+    ///
+    /// ``clock``: a ``tokenlease.testing.ManualClock`` for tests (the system clock when
+    /// omitted).
+    #[pyo3(signature = (config, *, listener=None, clock=None))]
     fn from_config<'py>(
         cls: &Bound<'py, PyType>,
         config: &Bound<'py, PyAny>,
         listener: Option<Bound<'py, PyAny>>,
+        clock: Option<PyRef<'py, ManualClock>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = cls.py();
         let text = match config.cast::<PyString>() {
             Ok(text) => text.to_cow()?.into_owned(),
             Err(_) => json_text(py, config)?,
         };
+        let clock = clock.map(|clock| clock.shared());
         // Resolving `{"file": ...}` secrets reads the file system: release the GIL.
         let inner = py
-            .detach(move || tokenlease::Manager::from_config(&text))
+            .detach(move || {
+                let builder = tokenlease::config::ManagerConfig::parse(&text)?.builder()?;
+                Ok::<_, tokenlease::Error>(match clock {
+                    Some(clock) => builder.clock(clock).build(),
+                    None => builder.build(),
+                })
+            })
             .map_err(|err| to_pyerr(&err))?;
         add_event_handler(py, &inner, listener)?;
         if cls.is(py.get_type::<Self>()) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -85,10 +86,12 @@ class Server:
             return int(err.code)
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[Server]:
+@contextlib.contextmanager
+def spawn_server(max_lifetime_s: int = 900) -> Iterator[Server]:
+    """A fresh test token server on 127.0.0.1, stopped on the way out (and by itself after
+    ``max_lifetime_s``)."""
     process = subprocess.Popen(
-        [str(_server_binary()), "--max-lifetime-s", "900"],  # stopped at session end
+        [str(_server_binary()), "--max-lifetime-s", str(max_lifetime_s)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -101,6 +104,12 @@ def server() -> Iterator[Server]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    with spawn_server() as running:  # the session's server, stopped at session end
+        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -127,8 +127,13 @@ class Manager:
         config: Union[str, Mapping[str, Any]],
         *,
         listener: Optional[EventListener] = None,
+        clock: Optional[ManualClock] = None,
     ) -> Manager:
-        """A manager from the configuration every language uses (a dict, JSON or TOML)."""
+        """A manager from the configuration every language uses (a dict, JSON or TOML).
+
+        ``clock``: a ``tokenlease.testing.ManualClock`` for tests (the system clock when
+        omitted).
+        """
     @property
     def key(self) -> str:
         """The store key of this manager."""
@@ -274,6 +279,20 @@ class Manager:
 def _register_errors(
     base: Type[TokenleaseError], classes: Dict[int, Type[TokenleaseError]]
 ) -> None: ...
+@final
+class ManualClock:
+    """A clock that moves only when ``advance`` is called (``tokenlease.testing``)."""
+
+    def __new__(cls, wall: Optional[float] = None) -> ManualClock:
+        """Wall time ``wall`` (seconds since the epoch; the system's time now when omitted)."""
+    def advance(
+        self, seconds: float, *, settle: Optional[Manager] = None, timeout: float = 20.0
+    ) -> None:
+        """Moves the clock forward; with ``settle``, waits (GIL released, at most ``timeout``
+        seconds) until that manager's background work finished (``TokenTimeoutError``)."""
+    def wall(self) -> float:
+        """The clock's wall time, in seconds since the epoch."""
+
 def flush_events() -> None: ...
 def _shutdown() -> None: ...
 def is_token_rejected(status: int, www_authenticate: Optional[str] = None) -> bool: ...

@@ -20,6 +20,12 @@
 #include <stdint.h>
 
 /**
+ * What `tl_manual_clock_advance` waits for the manager's background work at most when its
+ * `settle_timeout_ms` is 0: core's default settle timeout, in milliseconds.
+ */
+#define TL_DEFAULT_SETTLE_TIMEOUT_MS 20000
+
+/**
  * The most response headers `tl_manager_judge_response` reads; later ones are ignored.
  */
 #define TL_MAX_JUDGED_HEADERS 256
@@ -312,14 +318,25 @@ typedef struct tl_login_request tl_login_request;
  * A token manager for one credential: gets, caches and refreshes its token in the
  * background, makes concurrent callers share one refresh. Opaque.
  *
- * Create it with `tl_manager_from_config` or `tl_manager_new_custom`, release it with
- * `tl_manager_free`. Every function taking a `tl_manager*` may be called from any number of
- * threads at once, except `tl_manager_free`, which must be the last call on the handle.
+ * Create it with `tl_manager_from_config`, `tl_manager_from_config_on_clock` (tests) or
+ * `tl_manager_new_custom`, release it with `tl_manager_free`. Every function taking a
+ * `tl_manager*` may be called from any number of threads at once, except
+ * `tl_manager_free`, which must be the last call on the handle.
  * Blocking functions (`tl_manager_token` on an empty or expiring cache,
  * `tl_manager_revoke`) must not be called from inside a tokenlease callback: they return
  * `TL_USAGE` there.
  */
 typedef struct tl_manager tl_manager;
+
+/**
+ * A clock that moves only when told (`tl_manual_clock_advance`), for tests of code that uses
+ * tokenlease. Opaque.
+ *
+ * Create it with `tl_manual_clock_new`, build managers on it with
+ * `tl_manager_from_config_on_clock`, release it with `tl_manual_clock_free`. Managers keep
+ * their own reference to the clock: it may be freed before them (it then no longer moves).
+ */
+typedef struct tl_manual_clock tl_manual_clock;
 
 /**
  * A token obtained with `tl_manager_token_handle`. Opaque; owns a copy of the token value
@@ -582,6 +599,84 @@ extern "C" {
  * Ownership: the string is static; never free it. Thread-safety: callable from any thread.
  */
 const char *tl_version(void);
+
+/**
+ * Creates a manual clock whose wall time reads `wall_unix_ms` (milliseconds since the Unix
+ * epoch) now; 0 means the system's wall time now. Its time stands still until
+ * `tl_manual_clock_advance` moves it. Point it at the wall time of the server the test
+ * talks to (0 for a server on this machine started with real time), so the expiry times
+ * the server reports mean the same thing to both.
+ *
+ * Returns `TL_NULL_ARGUMENT` when `out` is NULL and `TL_INVALID_ARGUMENT` for a negative
+ * `wall_unix_ms` (or one too large to represent); on failure `*out` is NULL.
+ *
+ * Ownership: the caller owns the returned handle and releases it with
+ * `tl_manual_clock_free`. Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `out` must be NULL or writable.
+ */
+tl_result tl_manual_clock_new(int64_t wall_unix_ms, struct tl_manual_clock **out);
+
+/**
+ * Moves `clock` forward by `ms` milliseconds, waking every timer now due (the background
+ * refreshes, keep-alives and re-logins of managers on it). Move the server's clock first
+ * when the test controls one, so the work the move starts meets a server already there.
+ *
+ * With `settle` not NULL, then waits, in real time and at most `settle_timeout_ms`
+ * milliseconds (0: `TL_DEFAULT_SETTLE_TIMEOUT_MS`, 20 s), until `settle` is idle: no
+ * refresh, keep-alive or login in flight and its timer armed again for a future time.
+ * `settle` must be a manager built on this clock (`tl_manager_from_config_on_clock`); when
+ * several managers share the clock, advance once and settle the others with `ms` 0. Returns
+ * `TL_TIMEOUT` when the work did not finish in time (the detail is in
+ * `tl_manager_last_error(settle, ...)`); the clock has moved all the same.
+ *
+ * Returns `TL_NULL_ARGUMENT` for a NULL `clock`, and `TL_USAGE`, without moving the clock,
+ * when called from inside a tokenlease callback (it must not be: the wait would wait for the
+ * callback itself).
+ *
+ * Thread-safety: callable from any thread; calls on one clock from several threads move it
+ * by the sum of their `ms`.
+ *
+ * # Safety
+ * `clock` must be NULL or a live clock; `settle` NULL or a live manager.
+ */
+tl_result tl_manual_clock_advance(struct tl_manual_clock *clock,
+                                  uint64_t ms,
+                                  const struct tl_manager *settle,
+                                  uint32_t settle_timeout_ms);
+
+/**
+ * Frees a manual clock. NULL is a no-op. Managers built on it keep running on their own
+ * reference to the clock, which then no longer moves.
+ *
+ * Ownership: takes ownership of `clock`. Thread-safety: must be the last call on `clock`.
+ *
+ * # Safety
+ * `clock` must be NULL or a clock from `tl_manual_clock_new` not freed before.
+ */
+void tl_manual_clock_free(struct tl_manual_clock *clock);
+
+/**
+ * As `tl_manager_from_config`, but the manager runs on `clock`: its token lifetimes,
+ * refresh points and background timers follow `tl_manual_clock_advance` instead of real
+ * time (HTTP timeouts stay real). For tests.
+ *
+ * Returns `TL_NULL_ARGUMENT` for a NULL `clock` (or `config`, `out`); other failures and
+ * their detail as for `tl_manager_from_config` (`tl_manager_last_error(NULL, ...)` on the
+ * same thread).
+ *
+ * Ownership: `config` and `clock` are only read during the call (the manager keeps its own
+ * reference to the clock). The caller owns the returned handle and releases it with
+ * `tl_manager_free`. Thread-safety: callable from any thread.
+ *
+ * # Safety
+ * `config` must be NULL or a NUL-terminated string; `clock` NULL or a live clock; `out` NULL
+ * or writable.
+ */
+tl_result tl_manager_from_config_on_clock(const char *config,
+                                          const struct tl_manual_clock *clock,
+                                          struct tl_manager **out);
 
 /**
  * The header that carries `token` on an API request, as the manager's configuration says:
@@ -1224,7 +1319,8 @@ tl_result tl_manager_close(const struct tl_manager *mgr);
  * Copies the detail of the most recent failure on this handle (from any thread) into `buf`,
  * NUL-terminated, e.g. `"invalid_credentials: token endpoint answered 401 invalid_client"`.
  * An empty string when nothing failed yet. With `mgr` NULL, copies the detail of the last
- * failed `tl_manager_from_config` / `tl_manager_new_custom` call on the calling thread.
+ * failed `tl_manager_from_config` / `tl_manager_from_config_on_clock` /
+ * `tl_manager_new_custom` call on the calling thread.
  * Never contains a token value.
  *
  * Buffer rules as for `tl_result_message`. Ownership: the caller owns `buf`.

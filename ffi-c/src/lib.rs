@@ -6,8 +6,8 @@
 //!   fail (accessors of a `tl_token`, `tl_login_request` or `tl_device_login`,
 //!   `tl_manager_needs_response_body`, `_free`).
 //! - Handles (`tl_manager`, `tl_token`, `tl_login_request`, `tl_device_login`,
-//!   `tl_fetch_output`) are opaque pointers created by the library and released by a
-//!   NULL-safe `_free`.
+//!   `tl_fetch_output`, `tl_manual_clock`) are opaque pointers created by the library and
+//!   released by a NULL-safe `_free`.
 //! - Every export runs inside one panic boundary: a Rust panic becomes `TL_INTERNAL` and never
 //!   unwinds into C.
 //! - Text is copied into caller buffers, always NUL-terminated. A buffer that is too small
@@ -20,6 +20,7 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+mod clock;
 mod events;
 mod http;
 mod login;
@@ -30,6 +31,7 @@ mod source;
 mod store;
 mod token;
 
+pub use clock::tl_manual_clock;
 pub use events::{tl_event, tl_event_callback, tl_event_kind, tl_refresh_reason};
 pub use http::tl_header;
 pub use login::{tl_device_login, tl_login_request};

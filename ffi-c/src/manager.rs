@@ -5,8 +5,9 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tl_core::config::ManagerConfig;
 use tl_core::store::BlockingStoreAdapter;
-use tl_core::{BlockingSourceAdapter, Manager, TokenState};
+use tl_core::{BlockingSourceAdapter, Clock, Manager, TokenState};
 
 use crate::boundary::{
     catch, copy_out, ffi_boundary, refuse_inside_callback, str_arg, unix_ms, write_opt, Failure,
@@ -21,9 +22,10 @@ use crate::token::tl_token;
 /// A token manager for one credential: gets, caches and refreshes its token in the
 /// background, makes concurrent callers share one refresh. Opaque.
 ///
-/// Create it with `tl_manager_from_config` or `tl_manager_new_custom`, release it with
-/// `tl_manager_free`. Every function taking a `tl_manager*` may be called from any number of
-/// threads at once, except `tl_manager_free`, which must be the last call on the handle.
+/// Create it with `tl_manager_from_config`, `tl_manager_from_config_on_clock` (tests) or
+/// `tl_manager_new_custom`, release it with `tl_manager_free`. Every function taking a
+/// `tl_manager*` may be called from any number of threads at once, except
+/// `tl_manager_free`, which must be the last call on the handle.
 /// Blocking functions (`tl_manager_token` on an empty or expiring cache,
 /// `tl_manager_revoke`) must not be called from inside a tokenlease callback: they return
 /// `TL_USAGE` there.
@@ -92,7 +94,7 @@ pub(crate) fn manager_call(
 ///
 /// Callers pass `out` straight from an export whose contract requires it to be NULL or
 /// writable.
-fn create(
+pub(crate) fn create(
     out: *mut *mut tl_manager,
     build: impl FnOnce() -> Result<(Manager, Arc<Gate>), Failure>,
 ) -> tl_result {
@@ -149,12 +151,26 @@ pub unsafe extern "C" fn tl_manager_from_config(
     config: *const c_char,
     out: *mut *mut tl_manager,
 ) -> tl_result {
-    create(out, || {
-        // SAFETY: NULL or NUL-terminated per the contract.
-        let config = unsafe { str_arg(config, "config") }?;
-        let manager = Manager::from_config(config)?;
-        Ok((manager, Gate::new()))
-    })
+    // SAFETY: NULL or NUL-terminated per the contract.
+    create(out, || unsafe { from_config_text(config, None) })
+}
+
+/// The manager a configuration text describes, on `clock` (the system clock when `None`):
+/// the one way `tl_manager_from_config` and `tl_manager_from_config_on_clock` build.
+///
+/// # Safety
+/// `config` is NULL or a NUL-terminated string valid for the duration of the call.
+pub(crate) unsafe fn from_config_text(
+    config: *const c_char,
+    clock: Option<Arc<dyn Clock>>,
+) -> Result<(Manager, Arc<Gate>), Failure> {
+    // SAFETY: NULL or NUL-terminated per this function's contract.
+    let config = unsafe { str_arg(config, "config") }?;
+    let mut builder = ManagerConfig::parse(config)?.builder()?;
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
+    }
+    Ok((builder.build(), Gate::new()))
 }
 
 /// Creates a manager around a token source written in C (and optionally a store written in
@@ -579,7 +595,8 @@ pub unsafe extern "C" fn tl_manager_close(mgr: *const tl_manager) -> tl_result {
 /// Copies the detail of the most recent failure on this handle (from any thread) into `buf`,
 /// NUL-terminated, e.g. `"invalid_credentials: token endpoint answered 401 invalid_client"`.
 /// An empty string when nothing failed yet. With `mgr` NULL, copies the detail of the last
-/// failed `tl_manager_from_config` / `tl_manager_new_custom` call on the calling thread.
+/// failed `tl_manager_from_config` / `tl_manager_from_config_on_clock` /
+/// `tl_manager_new_custom` call on the calling thread.
 /// Never contains a token value.
 ///
 /// Buffer rules as for `tl_result_message`. Ownership: the caller owns `buf`.

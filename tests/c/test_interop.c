@@ -41,28 +41,9 @@
 
 #define SECRET "tokenlease-secret"
 
-typedef struct {
-    pid_t pid;
-    int stdin_fd;
-    char url[256];   /* what the server printed: the issuer (oidc) or the base URL (mock) */
-    char origin[128]; /* http://127.0.0.1:PORT */
-    int port;
-    int stdout_fd;   /* read to its end by `drain` (oidc-provider prints notices later) */
-    pthread_t drain;
-} spawned;
-
+/* spawned, spawn_server and stop_server are in test_support.h (test_scenarios.c uses them). */
 static spawned g_oidc = {-1, -1, "", "", 0, -1, 0};
 static spawned g_mock = {-1, -1, "", "", 0, -1, 0};
-
-/* Reads and discards a server's stdout until it exits: a server writing to a closed pipe
- * would die of EPIPE (oidc-provider prints notices on stdout during logins). */
-static void *drain_stdout(void *arg) {
-    int fd = *(int *)arg;
-    char buf[4096];
-    while (read(fd, buf, sizeof buf) > 0) {
-    }
-    return NULL;
-}
 
 static int ci(void) {
     const char *value = getenv("CI");
@@ -78,105 +59,6 @@ static void missing(const char *what, const char *why) {
     fflush(stdout);
 }
 
-/* Starts argv[0] with a stdin pipe (it exits when the pipe closes) and waits at most 60 s
- * for a stdout line "PREFIX=URL". 1 on success. */
-static int spawn_server(char *const argv[], const char *prefix, spawned *out) {
-    int in_pipe[2], out_pipe[2];
-    if (pipe(in_pipe) != 0) return 0;
-    if (pipe(out_pipe) != 0) {
-        close(in_pipe[0]);
-        close(in_pipe[1]);
-        return 0;
-    }
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) return 0;
-    if (pid == 0) {
-        dup2(in_pipe[0], STDIN_FILENO);
-        dup2(out_pipe[1], STDOUT_FILENO);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) dup2(devnull, STDERR_FILENO);
-        close(in_pipe[0]);
-        close(in_pipe[1]);
-        close(out_pipe[0]);
-        close(out_pipe[1]);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    close(in_pipe[0]);
-    close(out_pipe[1]);
-    out->pid = pid;
-    out->stdin_fd = in_pipe[1];
-    fcntl(out->stdin_fd, F_SETFD, FD_CLOEXEC);
-
-    char line[512];
-    size_t got = 0;
-    size_t prefix_len = strlen(prefix);
-    int found = 0;
-    time_t deadline = time(NULL) + 60;
-    while (!found && time(NULL) < deadline) {
-        struct pollfd pfd = {out_pipe[0], POLLIN, 0};
-        if (poll(&pfd, 1, 500) <= 0) continue;
-        char c;
-        ssize_t r = read(out_pipe[0], &c, 1);
-        if (r <= 0) break;
-        if (c != '\n') {
-            if (got < sizeof line - 1) line[got++] = c;
-            continue;
-        }
-        line[got] = '\0';
-        got = 0;
-        if (strncmp(line, prefix, prefix_len) == 0 && line[prefix_len] == '=') {
-            snprintf(out->url, sizeof out->url, "%s", line + prefix_len + 1);
-            found = 1;
-        }
-    }
-    if (!found) {
-        close(out_pipe[0]);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        close(out->stdin_fd);
-        out->pid = -1;
-        return 0;
-    }
-    out->stdout_fd = out_pipe[0];
-    if (pthread_create(&out->drain, NULL, drain_stdout, &out->stdout_fd) != 0) {
-        close(out->stdout_fd);
-        out->stdout_fd = -1;
-    }
-    /* http://127.0.0.1:PORT[/path] */
-    const char *host = strstr(out->url, "://");
-    const char *colon = host ? strchr(host + 3, ':') : NULL;
-    out->port = colon ? atoi(colon + 1) : 0;
-    const char *path = colon ? strchr(colon, '/') : NULL;
-    size_t origin_len = path ? (size_t)(path - out->url) : strlen(out->url);
-    snprintf(out->origin, sizeof out->origin, "%.*s", (int)origin_len, out->url);
-    return out->port > 0;
-}
-
-static void stop_server(spawned *server) {
-    if (server->pid <= 0) return;
-    close(server->stdin_fd);
-    kill(server->pid, SIGTERM);
-    int exited = 0;
-    for (int i = 0; i < 100 && !exited; i++) {
-        if (waitpid(server->pid, NULL, WNOHANG) == server->pid) {
-            exited = 1;
-        } else {
-            sleep_ms(50);
-        }
-    }
-    if (!exited) {
-        kill(server->pid, SIGKILL);
-        waitpid(server->pid, NULL, 0);
-    }
-    server->pid = -1;
-    if (server->stdout_fd >= 0) {
-        pthread_join(server->drain, NULL); /* the pipe's writer is gone: EOF */
-        close(server->stdout_fd);
-        server->stdout_fd = -1;
-    }
-}
 
 /* A number after "KEY": in the oidc server's /__stats JSON (0 when absent, -1 on failure). */
 static long oidc_stat(const char *key) {

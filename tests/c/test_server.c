@@ -407,21 +407,6 @@ static void test_session_login_secrets_stay_secret(void) {
 /* ---- session APIs (issue 16): the vSphere and Zuora SOAP profiles of examples/profiles,
  * pointed at the test server; the header, the body and the verdict come from core ---- */
 
-/* `in` with every `from` replaced by `to`, into `out`; 0 when it does not fit. */
-static int replace_all(const char *in, const char *from, const char *to, char *out, size_t len) {
-    size_t used = 0, from_len = strlen(from), to_len = strlen(to);
-    while (*in) {
-        const char *piece = strncmp(in, from, from_len) == 0 ? to : in;
-        size_t piece_len = piece == to ? to_len : 1;
-        if (used + piece_len + 1 > len) return 0;
-        memcpy(out + used, piece, piece_len);
-        used += piece_len;
-        in += piece == to ? from_len : 1;
-    }
-    out[used] = '\0';
-    return 1;
-}
-
 /* examples/profiles/NAME (the tests run from the checkout's root) with `host` replaced by
  * the test server's URL and the {"env": ...} credentials replaced by inline ones. */
 static int load_profile(const char *name, const char *host, const char *user_env,
@@ -461,33 +446,6 @@ static tl_manager *profile_manager(const char *name, const char *host, const cha
         fprintf(stderr, "tl_manager_from_config(%s): %s: %s\n", name, tl_result_name(rc), detail);
     }
     return mgr;
-}
-
-/* The header line core says carries `tok` ("name: value\r\n"), or "" for body-only
- * configurations. */
-static void header_line(tl_manager *mgr, const tl_token *tok, char *line, size_t len) {
-    char name[128], value[1024];
-    size_t name_written = 0, value_written = 0;
-    bool has_header = false;
-    line[0] = '\0';
-    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &name_written, value,
-                                       sizeof value, &value_written, &has_header),
-             TL_OK);
-    if (has_header) snprintf(line, len, "%s: %s\r\n", name, value);
-    memset(value, 0, sizeof value);
-}
-
-/* Core's verdict on an answer to a request made with `tok`. */
-static bool rejects(tl_manager *mgr, const tl_token *tok, const struct http_answer *answer) {
-    bool rejected = true;
-    size_t body_len = tl_manager_needs_response_body(mgr, (uint16_t)answer->status)
-                          ? answer->body_len
-                          : 0;
-    CHECK_RC(tl_manager_judge_response(mgr, tl_token_generation(tok), (uint16_t)answer->status,
-                                       answer->headers, answer->header_count,
-                                       (const uint8_t *)answer->body, body_len, &rejected),
-             TL_OK);
-    return rejected;
 }
 
 static struct http_answer g_answer;

@@ -1,16 +1,22 @@
-/* Helpers shared by the C test programs: checks, and a tiny HTTP/1.1 client for the test
- * token server over loopback (no curl dependency). */
+/* Helpers shared by the C test programs: checks, a tiny HTTP/1.1 client for the test token
+ * server over loopback (no curl dependency), core's request decisions for it (the header
+ * that carries a token, the verdict on a response), and servers started as child processes. */
 #ifndef TOKENLEASE_TEST_SUPPORT_H
 #define TOKENLEASE_TEST_SUPPORT_H
 
 #define _POSIX_C_SOURCE 200809L
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -239,6 +245,174 @@ static inline void server_config(char *out, size_t len, const char *key, const c
              " \"client_secret\": \"%s\", \"revocation_url\": \"%s/oauth/revoke\"},"
              " \"policy\": %s}",
              key, server_url(), secret, server_url(), policy ? policy : "{}");
+}
+
+/* `in` with every `from` replaced by `to`, into `out`; 0 when it does not fit. */
+static inline int replace_all(const char *in, const char *from, const char *to, char *out,
+                              size_t len) {
+    size_t used = 0, from_len = strlen(from), to_len = strlen(to);
+    while (*in) {
+        const char *piece = strncmp(in, from, from_len) == 0 ? to : in;
+        size_t piece_len = piece == to ? to_len : 1;
+        if (used + piece_len + 1 > len) return 0;
+        memcpy(out + used, piece, piece_len);
+        used += piece_len;
+        in += piece == to ? from_len : 1;
+    }
+    out[used] = '\0';
+    return 1;
+}
+
+/* The header line core says carries `tok` ("name: value\r\n"), or "" for body-only
+ * configurations. */
+static inline void header_line(tl_manager *mgr, const tl_token *tok, char *line, size_t len) {
+    char name[128], value[4096];
+    size_t name_written = 0, value_written = 0;
+    bool has_header = false;
+    line[0] = '\0';
+    CHECK_RC(tl_manager_request_header(mgr, tok, name, sizeof name, &name_written, value,
+                                       sizeof value, &value_written, &has_header),
+             TL_OK);
+    if (has_header) snprintf(line, len, "%s: %s\r\n", name, value);
+    memset(value, 0, sizeof value);
+}
+
+/* Core's verdict on an answer to a request made with `tok`. */
+static inline bool rejects(tl_manager *mgr, const tl_token *tok,
+                           const struct http_answer *answer) {
+    bool rejected = true;
+    size_t body_len = tl_manager_needs_response_body(mgr, (uint16_t)answer->status)
+                          ? answer->body_len
+                          : 0;
+    CHECK_RC(tl_manager_judge_response(mgr, tl_token_generation(tok), (uint16_t)answer->status,
+                                       answer->headers, answer->header_count,
+                                       (const uint8_t *)answer->body, body_len, &rejected),
+             TL_OK);
+    return rejected;
+}
+
+/* A server process started by spawn_server. */
+typedef struct {
+    pid_t pid;
+    int stdin_fd;
+    char url[256];   /* what the server printed: the issuer (oidc), the base URL (others) */
+    char origin[128]; /* http://127.0.0.1:PORT */
+    int port;
+    int stdout_fd;   /* read to its end by `drain` (oidc-provider prints notices later) */
+    pthread_t drain;
+} spawned;
+
+/* Reads and discards a server's stdout until it exits: a server writing to a closed pipe
+ * would die of EPIPE (oidc-provider prints notices on stdout during logins). */
+static inline void *drain_stdout(void *arg) {
+    int fd = *(int *)arg;
+    char buf[4096];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    return NULL;
+}
+
+/* Starts argv[0] with a stdin pipe (servers started with --exit-with-stdin exit when it
+ * closes) and waits at most 60 s for a stdout line "PREFIX=URL". 1 on success; stop it with
+ * stop_server. */
+static inline int spawn_server(char *const argv[], const char *prefix, spawned *out) {
+    int in_pipe[2], out_pipe[2];
+    if (pipe(in_pipe) != 0) return 0;
+    if (pipe(out_pipe) != 0) {
+        close(in_pipe[0]);
+        close(in_pipe[1]);
+        return 0;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) return 0;
+    if (pid == 0) {
+        dup2(in_pipe[0], STDIN_FILENO);
+        dup2(out_pipe[1], STDOUT_FILENO);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+        close(in_pipe[0]);
+        close(in_pipe[1]);
+        close(out_pipe[0]);
+        close(out_pipe[1]);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    close(in_pipe[0]);
+    close(out_pipe[1]);
+    out->pid = pid;
+    out->stdin_fd = in_pipe[1];
+    fcntl(out->stdin_fd, F_SETFD, FD_CLOEXEC);
+
+    char line[512];
+    size_t got = 0;
+    size_t prefix_len = strlen(prefix);
+    int found = 0;
+    time_t deadline = time(NULL) + 60;
+    while (!found && time(NULL) < deadline) {
+        struct pollfd pfd = {out_pipe[0], POLLIN, 0};
+        if (poll(&pfd, 1, 500) <= 0) continue;
+        char c;
+        ssize_t r = read(out_pipe[0], &c, 1);
+        if (r <= 0) break;
+        if (c != '\n') {
+            if (got < sizeof line - 1) line[got++] = c;
+            continue;
+        }
+        line[got] = '\0';
+        got = 0;
+        if (strncmp(line, prefix, prefix_len) == 0 && line[prefix_len] == '=') {
+            snprintf(out->url, sizeof out->url, "%s", line + prefix_len + 1);
+            found = 1;
+        }
+    }
+    if (!found) {
+        close(out_pipe[0]);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(out->stdin_fd);
+        out->pid = -1;
+        return 0;
+    }
+    out->stdout_fd = out_pipe[0];
+    if (pthread_create(&out->drain, NULL, drain_stdout, &out->stdout_fd) != 0) {
+        close(out->stdout_fd);
+        out->stdout_fd = -1;
+    }
+    /* http://127.0.0.1:PORT[/path] */
+    const char *host = strstr(out->url, "://");
+    const char *colon = host ? strchr(host + 3, ':') : NULL;
+    out->port = colon ? atoi(colon + 1) : 0;
+    const char *path = colon ? strchr(colon, '/') : NULL;
+    size_t origin_len = path ? (size_t)(path - out->url) : strlen(out->url);
+    snprintf(out->origin, sizeof out->origin, "%.*s", (int)origin_len, out->url);
+    return out->port > 0;
+}
+
+/* Stops a server from spawn_server (SIGTERM, then SIGKILL after 5 s); a no-op when it is not
+ * running. */
+static inline void stop_server(spawned *server) {
+    if (server->pid <= 0) return;
+    close(server->stdin_fd);
+    kill(server->pid, SIGTERM);
+    int exited = 0;
+    for (int i = 0; i < 100 && !exited; i++) {
+        if (waitpid(server->pid, NULL, WNOHANG) == server->pid) {
+            exited = 1;
+        } else {
+            sleep_ms(50);
+        }
+    }
+    if (!exited) {
+        kill(server->pid, SIGKILL);
+        waitpid(server->pid, NULL, 0);
+    }
+    server->pid = -1;
+    if (server->stdout_fd >= 0) {
+        pthread_join(server->drain, NULL); /* the pipe's writer is gone: EOF */
+        close(server->stdout_fd);
+        server->stdout_fd = -1;
+    }
 }
 
 #endif /* TOKENLEASE_TEST_SUPPORT_H */

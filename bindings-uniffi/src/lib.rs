@@ -30,6 +30,7 @@
 //! [`SecretString`]: tokenlease::SecretString
 
 mod cancel;
+mod clock;
 mod errors;
 mod events;
 mod fast_path;
@@ -44,6 +45,7 @@ mod test_support;
 mod token;
 
 pub use cancel::CancelSignal;
+pub use clock::ManualClock;
 pub use errors::{error_kind_code, error_kind_name, error_kind_of, ErrorKind, TokenleaseError};
 pub use events::{EventListener, RefreshReason, TokenEvent};
 pub use fast_path::{tokenlease_uniffi_fast_generation, tokenlease_uniffi_fast_release};

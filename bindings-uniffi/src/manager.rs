@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokenlease::{BlockingSourceAdapter, BlockingStoreAdapter, Manager};
 
 use crate::cancel::CancelSignal;
+use crate::clock::ManualClock;
 use crate::errors::{BindingResult, TokenleaseError};
 use crate::events::{EventListener, ForeignListener};
 #[cfg(doc)]
@@ -35,6 +36,13 @@ impl fmt::Debug for NativeTokenManager {
     }
 }
 
+impl NativeTokenManager {
+    /// The core manager.
+    pub(crate) fn core(&self) -> &Manager {
+        &self.manager
+    }
+}
+
 impl Drop for NativeTokenManager {
     fn drop(&mut self) {
         self.manager.close();
@@ -50,6 +58,20 @@ impl NativeTokenManager {
         Ok(Arc::new(Self {
             manager: Manager::from_config(&config)?,
         }))
+    }
+
+    /// A manager described by the shared configuration, running on `clock` instead of the
+    /// system clock (for tests: see [`ManualClock`]).
+    #[uniffi::constructor]
+    pub fn from_config_on_clock(
+        config: String,
+        clock: Arc<ManualClock>,
+    ) -> BindingResult<Arc<Self>> {
+        let manager = tokenlease::config::ManagerConfig::parse(&config)?
+            .builder()?
+            .clock(clock.shared())
+            .build();
+        Ok(Arc::new(Self { manager }))
     }
 
     /// A manager around a foreign source, optionally persisting to a foreign store under

@@ -10,7 +10,7 @@ import Foundation
 /// (a generation's value, type and expiry never change). Releasing the last reference
 /// closes the manager.
 public final class TokenManager: @unchecked Sendable {
-    private let native: NativeTokenManager
+    let native: NativeTokenManager
     private let lock = NSLock()
     /// Guarded by `lock`.
     private var lastLifted: TokenInfo?
@@ -21,6 +21,13 @@ public final class TokenManager: @unchecked Sendable {
     /// binding accepts). Throws `TokenleaseError.Configuration` naming the field.
     public static func fromConfig(config: String) throws -> TokenManager {
         TokenManager(try NativeTokenManager.fromConfig(config: config))
+    }
+
+    /// As `fromConfig(config:)`, on a `ManualClock` instead of the system clock: for tests
+    /// that live through hours of token lifetimes without sleeping (see
+    /// `ManualClock.advance(ms:settle:timeoutMs:)`).
+    public static func fromConfig(config: String, clock: ManualClock) throws -> TokenManager {
+        TokenManager(try NativeTokenManager.fromConfigOnClock(config: config, clock: clock))
     }
 
     /// A manager around a Swift `source`, optionally persisting to `store` under `key`
@@ -209,5 +216,15 @@ public final class TokenManager: @unchecked Sendable {
         if token.generation >= lastLifted?.generation ?? 0 { lastLifted = token }
         lock.unlock()
         return token
+    }
+}
+
+extension ManualClock {
+    /// Moves the clock forward by `ms` milliseconds, then blocks (at most `timeoutMs` of real
+    /// time) until `settle`'s background work the move started (a refresh, a keep-alive) has
+    /// finished; throws `TokenleaseError.Timeout` otherwise. With a test server that has a
+    /// clock of its own, move the server first.
+    public func advance(ms: UInt64, settle: TokenManager, timeoutMs: UInt64 = 20_000) throws {
+        try advanceAndSettle(ms: ms, manager: settle.native, timeoutMs: timeoutMs)
     }
 }

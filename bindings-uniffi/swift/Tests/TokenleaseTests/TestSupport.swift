@@ -32,8 +32,9 @@ enum TestServer {
 
     /// A synchronous HTTP request (tests and the blocking Swift source use it).
     static func request(_ path: String, method: String = "GET", body: String? = nil,
-                        contentType: String? = nil, authorization: String? = nil) -> (Int, String) {
-        var request = URLRequest(url: URL(string: url + path)!)
+                        contentType: String? = nil, authorization: String? = nil,
+                        base: String? = nil) -> (Int, String) {
+        var request = URLRequest(url: URL(string: (base ?? url) + path)!)
         request.httpMethod = method
         request.timeoutInterval = 10
         if let body { request.httpBody = body.data(using: .utf8) }

@@ -1,5 +1,6 @@
 package dev.tokenlease
 
+import okhttp3.RequestBody.Companion.toRequestBody
 import java.net.http.HttpClient
 import java.net.http.HttpRequest
 import java.net.http.HttpResponse
@@ -46,7 +47,7 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
             val buffer = okio.Buffer()
             body.writeTo(buffer)
             manager.authorizeBody(token, buffer.readUtf8())?.let {
-                builder.method(request.method, okhttp3.RequestBody.create(body.contentType(), it.expose().toByteArray()))
+                builder.method(request.method, it.expose().toByteArray().toRequestBody(body.contentType()))
             }
         }
         return builder.build()

@@ -17,7 +17,7 @@ import java.util.concurrent.atomic.AtomicLong
  *
  * Close it with [close] or `use {}`; an unreachable manager is closed by the cleaner.
  */
-class TokenManager private constructor(private val native: NativeTokenManager) : AutoCloseable {
+class TokenManager private constructor(internal val native: NativeTokenManager) : AutoCloseable {
     private val fastHandle = FastHandle(native.fastHandle().toLong())
     private val cleanable = UniffiLib.CLEANER.register(this, fastHandle)
 
@@ -33,6 +33,15 @@ class TokenManager private constructor(private val native: NativeTokenManager) :
         @JvmStatic
         @Throws(TokenleaseException::class)
         fun fromConfig(config: String): TokenManager = TokenManager(NativeTokenManager.fromConfig(config))
+
+        /**
+         * As [fromConfig], on a [ManualClock] instead of the system clock: for tests that
+         * live through hours of token lifetimes without sleeping (see [advance]).
+         */
+        @JvmStatic
+        @Throws(TokenleaseException::class)
+        fun fromConfig(config: String, clock: ManualClock): TokenManager =
+            TokenManager(NativeTokenManager.fromConfigOnClock(config, clock))
 
         /**
          * A manager around a Kotlin [source], optionally persisting to [store] under [key]
@@ -280,4 +289,16 @@ private object FastCalls {
 
     @JvmStatic
     external fun tokenlease_uniffi_fast_release(handle: Long)
+}
+
+/**
+ * Moves the clock forward by [ms] milliseconds, then blocks (at most [timeoutMs] of real
+ * time) until [settle]'s background work the move started (a refresh, a keep-alive) has
+ * finished; throws [TokenleaseException.Timeout] otherwise. With a test server that has a
+ * clock of its own, move the server first.
+ */
+@Throws(TokenleaseException::class)
+fun ManualClock.advance(ms: Long, settle: TokenManager, timeoutMs: Long = 20_000) {
+    require(ms >= 0 && timeoutMs > 0) { "ms must not be negative and timeoutMs must be positive" }
+    advanceAndSettle(ms.toULong(), settle.native, timeoutMs.toULong())
 }

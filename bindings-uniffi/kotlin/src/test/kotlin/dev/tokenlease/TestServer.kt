@@ -9,6 +9,25 @@ import java.net.http.HttpResponse
 import java.time.Duration
 
 /**
+ * Starts a test token server (tests/server, the binary named by the `tokenlease.testServer`
+ * system property) on 127.0.0.1; it stops itself after [maxLifetimeS]. Returns the process and
+ * its base URL.
+ */
+fun startTokenServer(maxLifetimeS: Int = 300): Pair<Process, String> {
+    val binary = System.getProperty("tokenlease.testServer")
+        ?: error("system property tokenlease.testServer (test server binary) is not set")
+    val proc = ProcessBuilder(binary, "--max-lifetime-s", maxLifetimeS.toString())
+        .redirectError(ProcessBuilder.Redirect.INHERIT)
+        .start()
+    val first = BufferedReader(InputStreamReader(proc.inputStream)).readLine()
+    if (first == null || !first.startsWith("TOKENLEASE_TEST_SERVER_URL=")) {
+        proc.destroy()
+        error("the test server did not print its URL: $first")
+    }
+    return proc to first.removePrefix("TOKENLEASE_TEST_SERVER_URL=").trim()
+}
+
+/**
  * The project's loopback test token server (tests/server), started once per JVM from the
  * binary named by the `tokenlease.testServer` system property and stopped at JVM exit.
  */
@@ -18,17 +37,10 @@ object TestServer {
     private val http: HttpClient = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(5)).build()
 
     private fun start(): String {
-        val binary = System.getProperty("tokenlease.testServer")
-            ?: error("system property tokenlease.testServer (test server binary) is not set")
-        val proc = ProcessBuilder(binary, "--max-lifetime-s", "300")
-            .redirectError(ProcessBuilder.Redirect.INHERIT)
-            .start()
+        val (proc, url) = startTokenServer()
         process = proc
         Runtime.getRuntime().addShutdownHook(Thread { proc.destroy() })
-        val first = BufferedReader(InputStreamReader(proc.inputStream)).readLine()
-            ?: error("test server exited before printing its URL")
-        check(first.startsWith("TOKENLEASE_TEST_SERVER_URL=")) { "unexpected first line: $first" }
-        return first.removePrefix("TOKENLEASE_TEST_SERVER_URL=").trim()
+        return url
     }
 
     /** The shared config of a client-credentials manager against this server. */

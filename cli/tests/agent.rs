@@ -360,6 +360,8 @@ fn logs_are_json_lines_without_tokens() {
         .arg("--socket")
         .arg(&socket)
         .env("TOKENLEASE_CACHE_DIR", dir.join("cache"))
+        // No keyring entry left behind per run (the store key does not matter here).
+        .env("TOKENLEASE_KEYRING", "off")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -1,8 +1,9 @@
 //! `tokenlease`: a usable token for shell scripts, `curl`, `kubectl` and `git`, from the same
-//! configuration file every binding reads. Invocations share tokens through a store (an
-//! encrypted file store under the user's cache directory unless the configuration names
-//! another), so a loop of invocations makes no token request while the token is valid and
-//! concurrent cold invocations make one (the store's lease).
+//! configuration file every binding reads. Invocations share tokens through a store (a
+//! file store under the user's cache directory unless the configuration names another,
+//! encrypted with `TOKENLEASE_STORE_KEY`, else a key kept in the OS keyring, see
+//! `store_key`), so a loop of invocations makes no token request while the token is valid
+//! and concurrent cold invocations make one (the store's lease).
 //!
 //! Exit status: 0 on success; 10 + the stable error kind number on a token error (11
 //! `invalid_credentials` ... 26 `login_required`, see `tokenlease --help`); 2 for a usage
@@ -29,14 +30,16 @@ use tokenlease::{Error, ErrorKind, Event, EventListener, Manager, Token, TokenSt
 macro_rules! store_help {
     () => {
         "\
-Tokens are shared through a store: the configuration's, else an encrypted file store under
-$TOKENLEASE_CACHE_DIR (or $XDG_CACHE_HOME/tokenlease, ~/.cache/tokenlease)/cli-store. Its key:
-  1. $TOKENLEASE_STORE_KEY (base64 of 32 bytes) when set;
-  2. else one kept in the OS keyring, made on first use, one per cache directory (Linux:
-     the kernel's persistent keyring, else the user keyring; macOS: the login keychain);
+Tokens are shared through a store: the configuration's, else a file store under
+$TOKENLEASE_CACHE_DIR (or $XDG_CACHE_HOME/tokenlease, ~/.cache/tokenlease)/cli-store,
+encrypted with the first key found:
+  1. $TOKENLEASE_STORE_KEY (base64 of 32 bytes);
+  2. the OS keyring's entry for the cache directory, made on first use (Linux: the
+     kernel's persistent keyring, else the user keyring; macOS: the login keychain);
      TOKENLEASE_KEYRING=off skips the keyring;
-  3. else none: tokens are kept without their refresh tokens (said on a terminal).
-`tokenlease status` shows which (env, keyring or none), never the key."
+  3. none: plaintext, without refresh tokens (said on a terminal or in the agent's log).
+A record sealed with another key is treated as empty (a new token replaces it).
+`tokenlease status` shows which key (env, keyring or none), never the key."
     };
 }
 
@@ -370,7 +373,8 @@ fn announce_store_key(found: &StoreKey, dir: &std::path::Path) {
         ),
         store_key::Origin::Keyring if found.created && std::io::stderr().is_terminal() => {
             eprintln!(
-                "tokenlease: made a store key in {} (entry {}); {KEYRING_ENV}=off goes without",
+                "tokenlease: the store's key is now kept in {} (new entry {}; \
+                 {KEYRING_ENV}=off goes without)",
                 found.detail,
                 found.entry.as_deref().unwrap_or_default()
             );
@@ -379,14 +383,21 @@ fn announce_store_key(found: &StoreKey, dir: &std::path::Path) {
     }
 }
 
+/// Whether a store error is about a record that was read but cannot be used (core's
+/// record codec names it "token record"), rather than about reaching the store.
+fn is_record_error(message: &str) -> bool {
+    message.contains("token record")
+}
+
 /// Why a stored record cannot be used, in the user's terms (`origin`: where this process's
 /// store key comes from; `None`: the configuration's store).
 fn unreadable_record(message: &str, origin: Option<store_key::Origin>) -> String {
     let why = if message.contains("cannot decrypt") {
         match origin {
             Some(store_key::Origin::Keyring) => {
-                "it was sealed with another key than the one in the keyring (the keyring \
-                 entry was replaced, e.g. the keyring was emptied by a reboot)"
+                "it was sealed with another key than the keyring's (with $TOKENLEASE_STORE_KEY, \
+                 or before the keyring entry was replaced, e.g. the keyring was emptied by a \
+                 reboot)"
             }
             Some(store_key::Origin::Env) => {
                 "it was sealed with another key than $TOKENLEASE_STORE_KEY"
@@ -403,8 +414,9 @@ fn unreadable_record(message: &str, origin: Option<store_key::Origin>) -> String
     format!("the stored token cannot be used: {why}")
 }
 
-/// Reports, once per manager, a stored record that cannot be read (on stderr, or in the
-/// agent's log): the manager then fetches a token as if the store were empty.
+/// Reports, once per manager, a stored record that cannot be used (on stderr, or in the
+/// agent's log): the manager then fetches a token as if the store were empty. (A store that
+/// cannot be reached is core's to report: its events and logs.)
 struct StoreNotice {
     origin: Option<store_key::Origin>,
     shown: AtomicBool,
@@ -419,7 +431,7 @@ impl EventListener for StoreNotice {
         else {
             return;
         };
-        if self.shown.swap(true, Ordering::SeqCst) {
+        if !is_record_error(message) || self.shown.swap(true, Ordering::SeqCst) {
             return;
         }
         let text = format!(
@@ -456,10 +468,14 @@ fn status(setup: &Setup) -> serde_json::Value {
         }
     }
     if let Err(err) = &stored {
-        let text = format!(
-            "{}; the next token request treats the store as empty and replaces it",
-            unreadable_record(err.message(), setup.store_key.map(|found| found.origin))
-        );
+        let text = if is_record_error(err.message()) {
+            format!(
+                "{}; the next token request treats the store as empty and replaces it",
+                unreadable_record(err.message(), setup.store_key.map(|found| found.origin))
+            )
+        } else {
+            format!("the store cannot be read: {}", err.message())
+        };
         eprintln!("tokenlease: {text}");
         shown["store_error"] = text.into();
     }

@@ -649,7 +649,7 @@ mod keyring {
             status["store_error"]
                 .as_str()
                 .unwrap()
-                .contains("sealed with another key than the one in the keyring"),
+                .contains("sealed with another key than the keyring's"),
             "{status}"
         );
         let out = run_ok(
@@ -658,7 +658,7 @@ mod keyring {
         );
         let stderr = text(&out.stderr);
         assert!(
-            stderr.contains("sealed with another key than the one in the keyring")
+            stderr.contains("sealed with another key than the keyring's")
                 && stderr.contains("treated as empty"),
             "{stderr}"
         );

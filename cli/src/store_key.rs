@@ -272,31 +272,57 @@ mod platform {
     const PERSISTENT: &str = "the kernel's persistent keyring";
     const USER: &str = "the kernel's user keyring";
 
-    /// The user's persistent keyring (persistent-keyring(7): it outlives the login session
-    /// and, unlike the session keyring, is the same for every process of the user), linked
-    /// to this process's keyring; else, on a kernel without persistent keyrings, the user
-    /// keyring (`@u`), which lives while the user has processes.
-    fn keyring() -> Result<(KeyRing, &'static str), KeyError> {
-        match KeyRing::get_persistent(KeyRingIdentifier::Process) {
-            Ok(ring) => Ok((ring, PERSISTENT)),
+    /// The keyring and the entry `name` in it, if any.
+    ///
+    /// The user's persistent keyring (persistent-keyring(7)) where the kernel has one: it
+    /// outlives the login session and, unlike a session keyring, is the same for every
+    /// process of the user. It is linked into the user keyring, which login sessions
+    /// (pam_keyinit links it into theirs) and processes without a session keyring reach,
+    /// so the persistent keyring is "possessed", as searching and writing it requires. Only
+    /// where it is not (e.g. an anonymous session keyring) is it linked into this process's
+    /// own keyring instead: that makes one more key per invocation, counted against the
+    /// user's key quota until the kernel collects it (100 quick invocations as root left 46
+    /// for a moment), so it is not the default.
+    ///
+    /// On a kernel without persistent keyrings, the user keyring (`@u`), which lives while
+    /// the user has processes.
+    fn open(name: &str) -> Result<(KeyRing, &'static str, Option<Key>), KeyError> {
+        match KeyRing::get_persistent(KeyRingIdentifier::User) {
+            Ok(ring) => match ring.search(name) {
+                Ok(key) => Ok((ring, PERSISTENT, Some(key))),
+                Err(KeyError::AccessDenied) => {
+                    let ring = KeyRing::get_persistent(KeyRingIdentifier::Process)?;
+                    Ok((ring, PERSISTENT, find(&ring, name)?))
+                }
+                Err(err) if absent(err) => Ok((ring, PERSISTENT, None)),
+                Err(err) => Err(err),
+            },
             Err(KeyError::OperationNotSupported) => {
-                KeyRing::from_special_id(KeyRingIdentifier::User, true).map(|ring| (ring, USER))
+                let ring = KeyRing::from_special_id(KeyRingIdentifier::User, true)?;
+                let key = find(&ring, name)?;
+                Ok((ring, USER, key))
             }
             Err(err) => Err(err),
         }
     }
 
-    /// The entry `name` found in `ring`; `Ok(None)` when there is none (or none this
-    /// process may see yet: a sibling may be between creating it and opening it to us).
+    /// Errors that mean "no such entry (usable yet)": none, expired or revoked, or one a
+    /// sibling is between creating and opening to the user.
+    fn absent(err: KeyError) -> bool {
+        matches!(
+            err,
+            KeyError::KeyDoesNotExist
+                | KeyError::AccessDenied
+                | KeyError::KeyExpired
+                | KeyError::KeyRevoked
+        )
+    }
+
+    /// The entry `name` found in `ring`, if any.
     fn find(ring: &KeyRing, name: &str) -> Result<Option<Key>, KeyError> {
         match ring.search(name) {
             Ok(key) => Ok(Some(key)),
-            Err(
-                KeyError::KeyDoesNotExist
-                | KeyError::AccessDenied
-                | KeyError::KeyExpired
-                | KeyError::KeyRevoked,
-            ) => Ok(None),
+            Err(err) if absent(err) => Ok(None),
             Err(err) => Err(err),
         }
     }
@@ -323,8 +349,8 @@ mod platform {
 
     pub fn get_or_create(name: &str, lock: &Path) -> Result<Found, String> {
         let unavailable = |err: KeyError| format!("{NAME} is unavailable ({})", errno(err));
-        let (ring, backend) = keyring().map_err(unavailable)?;
-        if let Some(key) = find(&ring, name).map_err(unavailable)? {
+        let (ring, backend, key) = open(name).map_err(unavailable)?;
+        if let Some(key) = key {
             return Ok(Found {
                 key: read(&key, name)?,
                 created: false,

@@ -390,7 +390,7 @@ mod keyring {
     /// The keyrings the command may use (see `cli/src/store_key.rs`).
     fn rings() -> Vec<KeyRing> {
         [
-            KeyRing::get_persistent(KeyRingIdentifier::Process).ok(),
+            KeyRing::get_persistent(KeyRingIdentifier::User).ok(),
             KeyRing::from_special_id(KeyRingIdentifier::User, false).ok(),
         ]
         .into_iter()

@@ -618,6 +618,51 @@ mod keyring {
     }
 
     #[test]
+    fn concurrent_first_invocations_make_one_keyring_key() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring-cold");
+        let config = scratch.config(&server, "demo-secret");
+        let config_arg = config.to_str().unwrap();
+        let children: Vec<_> = (0..20)
+            .map(|_| {
+                scratch
+                    .keyring_command()
+                    .args(["token", "--config", config_arg])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<Output> = children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect();
+        let _cleanup = Entry(entry_name(&scratch.path("cache")));
+        let mut tokens = std::collections::BTreeSet::new();
+        for out in &outputs {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            tokens.insert(text(&out.stdout));
+        }
+        let status = scratch.status(&mut scratch.keyring_command(), &config);
+        if keyring_unavailable(&status).is_some() {
+            assert_plaintext_mode(&scratch, &status, tokens.first().unwrap());
+            return;
+        }
+        // Two keys would show: a sibling sealing with the other key cannot read the
+        // record, and fetches again.
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(server.stats().token_requests, 1);
+        assert_eq!(status["has_refresh_token"], true, "{status}");
+        let out = run_ok(
+            scratch.keyring_command(),
+            &["token", "--config", config_arg],
+        );
+        assert_eq!(text(&out.stdout), *tokens.first().unwrap());
+        assert_eq!(server.stats().token_requests, 1);
+    }
+
+    #[test]
     fn a_replaced_keyring_key_empties_the_store_and_says_so() {
         let server = refreshing_server();
         let scratch = Scratch::new("keyring-replaced");

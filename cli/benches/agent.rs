@@ -48,6 +48,8 @@ fn main() {
         .arg("--socket")
         .arg(&socket)
         .env("TOKENLEASE_CACHE_DIR", dir.join("cache"))
+        // Plaintext mode, as before the keyring: no keyring entry left behind per run.
+        .env("TOKENLEASE_KEYRING", "off")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

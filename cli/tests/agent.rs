@@ -26,6 +26,15 @@ impl Agent {
     /// With `cache`, the store directory is shared (agents on one host, or a network
     /// file system).
     fn start_with_cache(server: &TestServer, extra: &[&str], cache: Option<&Path>) -> Agent {
+        let config = serde_json::json!({"source": {"type": "oauth2",
+            "token_url": server.token_url(), "client_id": "demo-client",
+            "client_secret": "demo-secret"}});
+        Self::launch(&config, extra, cache)
+    }
+
+    /// An agent serving `config` as credential `api`, with its own directories: socket,
+    /// cache (unless `cache` is given), runtime, home and XDG directories.
+    fn launch(config: &serde_json::Value, extra: &[&str], cache: Option<&Path>) -> Agent {
         let dir = std::env::temp_dir().join(format!(
             "tokenlease-agent-{}-{}",
             std::process::id(),
@@ -35,14 +44,9 @@ impl Agent {
                 .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("api.json");
-        std::fs::write(
-            &config,
-            serde_json::json!({"source": {"type": "oauth2", "token_url": server.token_url(),
-                "client_id": "demo-client", "client_secret": "demo-secret"}})
-            .to_string(),
-        )
-        .unwrap();
+        let config_file = dir.join("api.json");
+        std::fs::write(&config_file, config.to_string()).unwrap();
+        let config = config_file;
         let socket = dir.join("run").join("agent.sock");
         let mut child = Command::new(BINARY)
             .arg("serve")
@@ -59,6 +63,11 @@ impl Agent {
                 "TOKENLEASE_STORE_KEY",
                 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
             )
+            .env("TOKENLEASE_KEYRING", "off")
+            .env("HOME", dir.join("home"))
+            .env("XDG_CACHE_HOME", dir.join("xdg-cache"))
+            .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+            .env("XDG_RUNTIME_DIR", dir.join("xdg-run"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -360,6 +369,8 @@ fn logs_are_json_lines_without_tokens() {
         .arg("--socket")
         .arg(&socket)
         .env("TOKENLEASE_CACHE_DIR", dir.join("cache"))
+        // No keyring entry left behind per run (the store key does not matter here).
+        .env("TOKENLEASE_KEYRING", "off")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -403,4 +414,223 @@ fn logs_are_json_lines_without_tokens() {
     assert!(!text.contains(&token), "no token in the logs");
     assert!(!text.contains("demo-secret"), "no secret in the logs");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A throwaway `redis-server` on 127.0.0.1 (a free port, no persistence), killed when
+/// dropped (the test passed or panicked) and, should the test process die first, by the
+/// kernel (`PR_SET_PDEATHSIG`).
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// `None` (after `NOT RUN: redis-server not installed`) without `redis-server`; with
+    /// `CI=true` that is a failure (CI installs it: scripts/test-all).
+    fn start() -> Option<Redis> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !installed {
+            eprintln!("NOT RUN: redis-server not installed");
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI must run this test: install redis-server (scripts/test-all does)"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null());
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: one prctl call between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut redis = Redis {
+            child: command.spawn().expect("redis-server starts"),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis.ping() {
+            if let Some(status) = redis.child.try_wait().unwrap() {
+                panic!("redis-server exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server answers within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// One command in RESP; the raw answer (bounded in time).
+    fn command(&self, words: &[&str]) -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut request = format!("*{}\r\n", words.len());
+        for word in words {
+            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = vec![0u8; 64 * 1024];
+        let read = stream.read(&mut answer).ok()?;
+        Some(String::from_utf8_lossy(&answer[..read]).into_owned())
+    }
+
+    fn ping(&self) -> bool {
+        self.command(&["PING"])
+            .is_some_and(|answer| answer == "+PONG\r\n")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Several hosts sharing one Redis store: three agents that share nothing but the Redis
+/// URL and key prefix (each its own cache, runtime, home and XDG directories, socket and
+/// configuration file). The "hosts" are simulated: three processes on this machine whose
+/// only common state is the Redis server (and the token server they all call). 1,000
+/// concurrent clients spread over the three agents, cold and then at each token's expiry:
+/// exactly one token request per token lifetime at the server.
+#[test]
+fn agents_on_several_hosts_sharing_redis_make_one_token_request_per_lifetime() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let ttl = Duration::from_secs(6);
+    let server = TestServer::start_background(ServerConfig {
+        default_ttl: ttl,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let prefix = format!(
+        "tokenlease-agents-{}-{}:",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    // Refresh 1.5 s before expiry (jitter up to 0.15 s), callers wait from 0.6 s before.
+    let config = serde_json::json!({
+        "source": {"type": "oauth2", "token_url": server.token_url(),
+            "client_id": "demo-client", "client_secret": "demo-secret"},
+        "policy": {"advisory_fraction": 0.25, "advisory_min_s": 1.0,
+            "mandatory_fraction": 0.1, "mandatory_min_s": 0.5},
+        "store": {"type": "redis", "url": redis.url(), "prefix": prefix},
+    });
+    let agents: Vec<Agent> = (0..3).map(|_| Agent::launch(&config, &[], None)).collect();
+    let sockets: Vec<PathBuf> = agents.iter().map(|agent| agent.socket.clone()).collect();
+
+    // 1,000 clients at once, round robin over the agents: the one token they all got and
+    // its expiry.
+    let burst = |phase: &str| -> (String, SystemTime) {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(1000));
+        let clients: Vec<_> = (0..1000)
+            .map(|client| {
+                let socket = sockets[client % sockets.len()].clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let stream = UnixStream::connect(&socket).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    exchange(stream, "GET", "/v1/token/api", "", "")
+                })
+            })
+            .collect();
+        let mut tokens = std::collections::BTreeMap::new();
+        for client in clients {
+            let (status, body) = client.join().unwrap();
+            assert_eq!(status, 200, "{phase}: {body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            tokens.insert(
+                json["access_token"].as_str().unwrap().to_owned(),
+                json["expires_at"].as_str().unwrap().to_owned(),
+            );
+        }
+        assert_eq!(tokens.len(), 1, "{phase}: every client got the one token");
+        let (token, expires_at) = tokens.into_iter().next().unwrap();
+        let expires_at = tokenlease::session::parse_rfc3339(&expires_at).unwrap();
+        (token, expires_at)
+    };
+    // Past a token's expiry: the agents give it in whole seconds, so up to 1 s after.
+    let wait_past = |expires_at: SystemTime| {
+        let until = expires_at + Duration::from_secs(1);
+        if let Ok(left) = until.duration_since(SystemTime::now()) {
+            assert!(left < ttl + Duration::from_secs(2), "{left:?}");
+            std::thread::sleep(left);
+        }
+    };
+
+    let (first, expires_at) = burst("cold");
+    assert_eq!(server.stats().token_requests, 1, "cold: one request");
+    let stored = redis.command(&["KEYS", &format!("{prefix}*")]).unwrap();
+    assert!(
+        stored.starts_with('*') && !stored.starts_with("*0"),
+        "the token is in Redis under the prefix: {stored}"
+    );
+    for agent in &agents {
+        assert!(
+            !agent.dir.join("cache").join("cli-store").exists(),
+            "no agent used a file store"
+        );
+    }
+
+    wait_past(expires_at);
+    let (second, expires_at) = burst("first expiry");
+    assert_ne!(second, first);
+    assert_eq!(
+        server.stats().token_requests,
+        2,
+        "the three agents made one request for the second lifetime"
+    );
+
+    wait_past(expires_at);
+    let (third, _) = burst("second expiry");
+    assert_ne!(third, second);
+    assert_eq!(
+        server.stats().token_requests,
+        3,
+        "and one for the third lifetime"
+    );
+    drop(agents);
+    let _ = redis.command(&["FLUSHALL"]);
 }

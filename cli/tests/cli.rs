@@ -375,3 +375,467 @@ fn status_and_revoke() {
     assert_ne!(token(&scratch, &config), raw);
     assert_eq!(server.stats().token_requests, 2);
 }
+
+/// The default store's key from the kernel keyring (Linux): `TOKENLEASE_STORE_KEY` unset,
+/// `TOKENLEASE_KEYRING` on. Each test has its own cache directory, so its own keyring entry,
+/// which it removes at the end (also when it fails). Where the machine's keyring is
+/// unavailable, the tests say `NOT RUN: kernel keyring unavailable (...)` and check the
+/// fallback (plaintext mode) instead.
+#[cfg(target_os = "linux")]
+mod keyring {
+    use super::*;
+    use linux_keyutils::{KeyRing, KeyRingIdentifier};
+    use sha2::{Digest, Sha256};
+
+    /// The keyrings the command may use (see `cli/src/store_key.rs`).
+    fn rings() -> Vec<KeyRing> {
+        [
+            KeyRing::get_persistent(KeyRingIdentifier::User).ok(),
+            KeyRing::from_special_id(KeyRingIdentifier::User, false).ok(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The payload of the entry `name`, if there is one.
+    fn entry_payload(name: &str) -> Option<Vec<u8>> {
+        rings()
+            .iter()
+            .find_map(|ring| ring.search(name).ok())
+            .map(|key| key.read_to_vec().expect("the entry is readable"))
+    }
+
+    /// The entry name the command uses for a cache directory.
+    fn entry_name(cache: &Path) -> String {
+        let canonical = std::fs::canonicalize(cache).unwrap();
+        let digest = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("tokenlease:store-key:{hex}")
+    }
+
+    /// Removes a keyring entry when dropped (the test passed or not).
+    struct Entry(String);
+
+    impl Drop for Entry {
+        fn drop(&mut self) {
+            for ring in rings() {
+                while let Ok(key) = ring.search(&self.0) {
+                    if key.invalidate().is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    impl Scratch {
+        /// The command without `TOKENLEASE_STORE_KEY`, keyring on.
+        fn keyring_command(&self) -> Command {
+            let mut command = self.command();
+            command
+                .env_remove("TOKENLEASE_STORE_KEY")
+                .env("TOKENLEASE_KEYRING", "on");
+            command
+        }
+
+        fn status(&self, command: &mut Command, config: &Path) -> serde_json::Value {
+            let out = command
+                .args(["status", "--config", config.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            serde_json::from_slice(&out.stdout).unwrap()
+        }
+
+        /// Every record file of the default store, concatenated.
+        fn store_files(&self) -> String {
+            let dir = self.path("cache").join("cli-store");
+            let mut all = String::new();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|ext| ext == "token") {
+                    all.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+            all
+        }
+    }
+
+    fn run_ok(mut command: Command, args: &[&str]) -> Output {
+        let out = command.args(args).output().expect("the binary runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    }
+
+    fn refreshing_server() -> TestServer {
+        TestServer::start_background(ServerConfig {
+            refresh_for_client_credentials: true,
+            ..ServerConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// Plaintext mode: the token is in the store file as it is, without a refresh token.
+    fn assert_plaintext_mode(scratch: &Scratch, status: &serde_json::Value, raw: &str) {
+        assert_eq!(status["store_key"], "none", "{status}");
+        assert_eq!(status["has_refresh_token"], false, "{status}");
+        assert!(
+            scratch.store_files().contains(raw),
+            "plaintext mode keeps the access token as it is"
+        );
+    }
+
+    /// `Some(errno)` with a `NOT RUN` line when the command found no usable keyring.
+    fn keyring_unavailable(status: &serde_json::Value) -> Option<String> {
+        if status["store_key"] == "keyring" {
+            return None;
+        }
+        let detail = status["store_key_detail"].as_str().unwrap_or_default();
+        let errno = detail
+            .rsplit_once('(')
+            .map_or(detail, |(_, errno)| errno.trim_end_matches(')'))
+            .to_owned();
+        eprintln!("NOT RUN: kernel keyring unavailable ({errno}); checked the fallback instead");
+        Some(errno)
+    }
+
+    /// Runs `command` with the keyring system calls refused (`EPERM`), as a container's
+    /// seccomp profile does (spawning fails where the filter cannot be installed).
+    fn deny_keyring(command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let refuse = libc::SECCOMP_RET_ERRNO | (libc::EPERM as u32 & libc::SECCOMP_RET_DATA);
+        let statement = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jump_if = |nr: libc::c_long, jt: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf: 0,
+            k: nr as u32,
+        };
+        // seccomp_data.nr is at offset 0; the three keyring calls jump to the last line.
+        let filter = [
+            statement(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+            jump_if(libc::SYS_add_key, 3),
+            jump_if(libc::SYS_request_key, 2),
+            jump_if(libc::SYS_keyctl, 1),
+            statement(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+            statement(libc::BPF_RET | libc::BPF_K, refuse),
+        ];
+        // SAFETY: between fork and exec the closure makes two prctl calls (async-signal-safe)
+        // on a filter built before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let program = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(
+                        libc::PR_SET_SECCOMP,
+                        libc::SECCOMP_MODE_FILTER,
+                        &program as *const libc::sock_fprog,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Runs `command` in a new (anonymous) session keyring, as another login session would:
+    /// the key must not depend on the session keyring of the process that made it.
+    fn new_session_keyring(command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: one keyctl system call between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // KEYCTL_JOIN_SESSION_KEYRING (1) with no name: a new anonymous session keyring.
+                if libc::syscall(libc::SYS_keyctl, 1, std::ptr::null::<libc::c_char>()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn the_kernel_keyring_keeps_the_store_key_across_invocations() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring");
+        let config = scratch.config(&server, "demo-secret");
+        let config_arg = config.to_str().unwrap();
+        // 1st invocation: no key anywhere yet; the keyring gets one.
+        let raw = text(
+            &run_ok(
+                scratch.keyring_command(),
+                &["token", "--config", config_arg],
+            )
+            .stdout,
+        );
+        let entry = Entry(entry_name(&scratch.path("cache")));
+        let status = scratch.status(&mut scratch.keyring_command(), &config);
+        if keyring_unavailable(&status).is_some() {
+            assert_plaintext_mode(&scratch, &status, &raw);
+            return;
+        }
+        assert_eq!(status["keyring_entry"], entry.0.as_str(), "{status}");
+        let payload = entry_payload(&entry.0).expect("the entry is in the user's keyring");
+        assert_eq!(payload.len(), 44, "base64 of 32 bytes");
+        assert!(!status
+            .to_string()
+            .contains(std::str::from_utf8(&payload).unwrap()));
+        let stored = scratch.store_files();
+        assert!(stored.contains("xchacha20poly1305"), "sealed");
+        assert!(
+            !stored.contains(&raw),
+            "the token is not in the store file as it is"
+        );
+        assert_eq!(status["has_refresh_token"], true, "{status}");
+        assert_eq!(status["state"], "Fresh", "{status}");
+
+        // 2nd invocation: a fresh process in another session keyring reads the same key.
+        let mut second = scratch.keyring_command();
+        new_session_keyring(&mut second);
+        let out = run_ok(second, &["token", "--config", config_arg]);
+        assert_eq!(text(&out.stdout), raw);
+        assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+        assert_eq!(
+            server.stats().token_requests,
+            1,
+            "the sealed store was read"
+        );
+        assert_eq!(
+            entry_payload(&entry.0).unwrap(),
+            payload,
+            "the key was kept"
+        );
+    }
+
+    #[test]
+    fn concurrent_first_invocations_make_one_keyring_key() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring-cold");
+        let config = scratch.config(&server, "demo-secret");
+        let config_arg = config.to_str().unwrap();
+        let children: Vec<_> = (0..20)
+            .map(|_| {
+                scratch
+                    .keyring_command()
+                    .args(["token", "--config", config_arg])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<Output> = children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect();
+        let _cleanup = Entry(entry_name(&scratch.path("cache")));
+        let mut tokens = std::collections::BTreeSet::new();
+        for out in &outputs {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            tokens.insert(text(&out.stdout));
+        }
+        let status = scratch.status(&mut scratch.keyring_command(), &config);
+        if keyring_unavailable(&status).is_some() {
+            assert_plaintext_mode(&scratch, &status, tokens.first().unwrap());
+            return;
+        }
+        // Two keys would show: a sibling sealing with the other key cannot read the
+        // record, and fetches again.
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(server.stats().token_requests, 1);
+        assert_eq!(status["has_refresh_token"], true, "{status}");
+        let out = run_ok(
+            scratch.keyring_command(),
+            &["token", "--config", config_arg],
+        );
+        assert_eq!(text(&out.stdout), *tokens.first().unwrap());
+        assert_eq!(server.stats().token_requests, 1);
+    }
+
+    #[test]
+    fn a_replaced_keyring_key_empties_the_store_and_says_so() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring-replaced");
+        let config = scratch.config(&server, "demo-secret");
+        let config_arg = config.to_str().unwrap();
+        let first = text(
+            &run_ok(
+                scratch.keyring_command(),
+                &["token", "--config", config_arg],
+            )
+            .stdout,
+        );
+        let entry = Entry(entry_name(&scratch.path("cache")));
+        let status = scratch.status(&mut scratch.keyring_command(), &config);
+        if keyring_unavailable(&status).is_some() {
+            assert_plaintext_mode(&scratch, &status, &first);
+            return;
+        }
+        // The entry gets another key (as after a reboot emptied the keyring).
+        let key = rings()
+            .iter()
+            .find_map(|ring| ring.search(&entry.0).ok())
+            .unwrap();
+        key.update(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+            .unwrap();
+        let status = scratch.status(&mut scratch.keyring_command(), &config);
+        assert_eq!(status["state"], "Empty", "{status}");
+        assert!(
+            status["store_error"]
+                .as_str()
+                .unwrap()
+                .contains("sealed with another key than the keyring's"),
+            "{status}"
+        );
+        let out = run_ok(
+            scratch.keyring_command(),
+            &["token", "--config", config_arg],
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("sealed with another key than the keyring's")
+                && stderr.contains("treated as empty"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one notice: {stderr}");
+        let second = text(&out.stdout);
+        assert_ne!(second, first, "a new token");
+        assert_eq!(server.stats().token_requests, 2);
+        // The new token was sealed with the new key: the next invocation reads it.
+        let out = run_ok(
+            scratch.keyring_command(),
+            &["token", "--config", config_arg],
+        );
+        assert_eq!(text(&out.stdout), second);
+        assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+        assert_eq!(server.stats().token_requests, 2);
+    }
+
+    #[test]
+    fn opting_out_of_the_keyring_is_plaintext_mode() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring-off");
+        let config = scratch.config(&server, "demo-secret");
+        let mut off = scratch.keyring_command();
+        off.env("TOKENLEASE_KEYRING", "off");
+        let raw = text(&run_ok(off, &["token", "--config", config.to_str().unwrap()]).stdout);
+        let mut off = scratch.keyring_command();
+        off.env("TOKENLEASE_KEYRING", "off");
+        let status = scratch.status(&mut off, &config);
+        assert_plaintext_mode(&scratch, &status, &raw);
+        assert!(
+            status["store_key_detail"]
+                .as_str()
+                .unwrap()
+                .contains("TOKENLEASE_KEYRING=off"),
+            "{status}"
+        );
+        let name = entry_name(&scratch.path("cache"));
+        let _cleanup = Entry(name.clone());
+        assert!(entry_payload(&name).is_none(), "no keyring entry was made");
+        // A misspelt opt-out is refused, not taken as `on`.
+        let mut typo = scratch.keyring_command();
+        typo.env("TOKENLEASE_KEYRING", "of");
+        let out = typo
+            .args(["status", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(18), "configuration");
+        assert!(text(&out.stderr).contains("TOKENLEASE_KEYRING"));
+        assert!(entry_payload(&name).is_none());
+    }
+
+    #[test]
+    fn the_environment_key_beats_the_keyring() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring-env");
+        let config = scratch.config(&server, "demo-secret");
+        let mut command = scratch.keyring_command();
+        command.env("TOKENLEASE_STORE_KEY", STORE_KEY);
+        let raw = text(&run_ok(command, &["token", "--config", config.to_str().unwrap()]).stdout);
+        let name = entry_name(&scratch.path("cache"));
+        let _cleanup = Entry(name.clone());
+        let mut command = scratch.keyring_command();
+        command.env("TOKENLEASE_STORE_KEY", STORE_KEY);
+        let status = scratch.status(&mut command, &config);
+        assert_eq!(status["store_key"], "env", "{status}");
+        assert_eq!(
+            status["store_key_detail"], "TOKENLEASE_STORE_KEY",
+            "{status}"
+        );
+        assert_eq!(status["has_refresh_token"], true, "{status}");
+        assert!(!scratch.store_files().contains(&raw), "sealed");
+        assert!(entry_payload(&name).is_none(), "the keyring was not used");
+        assert_eq!(server.stats().token_requests, 1);
+    }
+
+    #[test]
+    fn a_refused_keyring_is_plaintext_mode_with_a_notice() {
+        let server = refreshing_server();
+        let scratch = Scratch::new("keyring-refused");
+        let config = scratch.config(&server, "demo-secret");
+        let config_arg = config.to_str().unwrap();
+        let mut command = scratch.keyring_command();
+        deny_keyring(&mut command);
+        let started = std::time::Instant::now();
+        let out = match command.args(["token", "--config", config_arg]).output() {
+            Ok(out) => out,
+            Err(err) => {
+                eprintln!("NOT RUN: cannot install a seccomp filter here ({err})");
+                return;
+            }
+        };
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let raw = text(&out.stdout);
+        let mut command = scratch.keyring_command();
+        deny_keyring(&mut command);
+        let status = scratch.status(&mut command, &config);
+        assert_plaintext_mode(&scratch, &status, &raw);
+        let detail = status["store_key_detail"].as_str().unwrap();
+        assert!(
+            detail.contains("kernel keyring is unavailable (EPERM)"),
+            "{detail}"
+        );
+        // On a terminal, one line says so (`script` gives the command a terminal).
+        let mut terminal = Command::new("script");
+        terminal
+            .args(["-qec"])
+            .arg(format!("'{BINARY}' token --config '{config_arg}'"))
+            .arg("/dev/null")
+            .env("TOKENLEASE_CACHE_DIR", scratch.path("cache"))
+            .env_remove("TOKENLEASE_STORE_KEY")
+            .env("TOKENLEASE_KEYRING", "on");
+        deny_keyring(&mut terminal);
+        match terminal.output() {
+            Ok(out) => {
+                let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+                assert!(out.status.success(), "{shown}");
+                let notices: Vec<&str> = shown
+                    .lines()
+                    .filter(|line| line.contains("store key"))
+                    .collect();
+                assert_eq!(notices.len(), 1, "{shown}");
+                assert!(
+                    notices[0].contains("no store key")
+                        && notices[0].contains("EPERM")
+                        && notices[0].contains("without their refresh tokens"),
+                    "{shown}"
+                );
+                assert!(shown.contains(&raw), "{shown}");
+            }
+            Err(err) => eprintln!("NOT RUN: the terminal notice (no `script` command: {err})"),
+        }
+        assert_eq!(server.stats().token_requests, 1);
+    }
+}

@@ -87,7 +87,7 @@ impl ManualClock {
 }
 
 fn positive_seconds(name: &str, seconds: f64) -> PyResult<Duration> {
-    if seconds.is_finite() && seconds >= 0.0 && seconds < 1e12 {
+    if (0.0..1e12).contains(&seconds) {
         Ok(Duration::from_secs_f64(seconds))
     } else {
         Err(PyValueError::new_err(format!(

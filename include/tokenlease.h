@@ -847,6 +847,34 @@ tl_result tl_manager_remember_dpop_nonce(const struct tl_manager *mgr,
                                          bool *is_new);
 
 /**
+ * Core's answer after an API request made with `token` to `url` was answered with
+ * `status` and `headers`: it keeps the `DPoP-Nonce` the response carried, whatever the
+ * status, and `*resend` receives whether to send the same request once more with a new
+ * proof (`tl_manager_dpop_proof`) — only for a DPoP-bound token whose 401 brought a new
+ * nonce (RFC 9449 §9). Call it for every response to a request that carried a proof, before
+ * `tl_manager_judge_response`; resend at most once. (This replaces checking
+ * `tl_manager_remember_dpop_nonce`'s answer and the status yourself.)
+ *
+ * `headers`: `count` response headers (at most `TL_MAX_JUDGED_HEADERS` are read; NULL when
+ * `count` is 0), each name and value NUL-terminated UTF-8 (`TL_NULL_ARGUMENT` /
+ * `TL_INVALID_UTF8` otherwise). `TL_USAGE` when `url` is not an absolute URL.
+ *
+ * Thread-safety: callable from any thread; never blocks.
+ *
+ * # Safety
+ * `mgr` must be NULL or a live manager; `token` NULL or a live `tl_token`; `url` NULL or
+ * NUL-terminated; `headers` NULL or readable for `min(count, TL_MAX_JUDGED_HEADERS)`
+ * elements whose strings are NULL or NUL-terminated; `resend` NULL or writable.
+ */
+tl_result tl_manager_dpop_resend(const struct tl_manager *mgr,
+                                 const struct tl_token *token,
+                                 const char *url,
+                                 uint16_t status,
+                                 const struct tl_header *headers,
+                                 size_t count,
+                                 bool *resend);
+
+/**
  * Asks the server about the current session (`session.info` in the configuration, e.g.
  * vSphere's `GET /api/session`: whose session it is, whether it is alive) and copies the
  * response body into `buf`, NUL-terminated, its length in `*written`. Gets a session

@@ -19,7 +19,7 @@
 //! `events` (events as dicts for the listener), `dispatch` (the completion thread,
 //! `flush_events`, shutdown), `manager` (the public `Manager` class, with core's HTTP
 //! decisions for the adapters: `request_header`, `authorize_body`, `judge_response`,
-//! `dpop_proof`, `remember_dpop_nonce`) and
+//! `dpop_proof`, `dpop_resend`, `remember_dpop_nonce`) and
 //! `http` (their argument conversions).
 
 mod dispatch;

@@ -415,6 +415,28 @@ impl Manager {
         Ok(proof.map(|proof| PyString::new(py, proof.expose())))
     }
 
+    /// After an API request made with a token of ``token_type`` to ``url`` was answered with
+    /// ``status`` and ``headers`` (a mapping or ``(name, value)`` pairs; the first 256 are
+    /// read): keeps the ``DPoP-Nonce`` it carried, whatever the status, and returns whether
+    /// to send the same request once more with a new proof (a DPoP-bound token's 401 that
+    /// brought a new nonce). Core decides; the adapters only ask.
+    #[pyo3(signature = (token_type, url, status, headers=None))]
+    fn dpop_resend(
+        &self,
+        token_type: &str,
+        url: &str,
+        status: u16,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let pairs = crate::http::header_pairs(headers, "dpop_resend")?;
+        let Ok(url) = reqwest::Url::parse(url) else {
+            return Ok(false);
+        };
+        Ok(self
+            .inner
+            .dpop_resend(token_type, &url, status, &crate::http::header_map(&pairs)))
+    }
+
     /// Keeps the ``DPoP-Nonce`` a response from ``url`` carried (``headers``: a mapping or
     /// ``(name, value)`` pairs; the first 256 are read), for the next proofs to that origin.
     /// ``True`` when the nonce is new: a 401 that brings one is worth sending once more,

@@ -263,6 +263,16 @@ def test_dpop_client_credentials_give_a_bound_token_and_proofs(
         assert nonced is not None and _jwt(nonced)[1]["nonce"] == "n-1"
         with pytest.raises(TypeError, match="remember_dpop_nonce"):
             manager.remember_dpop_nonce(url, [("DPoP-Nonce", 1)])  # type: ignore[list-item]
+        # Whether to send once more is core's answer: a 401 with a new nonce, for this
+        # DPoP-bound token only; every nonce is kept, also from a 200.
+        assert manager.dpop_resend("DPoP", url, 200, [("DPoP-Nonce", "n-3")]) is False
+        assert manager.dpop_resend("DPoP", url, 401, [("DPoP-Nonce", "n-3")]) is False
+        assert manager.dpop_resend("DPoP", url, 401, [("DPoP-Nonce", "n-4")]) is True
+        assert manager.dpop_resend("Bearer", url, 401, [("DPoP-Nonce", "n-5")]) is False
+        latest = manager.dpop_proof(info, "GET", url)
+        assert latest is not None and _jwt(latest)[1]["nonce"] == "n-5"
+        with pytest.raises(TypeError, match="dpop_resend"):
+            manager.dpop_resend("DPoP", url, 401, [("DPoP-Nonce", 1)])  # type: ignore[list-item]
         assert info.value not in repr(info) and proof not in repr(info)
         with pytest.raises(TypeError):
             manager.dpop_proof(info.value, "GET", url)  # type: ignore[arg-type]

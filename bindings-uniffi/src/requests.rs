@@ -65,14 +65,31 @@ impl NativeTokenManager {
             .dpop_proof(&method, &url, &token.value, &token.token_type)?)
     }
 
+    /// Core's answer after an API request made with `token` to `url` was answered with
+    /// `status` and `headers` (as received): it keeps the response's `DPoP-Nonce`, whatever
+    /// the status, and says whether to send the same request once more with a new proof (a
+    /// DPoP-bound token's 401 that brought a new nonce). Ask it for every response to a
+    /// request that carried a proof, before `judge_response`; resend at most once.
+    pub fn dpop_resend(
+        &self,
+        token: TokenInfo,
+        url: String,
+        status: u16,
+        headers: Vec<ResponseHeader>,
+    ) -> bool {
+        self.manager().dpop_resend_with_pairs(
+            &token.token_type,
+            &url,
+            status,
+            &header_pairs(&headers),
+        )
+    }
+
     /// Keeps the `DPoP-Nonce` a response from `url` carried (`headers` as received); true
-    /// when it is new: a 401 that brings one is worth sending once more with a new proof.
+    /// when it is new. (Whether to resend a request is `dpop_resend`'s answer.)
     pub fn remember_dpop_nonce(&self, url: String, headers: Vec<ResponseHeader>) -> bool {
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|header| (header.name.as_str(), header.value.as_str()))
-            .collect();
-        self.manager().observe_dpop_nonce(&url, &headers)
+        self.manager()
+            .observe_dpop_nonce(&url, &header_pairs(&headers))
     }
 
     /// Asks the server about the current session (vSphere's `GET /api/session`: whose it
@@ -93,12 +110,15 @@ impl NativeTokenManager {
         headers: Vec<ResponseHeader>,
         body_prefix: Vec<u8>,
     ) -> bool {
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|header| (header.name.as_str(), header.value.as_str()))
-            .collect();
         self.manager()
-            .judge_response(generation, status, &headers, &body_prefix)
+            .judge_response(generation, status, &header_pairs(&headers), &body_prefix)
             == tokenlease::ResponseVerdict::Rejected
     }
+}
+
+fn header_pairs(headers: &[ResponseHeader]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|header| (header.name.as_str(), header.value.as_str()))
+        .collect()
 }

@@ -915,3 +915,51 @@ fn scenario_client(sim: &Sim, config: &str, at: &str) -> AuthorizedClient {
     let authorizer = manager.authorizer();
     AuthorizedClient::new(manager, authorizer).unwrap()
 }
+
+/// Whether to send an API request once more with a new DPoP proof is decided in core alone:
+/// every nonce is kept (also from a 200), and only a DPoP-bound token's 401 that brought a
+/// new nonce is worth a resend.
+#[test]
+fn core_alone_decides_a_dpop_nonce_resend() {
+    let manager = Manager::from_config(
+        r#"{"source": {"type": "oauth2", "token_url": "http://127.0.0.1:9/token",
+            "client_id": "c", "client_secret": "s", "dpop": true}}"#,
+    )
+    .unwrap();
+    let api = "https://api.example/v1/items";
+    let nonce = |value: &'static str| [("DPoP-Nonce", value)];
+    // A 200 brings a nonce: kept, nothing to resend.
+    assert!(!manager.dpop_resend_with_pairs("DPoP", api, 200, &nonce("n-1")));
+    // The same nonce on a 401 is not new: resending would not help.
+    assert!(!manager.dpop_resend_with_pairs("DPoP", api, 401, &nonce("n-1")));
+    // A new nonce on a 401 for a DPoP-bound token: once more.
+    assert!(manager.dpop_resend_with_pairs("dpop", api, 401, &nonce("n-2")));
+    // A bearer token never carries a proof, so never a resend.
+    assert!(!manager.dpop_resend_with_pairs("Bearer", api, 401, &nonce("n-3")));
+    // No nonce, another status, or a URL that is not one: nothing.
+    assert!(!manager.dpop_resend_with_pairs("DPoP", api, 401, &[]));
+    assert!(!manager.dpop_resend_with_pairs("DPoP", api, 400, &nonce("n-4")));
+    assert!(!manager.dpop_resend_with_pairs("DPoP", "not a url", 401, &nonce("n-5")));
+    // The nonce of the 200 was kept: the next proof carries the newest one.
+    let proof = manager
+        .dpop_proof("GET", api, &tokenlease::SecretString::from("t"), "DPoP")
+        .unwrap()
+        .unwrap();
+    let claims = proof.expose().split('.').nth(1).unwrap().to_owned();
+    use base64::Engine as _;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["nonce"], "n-4", "{claims}");
+
+    // A manager without DPoP keeps no nonce and resends nothing.
+    let plain = Manager::from_config(
+        r#"{"source": {"type": "oauth2", "token_url": "http://127.0.0.1:9/token",
+            "client_id": "c", "client_secret": "s"}}"#,
+    )
+    .unwrap();
+    assert!(!plain.dpop_resend_with_pairs("DPoP", api, 401, &nonce("n-6")));
+}

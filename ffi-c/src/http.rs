@@ -3,7 +3,7 @@
 //! in bodies (`tl_manager_authorize_body`), and what a response means
 //! (`tl_manager_needs_response_body`, `tl_manager_judge_response`), the DPoP proof of an
 //! API request with a bound token and the server nonces it needs (`tl_manager_dpop_proof`,
-//! `tl_manager_remember_dpop_nonce`), plus the session info request
+//! `tl_manager_dpop_resend`, `tl_manager_remember_dpop_nonce`), plus the session info request
 //! (`tl_manager_session_info`). All of it is `tokenlease::Manager`'s; these exports convert
 //! arguments and results.
 
@@ -489,18 +489,59 @@ pub unsafe extern "C" fn tl_manager_remember_dpop_nonce(
         // SAFETY: per the contract.
         let pairs = unsafe { header_args(headers, count) }?;
         let url = absolute_url(url, "tl_manager_remember_dpop_nonce")?;
-        let mut map = reqwest::header::HeaderMap::new();
-        for (name, value) in pairs {
-            if let (Ok(name), Ok(value)) = (
-                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
-                reqwest::header::HeaderValue::from_str(value),
-            ) {
-                map.append(name, value);
-            }
-        }
-        let fresh = mgr.manager.remember_dpop_nonce(&url, &map);
+        let fresh = mgr.manager.observe_dpop_nonce(url.as_str(), &pairs);
         // SAFETY: as above.
         unsafe { is_new.write(fresh) };
+        Ok(())
+    })
+}
+
+/// Core's answer after an API request made with `token` to `url` was answered with
+/// `status` and `headers`: it keeps the `DPoP-Nonce` the response carried, whatever the
+/// status, and `*resend` receives whether to send the same request once more with a new
+/// proof (`tl_manager_dpop_proof`) — only for a DPoP-bound token whose 401 brought a new
+/// nonce (RFC 9449 §9). Call it for every response to a request that carried a proof, before
+/// `tl_manager_judge_response`; resend at most once. (This replaces checking
+/// `tl_manager_remember_dpop_nonce`'s answer and the status yourself.)
+///
+/// `headers`: `count` response headers (at most `TL_MAX_JUDGED_HEADERS` are read; NULL when
+/// `count` is 0), each name and value NUL-terminated UTF-8 (`TL_NULL_ARGUMENT` /
+/// `TL_INVALID_UTF8` otherwise). `TL_USAGE` when `url` is not an absolute URL.
+///
+/// Thread-safety: callable from any thread; never blocks.
+///
+/// # Safety
+/// `mgr` must be NULL or a live manager; `token` NULL or a live `tl_token`; `url` NULL or
+/// NUL-terminated; `headers` NULL or readable for `min(count, TL_MAX_JUDGED_HEADERS)`
+/// elements whose strings are NULL or NUL-terminated; `resend` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn tl_manager_dpop_resend(
+    mgr: *const tl_manager,
+    token: *const tl_token,
+    url: *const c_char,
+    status: u16,
+    headers: *const tl_header,
+    count: usize,
+    resend: *mut bool,
+) -> tl_result {
+    manager_call(mgr, |mgr| {
+        // SAFETY: NULL or a live tl_token per the contract.
+        let token = unsafe { token_arg(token) }?.token();
+        // SAFETY: NULL or NUL-terminated per the contract.
+        let url = unsafe { str_arg(url, "url") }?;
+        if resend.is_null() {
+            return Err(Failure::null("resend"));
+        }
+        // SAFETY: writable per the contract (checked above).
+        unsafe { resend.write(false) };
+        // SAFETY: per the contract.
+        let pairs = unsafe { header_args(headers, count) }?;
+        let url = absolute_url(url, "tl_manager_dpop_resend")?;
+        let again =
+            mgr.manager
+                .dpop_resend_with_pairs(token.token_type(), url.as_str(), status, &pairs);
+        // SAFETY: as above.
+        unsafe { resend.write(again) };
         Ok(())
     })
 }

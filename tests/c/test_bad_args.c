@@ -622,6 +622,22 @@ static void test_request_decision_arguments(void) {
     CHECK(!is_new);
     /* Huge counts are bounded (only TL_MAX_JUDGED_HEADERS headers are read). */
     CHECK_RC(tl_manager_remember_dpop_nonce(mgr, api, headers, SIZE_MAX, &is_new), TL_OK);
+    /* tl_manager_dpop_resend: the same argument rules; a token without DPoP (this C
+     * source's) is never resent, and a huge count is bounded. */
+    bool resend = true;
+    CHECK_RC(tl_manager_dpop_resend(NULL, tok, api, 401, nonce_headers, 1, &resend), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_resend(mgr, NULL, api, 401, nonce_headers, 1, &resend), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, NULL, 401, nonce_headers, 1, &resend), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, NOT_UTF8, 401, nonce_headers, 1, &resend), TL_INVALID_UTF8);
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, api, 401, nonce_headers, 1, NULL), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, api, 401, NULL, 1, &resend), TL_NULL_ARGUMENT);
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, "not a url", 401, nonce_headers, 1, &resend), TL_USAGE);
+    CHECK(!resend);
+    resend = true;
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, api, 401, nonce_headers, 1, &resend), TL_OK);
+    CHECK(!resend);
+    CHECK_RC(tl_manager_dpop_resend(mgr, tok, api, 401, headers, SIZE_MAX, &resend), TL_OK);
+    CHECK(!resend);
 
     /* tl_manager_session_info: a C source has no session info request. */
     CHECK_RC(tl_manager_session_info(NULL, out, sizeof out, &written), TL_NULL_ARGUMENT);

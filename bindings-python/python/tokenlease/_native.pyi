@@ -183,6 +183,17 @@ class Manager:
         ``request_header``'s ``Authorization: DPoP …``. A new proof (new ``jti``, the
         server's latest nonce) on every call. ``None`` for other tokens. The proof is a
         credential: never log it."""
+    def dpop_resend(
+        self,
+        token_type: str,
+        url: str,
+        status: int,
+        headers: Union[Mapping[str, str], Iterable[Tuple[str, str]], None] = None,
+    ) -> bool:
+        """After an API request made with a token of ``token_type`` to ``url`` was answered
+        with ``status`` and ``headers``: keeps the ``DPoP-Nonce`` it carried, whatever the
+        status, and returns whether to send the same request once more with a new proof (a
+        DPoP-bound token's 401 that brought a new nonce). Core decides; the adapters only ask."""
     def remember_dpop_nonce(
         self,
         url: str,

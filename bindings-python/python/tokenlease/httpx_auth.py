@@ -20,7 +20,7 @@ headers and bytes:
 DPoP (RFC 9449, ``"dpop": true``): a token bound to the manager's key (``token_type``
 ``DPoP``) goes with ``Authorization: DPoP …`` and, on every request, a new proof in the
 ``DPoP`` header (``Manager.dpop_proof``, for the request's method and URL). A ``DPoP-Nonce``
-a response brings is kept for the next proofs (``Manager.remember_dpop_nonce``); when it
+a response brings is kept for the next proofs (``Manager.dpop_resend``); when it
 comes with a 401, the request is sent once more with a proof that carries it, before the
 response is judged.
 
@@ -88,15 +88,20 @@ def _origin(url: httpx.URL) -> Tuple[str, str, Optional[int]]:
 
 
 def _new_dpop_nonce(
-    manager: Manager, response: httpx.Response, proof: bool, sent: httpx.URL
+    manager: Manager, response: httpx.Response, proof: bool, sent: httpx.URL, info: TokenInfo
 ) -> bool:
-    """Keeps the ``DPoP-Nonce`` of a response to a request that carried a proof (``proof``)
-    to ``sent``; ``True`` when the response is a 401 from there that brought a new one (the
-    request is worth sending once more, with a new proof)."""
+    """Core's word on a response to a request that carried a proof (``proof``) to ``sent``:
+    it keeps the response's ``DPoP-Nonce``; ``True`` when the request is worth sending once
+    more with a new proof (never for a response from another origin)."""
     if not proof:
         return False
-    fresh = manager.remember_dpop_nonce(str(response.request.url), response.headers.multi_items())
-    return fresh and response.status_code == 401 and _origin(response.request.url) == _origin(sent)
+    resend = manager.dpop_resend(
+        info.token_type,
+        str(response.request.url),
+        response.status_code,
+        response.headers.multi_items(),
+    )
+    return resend and _origin(response.request.url) == _origin(sent)
 
 
 def _judge(
@@ -128,10 +133,10 @@ class TokenleaseHttpxAuth(httpx.Auth):
             info = manager.token_info()
             authorized, proof = _authorized(manager, request, content, cookie, info)
             response = yield authorized
-            if _new_dpop_nonce(manager, response, proof, request.url):
+            if _new_dpop_nonce(manager, response, proof, request.url, info):
                 authorized, proof = _authorized(manager, request, content, cookie, info)
                 response = yield authorized
-                _new_dpop_nonce(manager, response, proof, request.url)  # kept; not resent
+                _new_dpop_nonce(manager, response, proof, request.url, info)  # kept; not resent
             read = manager.needs_response_body(response.status_code)
             if read:
                 response.read()
@@ -148,10 +153,10 @@ class TokenleaseHttpxAuth(httpx.Auth):
             info = await manager.token_info_async()
             authorized, proof = _authorized(manager, request, content, cookie, info)
             response = yield authorized
-            if _new_dpop_nonce(manager, response, proof, request.url):
+            if _new_dpop_nonce(manager, response, proof, request.url, info):
                 authorized, proof = _authorized(manager, request, content, cookie, info)
                 response = yield authorized
-                _new_dpop_nonce(manager, response, proof, request.url)  # kept; not resent
+                _new_dpop_nonce(manager, response, proof, request.url, info)  # kept; not resent
             read = manager.needs_response_body(response.status_code)
             if read:
                 await response.aread()

@@ -21,7 +21,7 @@ headers and bytes:
 DPoP (RFC 9449, ``"dpop": true``): a token bound to the manager's key (``token_type``
 ``DPoP``) goes with ``Authorization: DPoP …`` and, on every request, a new proof in the
 ``DPoP`` header (``Manager.dpop_proof``, for the request's method and URL). A ``DPoP-Nonce``
-a response brings is kept for the next proofs (``Manager.remember_dpop_nonce``); when it
+a response brings is kept for the next proofs (``Manager.dpop_resend``); when it
 comes with a 401, the request (if replayable) is sent once more with a proof that carries
 it, before the response is judged. A redirect to another origin loses the proof with the
 token; a redirect to the same origin gets a proof for the new URL and method.
@@ -230,13 +230,15 @@ def _judge(manager: Manager, response: requests.Response, generation: int) -> bo
     return manager.judge_response(generation, status, list(response.headers.items()), prefix)
 
 
-def _new_dpop_nonce(manager: Manager, response: requests.Response) -> bool:
-    """Keeps the ``DPoP-Nonce`` of a response to a request that carried a proof; ``True``
-    when the response is a 401 that brought a new one (worth sending once more)."""
-    fresh = manager.remember_dpop_nonce(
-        response.url or response.request.url or "", list(response.headers.items())
+def _new_dpop_nonce(manager: Manager, response: requests.Response, info: TokenInfo) -> bool:
+    """Core's word on a response to a request that carried a proof: it keeps the response's
+    ``DPoP-Nonce``; ``True`` when the request is worth sending once more with a new proof."""
+    return manager.dpop_resend(
+        info.token_type,
+        response.url or response.request.url or "",
+        response.status_code,
+        list(response.headers.items()),
     )
-    return fresh and response.status_code == 401
 
 
 def _discard(response: requests.Response) -> None:
@@ -271,7 +273,7 @@ class TokenleaseAuth(AuthBase):
             own = response.request is request
             if response.is_redirect:
                 _keep_token_home(manager, response, template, sent, info)
-            if sent.proof and _new_dpop_nonce(manager, response) and own:
+            if sent.proof and _new_dpop_nonce(manager, response, info) and own:
                 response = self._send_again(response, template, info, False, **kwargs)
             rejected = _judge(manager, response, info.generation)
             if not rejected or not own:
@@ -317,7 +319,7 @@ class TokenleaseAuth(AuthBase):
         new_response: requests.Response = response.connection.send(retry, **kwargs)
         new_response.history = [*response.history, response]
         new_response.request = retry
-        if sent.proof and _new_dpop_nonce(manager, new_response) and follow_nonce:
+        if sent.proof and _new_dpop_nonce(manager, new_response, info) and follow_nonce:
             return self._send_again(new_response, template, info, False, **kwargs)
         return new_response
 

@@ -174,8 +174,8 @@ impl AuthorizedClient {
             *request.body_mut() = Some(rendered.as_bytes().to_vec().into());
         }
         let url = request.url().clone();
-        // DPoP-bound tokens carry a proof per request; a server asking for a fresh nonce
-        // (401 with a new `DPoP-Nonce`) gets the request once more with it.
+        // DPoP-bound tokens carry a proof per request; core keeps every nonce a response
+        // brings and says when a request is worth sending once more with a new proof.
         let dpop_retry = request.try_clone();
         self.attach_dpop_proof(&mut request, token)?;
         let mut response = self
@@ -183,9 +183,12 @@ impl AuthorizedClient {
             .execute(request)
             .await
             .map_err(|err| transport_error(&url, &err))?;
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED
-            && self.manager.remember_dpop_nonce(&url, response.headers())
-        {
+        if self.manager.dpop_resend(
+            token.token_type(),
+            &url,
+            response.status().as_u16(),
+            response.headers(),
+        ) {
             if let Some(mut retry) = dpop_retry {
                 self.attach_dpop_proof(&mut retry, token)?;
                 response = self

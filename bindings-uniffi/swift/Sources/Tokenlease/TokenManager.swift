@@ -154,7 +154,15 @@ public final class TokenManager: @unchecked Sendable {
         try native.dpopProof(token: token, method: method, url: url)
     }
 
-    /// Keeps a response's `DPoP-Nonce`; true when it is new (resend a refused request once).
+    /// Core's answer for a response to a request made with `token` to `url`: keeps its
+    /// `DPoP-Nonce` (any status) and says whether to send the request once more with a new
+    /// proof (a DPoP-bound token's 401 that brought a new nonce). Ask before `judgeResponse`.
+    public func dpopResend(token: TokenInfo, url: String, status: Int, headers: [ResponseHeader]) -> Bool {
+        (0...0xFFFF).contains(status)
+            && native.dpopResend(token: token, url: url, status: UInt16(status), headers: headers)
+    }
+
+    /// Keeps a response's `DPoP-Nonce`; true when it is new (to resend, ask `dpopResend`).
     public func rememberDpopNonce(url: String, headers: [ResponseHeader]) -> Bool {
         native.rememberDpopNonce(url: url, headers: headers)
     }

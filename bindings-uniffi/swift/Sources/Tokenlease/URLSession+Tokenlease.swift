@@ -11,9 +11,10 @@ extension TokenManager {
     public func data(for request: URLRequest, session: URLSession = .shared) async throws -> (Data, HTTPURLResponse) {
         let first = try await token()
         var (data, response) = try await Self.send(try authorized(request, first), session)
-        // A DPoP server asking for a fresh nonce: the same token once more, with a new proof.
-        if response.statusCode == 401, first.tokenType.lowercased() == "dpop",
-           rememberDpopNonce(url: request.url?.absoluteString ?? "", headers: Self.headers(of: response)),
+        // A DPoP server asking for a fresh nonce (core decides): the same token once more,
+        // with a new proof.
+        if dpopResend(token: first, url: request.url?.absoluteString ?? "", status: response.statusCode,
+                      headers: Self.headers(of: response)),
            request.httpBodyStream == nil {
             (data, response) = try await Self.send(try authorized(request, first), session)
         }

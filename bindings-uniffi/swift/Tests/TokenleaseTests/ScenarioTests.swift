@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -47,6 +50,9 @@ final class ScenarioTests: XCTestCase {
             process.executableURL = URL(fileURLWithPath: binary)
             process.arguments = ["--max-lifetime-s", "300"]
             process.standardOutput = output
+            // Never the test runner's own stderr: a server that outlived its test would hold
+            // that pipe open, and `swift test` waits for its end.
+            process.standardError = FileHandle.nullDevice
             try process.run()
             var line = Data()
             while !line.contains(UInt8(ascii: "\n")) {
@@ -64,12 +70,22 @@ final class ScenarioTests: XCTestCase {
             url = String(first.dropFirst("TOKENLEASE_TEST_SERVER_URL=".count))
         }
 
+        /// SIGTERM, then waits (at most 5 s) for the exit with `waitpid`, then SIGKILL.
+        /// (Not `waitUntilExit()` or `isRunning`: on Linux they depend on a run loop an async
+        /// test does not run, and were seen never to notice the exit.)
         func stop() {
-            process.terminate()
-            // Not `waitUntilExit()`: it runs the current run loop, which an async test has not.
-            for _ in 0..<500 where process.isRunning {
+            let pid = process.processIdentifier
+            guard pid > 0 else { return }
+            kill(pid, SIGTERM)
+            var status: Int32 = 0
+            for _ in 0..<500 {
+                let reaped = waitpid(pid, &status, WNOHANG)
+                // ECHILD: Foundation's own child monitor reaped it first.
+                if reaped == pid || (reaped == -1 && errno == ECHILD) { return }
                 usleep(10_000)
             }
+            kill(pid, SIGKILL)
+            _ = waitpid(pid, &status, 0)
         }
 
         /// Synchronous (as every test helper here): URLSession's async `data(for:)` has been

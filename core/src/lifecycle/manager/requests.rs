@@ -109,8 +109,39 @@ impl Manager {
         self.shared.source.tls_options().cloned()
     }
 
-    /// Keeps the `DPoP-Nonce` a response from `url` carried; `true` when it is new (a
-    /// 401 that brings one is worth sending once more, with a new proof).
+    /// After an API request made with a token of `token_type` to `url` was answered with
+    /// `status` and `headers`: keeps the `DPoP-Nonce` the answer carried, whatever its status
+    /// (the next proofs use it), and says whether to send the same request once more with a
+    /// new proof — only for a DPoP-bound token whose 401 brought a new nonce (RFC 9449 §9).
+    /// One place decides this for the authorized client and every binding's HTTP helper.
+    /// Whether the token itself was rejected is [`Manager::judge_response`]'s question,
+    /// asked of the response that follows.
+    pub fn dpop_resend(
+        &self,
+        token_type: &str,
+        url: &url::Url,
+        status: u16,
+        headers: &HeaderMap,
+    ) -> bool {
+        let fresh = self.remember_dpop_nonce(url, headers);
+        fresh && status == 401 && token_type.eq_ignore_ascii_case("dpop")
+    }
+
+    /// [`Manager::dpop_resend`] for bindings that hold a URL and header pairs (malformed
+    /// ones are skipped; a URL that does not parse keeps nothing and resends nothing).
+    pub fn dpop_resend_with_pairs(
+        &self,
+        token_type: &str,
+        url: &str,
+        status: u16,
+        headers: &[(&str, &str)],
+    ) -> bool {
+        url::Url::parse(url)
+            .is_ok_and(|url| self.dpop_resend(token_type, &url, status, &header_map(headers)))
+    }
+
+    /// Keeps the `DPoP-Nonce` a response from `url` carried; `true` when it is new. (To
+    /// decide whether to send a request again, use [`Manager::dpop_resend`].)
     pub fn remember_dpop_nonce(&self, url: &url::Url, headers: &HeaderMap) -> bool {
         self.shared
             .source

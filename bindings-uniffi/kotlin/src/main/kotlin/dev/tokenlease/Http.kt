@@ -22,9 +22,9 @@ class TokenleaseInterceptor(private val manager: TokenManager) : okhttp3.Interce
         val request = chain.request()
         val token = manager.tokenBlocking()
         var response = chain.proceed(authorized(request, token))
-        // A DPoP server asking for a fresh nonce: the same token once more, with a new proof.
-        if (response.code == 401 && token.tokenType.equals("DPoP", ignoreCase = true) &&
-            manager.rememberDpopNonce(request.url.toString(), headersOf(response)) &&
+        // A DPoP server asking for a fresh nonce (core decides): the same token once more,
+        // with a new proof.
+        if (manager.dpopResend(token, request.url.toString(), response.code, headersOf(response)) &&
             request.body?.isOneShot() != true
         ) {
             response.close()
@@ -76,10 +76,9 @@ object TokenleaseHttp {
     fun send(manager: TokenManager, client: HttpClient, request: HttpRequest.Builder): HttpResponse<ByteArray> {
         val first = manager.tokenBlocking()
         var response = client.send(authorized(manager, request, first), HttpResponse.BodyHandlers.ofByteArray())
-        // A DPoP server asking for a fresh nonce: the same token once more, with a new proof.
-        if (response.statusCode() == 401 && first.tokenType.equals("DPoP", ignoreCase = true) &&
-            manager.rememberDpopNonce(response.uri().toString(), headersOf(response))
-        ) {
+        // A DPoP server asking for a fresh nonce (core decides): the same token once more,
+        // with a new proof.
+        if (manager.dpopResend(first, response.uri().toString(), response.statusCode(), headersOf(response))) {
             response = client.send(authorized(manager, request, first), HttpResponse.BodyHandlers.ofByteArray())
         }
         if (!rejects(manager, response, first)) return response

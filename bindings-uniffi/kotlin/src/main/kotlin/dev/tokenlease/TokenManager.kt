@@ -169,7 +169,15 @@ class TokenManager private constructor(internal val native: NativeTokenManager) 
     @Throws(TokenleaseException::class)
     fun dpopProof(token: TokenInfo, method: String, url: String): SecretString? = native.dpopProof(token, method, url)
 
-    /** Keeps a response's `DPoP-Nonce`; true when it is new (resend a refused request once). */
+    /**
+     * Core's answer for a response to a request made with [token] to [url]: keeps its
+     * `DPoP-Nonce` (any status) and says whether to send the request once more with a new
+     * proof (a DPoP-bound token's 401 that brought a new nonce). Ask before [judgeResponse].
+     */
+    fun dpopResend(token: TokenInfo, url: String, status: Int, headers: List<ResponseHeader>): Boolean =
+        status in 0..0xFFFF && native.dpopResend(token, url, status.toUShort(), headers)
+
+    /** Keeps a response's `DPoP-Nonce`; true when it is new (to resend, ask [dpopResend]). */
     fun rememberDpopNonce(url: String, headers: List<ResponseHeader>): Boolean = native.rememberDpopNonce(url, headers)
 
     /** Whether a response with [status] needs a body prefix (≤ 64 KiB) for [judgeResponse]. */

@@ -53,15 +53,11 @@ impl ManualClock {
         manager: Arc<NativeTokenManager>,
         timeout_ms: u64,
     ) -> BindingResult<()> {
-        let timeout = match timeout_ms {
-            0 => testing::DEFAULT_SETTLE_TIMEOUT,
-            ms => Duration::from_millis(ms),
-        };
         testing::advance_and_settle(
             &self.clock,
             Duration::from_millis(ms),
             manager.core(),
-            timeout,
+            testing::settle_timeout_ms(timeout_ms),
         )?;
         Ok(())
     }

@@ -17,7 +17,7 @@
 #![cfg_attr(not(any(target_os = "linux", target_os = "macos")), allow(dead_code))]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokenlease::config::SecretValue;
@@ -209,50 +209,14 @@ fn fresh_key() -> SecretString {
     tokenlease::EncryptionKey::generate().to_base64()
 }
 
-/// An exclusive `flock` of `path` (created `0600`), waited for at most
-/// [`CREATE_LOCK_WAIT`]: two first invocations at once must not make two keys (the second
-/// would replace the first, whose store could then not be read).
-struct CreateLock {
-    /// Held open: closing it releases the lock.
-    _file: std::fs::File,
-}
-
-impl CreateLock {
-    fn acquire(path: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        use std::os::unix::io::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|err| {
-                format!(
-                    "cannot open the keyring lock file {} ({})",
-                    path.display(),
-                    err.kind()
-                )
-            })?;
-        let deadline = Instant::now() + CREATE_LOCK_WAIT;
-        loop {
-            // SAFETY: flock on a file descriptor this function owns (open above).
-            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if locked == 0 {
-                return Ok(Self { _file: file });
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "another process held {} for over {} s",
-                    path.display(),
-                    CREATE_LOCK_WAIT.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+/// The lock that keeps two first invocations from making two keys (the second would
+/// replace the first, whose store could then not be read): core's bounded file lock, next
+/// to the store.
+fn create_lock(path: &Path) -> Result<tokenlease::file_store::FileLock, String> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(format!("{} is not a lock file path", path.display()));
+    };
+    tokenlease::file_store::lock_in_dir(dir, name, CREATE_LOCK_WAIT).map_err(|err| err.to_string())
 }
 
 /// Linux: the kernel key retention service (keyrings(7)).
@@ -266,7 +230,7 @@ mod platform {
     use tokenlease::SecretString;
     use zeroize::Zeroize;
 
-    use super::{checked, fresh_key, CreateLock, Found};
+    use super::{checked, create_lock, fresh_key, Found};
 
     pub const NAME: &str = "the kernel keyring";
     const PERSISTENT: &str = "the kernel's persistent keyring";
@@ -357,7 +321,7 @@ mod platform {
                 backend,
             });
         }
-        let _lock = CreateLock::acquire(lock)?;
+        let _lock = create_lock(lock)?;
         if let Some(key) = find(&ring, name).map_err(unavailable)? {
             return Ok(Found {
                 key: read(&key, name)?,
@@ -422,7 +386,7 @@ mod platform {
 
     use tokenlease::SecretString;
 
-    use super::{checked, fresh_key, CreateLock, Found};
+    use super::{checked, create_lock, fresh_key, Found};
 
     pub const NAME: &str = "the macOS keychain";
     const SERVICE: &str = "tokenlease";
@@ -445,7 +409,7 @@ mod platform {
                 backend: NAME,
             });
         }
-        let _lock = CreateLock::acquire(lock)?;
+        let _lock = create_lock(lock)?;
         if let Some(key) = lookup(&entry, name)? {
             return Ok(Found {
                 key,
@@ -497,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_hung_call_is_abandoned() {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let answer = bounded(Duration::from_millis(50), || {
             std::thread::sleep(Duration::from_secs(5));
         });

@@ -416,111 +416,9 @@ fn logs_are_json_lines_without_tokens() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A throwaway `redis-server` on 127.0.0.1 (a free port, no persistence), killed when
-/// dropped (the test passed or panicked) and, should the test process die first, by the
-/// kernel (`PR_SET_PDEATHSIG`).
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// `None` (after `NOT RUN: redis-server not installed`) without `redis-server`; with
-    /// `CI=true` that is a failure (CI installs it: scripts/test-all).
-    fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !installed {
-            eprintln!("NOT RUN: redis-server not installed");
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "CI must run this test: install redis-server (scripts/test-all does)"
-            );
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .unwrap()
-            .port();
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null());
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: one prctl call between fork and exec.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut redis = Redis {
-            child: command.spawn().expect("redis-server starts"),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis.ping() {
-            if let Some(status) = redis.child.try_wait().unwrap() {
-                panic!("redis-server exited at start: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server answers within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// One command in RESP; the raw answer (bounded in time).
-    fn command(&self, words: &[&str]) -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut request = format!("*{}\r\n", words.len());
-        for word in words {
-            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
-        }
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut answer = vec![0u8; 64 * 1024];
-        let read = stream.read(&mut answer).ok()?;
-        Some(String::from_utf8_lossy(&answer[..read]).into_owned())
-    }
-
-    fn ping(&self) -> bool {
-        self.command(&["PING"])
-            .is_some_and(|answer| answer == "+PONG\r\n")
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(dead_code)]
+#[path = "../../core/tests/support/redis_server.rs"]
+mod redis_server;
 
 /// Several hosts sharing one Redis store: three agents that share nothing but the Redis
 /// URL and key prefix (each its own cache, runtime, home and XDG directories, socket and
@@ -530,7 +428,7 @@ impl Drop for Redis {
 /// exactly one token request per token lifetime at the server.
 #[test]
 fn agents_on_several_hosts_sharing_redis_make_one_token_request_per_lifetime() {
-    let Some(redis) = Redis::start() else {
+    let Some(redis) = redis_server::RedisServer::start() else {
         return;
     };
     let ttl = Duration::from_secs(6);
@@ -632,5 +530,4 @@ fn agents_on_several_hosts_sharing_redis_make_one_token_request_per_lifetime() {
         "and one for the third lifetime"
     );
     drop(agents);
-    let _ = redis.command(&["FLUSHALL"]);
 }

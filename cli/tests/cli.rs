@@ -387,6 +387,8 @@ mod keyring {
     use super::*;
     use linux_keyutils::{KeyRing, KeyRingIdentifier};
     use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     /// The keyrings the command may use (see `cli/src/store_key.rs`).
     fn rings() -> Vec<KeyRing> {
@@ -487,6 +489,29 @@ mod keyring {
         );
     }
 
+    /// The first invocation with the keyring on (no key anywhere yet: the keyring gets
+    /// one): its token, the entry (removed when dropped) and the status. `None` where no
+    /// keyring is usable, after checking that the fallback is the plaintext mode.
+    fn first_keyring_invocation(
+        scratch: &Scratch,
+        config: &Path,
+    ) -> Option<(String, Entry, serde_json::Value)> {
+        let token = text(
+            &run_ok(
+                scratch.keyring_command(),
+                &["token", "--config", config.to_str().unwrap()],
+            )
+            .stdout,
+        );
+        let entry = Entry(entry_name(&scratch.path("cache")));
+        let status = scratch.status(&mut scratch.keyring_command(), config);
+        if keyring_unavailable(&status).is_some() {
+            assert_plaintext_mode(scratch, &status, &token);
+            return None;
+        }
+        Some((token, entry, status))
+    }
+
     /// `Some(errno)` with a `NOT RUN` line when the command found no usable keyring.
     fn keyring_unavailable(status: &serde_json::Value) -> Option<String> {
         if status["store_key"] == "keyring" {
@@ -571,20 +596,9 @@ mod keyring {
         let scratch = Scratch::new("keyring");
         let config = scratch.config(&server, "demo-secret");
         let config_arg = config.to_str().unwrap();
-        // 1st invocation: no key anywhere yet; the keyring gets one.
-        let raw = text(
-            &run_ok(
-                scratch.keyring_command(),
-                &["token", "--config", config_arg],
-            )
-            .stdout,
-        );
-        let entry = Entry(entry_name(&scratch.path("cache")));
-        let status = scratch.status(&mut scratch.keyring_command(), &config);
-        if keyring_unavailable(&status).is_some() {
-            assert_plaintext_mode(&scratch, &status, &raw);
+        let Some((raw, entry, status)) = first_keyring_invocation(&scratch, &config) else {
             return;
-        }
+        };
         assert_eq!(status["keyring_entry"], entry.0.as_str(), "{status}");
         let payload = entry_payload(&entry.0).expect("the entry is in the user's keyring");
         assert_eq!(payload.len(), 44, "base64 of 32 bytes");
@@ -624,7 +638,15 @@ mod keyring {
         let scratch = Scratch::new("keyring-cold");
         let config = scratch.config(&server, "demo-secret");
         let config_arg = config.to_str().unwrap();
-        let children: Vec<_> = (0..20)
+        // The key is made under a lock: while another process holds it, no invocation gets
+        // past making the key (without the lock they would all be done within the second).
+        let cache = scratch.path("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let held =
+            tokenlease::file_store::lock_in_dir(&cache, "store-key.lock", Duration::from_secs(1))
+                .unwrap();
+        let mut children: Vec<_> = (0..20)
             .map(|_| {
                 scratch
                     .keyring_command()
@@ -635,6 +657,12 @@ mod keyring {
                     .unwrap()
             })
             .collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let mut done = 0;
+        for child in &mut children {
+            done += usize::from(child.try_wait().unwrap().is_some());
+        }
+        drop(held);
         let outputs: Vec<Output> = children
             .into_iter()
             .map(|child| child.wait_with_output().unwrap())
@@ -650,6 +678,7 @@ mod keyring {
             assert_plaintext_mode(&scratch, &status, tokens.first().unwrap());
             return;
         }
+        assert_eq!(done, 0, "no invocation made a key while the lock was held");
         // Two keys would show: a sibling sealing with the other key cannot read the
         // record, and fetches again.
         assert_eq!(tokens.len(), 1);
@@ -669,19 +698,9 @@ mod keyring {
         let scratch = Scratch::new("keyring-replaced");
         let config = scratch.config(&server, "demo-secret");
         let config_arg = config.to_str().unwrap();
-        let first = text(
-            &run_ok(
-                scratch.keyring_command(),
-                &["token", "--config", config_arg],
-            )
-            .stdout,
-        );
-        let entry = Entry(entry_name(&scratch.path("cache")));
-        let status = scratch.status(&mut scratch.keyring_command(), &config);
-        if keyring_unavailable(&status).is_some() {
-            assert_plaintext_mode(&scratch, &status, &first);
+        let Some((first, entry, _)) = first_keyring_invocation(&scratch, &config) else {
             return;
-        }
+        };
         // The entry gets another key (as after a reboot emptied the keyring).
         let key = rings()
             .iter()

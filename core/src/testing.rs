@@ -15,6 +15,15 @@ use crate::{Clock, Error, ErrorKind, Manager, MonoTime, Result, TokenState};
 /// work is HTTP requests to a real server).
 pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The settle timeout a binding was given in milliseconds: `0` means
+/// [`DEFAULT_SETTLE_TIMEOUT`] (C and UniFFI callers cannot leave an argument out).
+pub fn settle_timeout_ms(ms: u64) -> Duration {
+    match ms {
+        0 => DEFAULT_SETTLE_TIMEOUT,
+        ms => Duration::from_millis(ms),
+    }
+}
+
 /// Moves `clock` forward by `by`, then waits (see [`settle`]) until the background work the
 /// move started in `manager` has finished.
 pub fn advance_and_settle(

@@ -833,3 +833,35 @@ fn a_stuck_lock_holder_is_waited_out_for_the_default_bound_only() {
     assert!(waited >= DEFAULT_LOCK_TIMEOUT, "gave up after {waited:?}");
     assert!(waited < DEFAULT_LOCK_TIMEOUT + SLACK, "took {waited:?}");
 }
+
+/// `lock_in_dir`: the store's own bounded lock for one-time work next to a store (the
+/// command's keyring key): a second holder waits, then gets a `Store` error; a path for a
+/// name, a directory others may write to, and a symbolic link are refused.
+#[test]
+fn lock_in_dir_is_exclusive_bounded_and_refuses_what_the_store_refuses() {
+    use tokenlease::file_store::lock_in_dir;
+    let dir = TempDir::new("lock-in-dir");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let held = lock_in_dir(&dir.0, "one.lock", Duration::from_secs(1)).unwrap();
+    let mode = std::fs::metadata(dir.0.join("one.lock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let started = Instant::now();
+    let err = lock_in_dir(&dir.0, "one.lock", Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    drop(held);
+    drop(lock_in_dir(&dir.0, "one.lock", Duration::from_millis(100)).unwrap());
+
+    let err = lock_in_dir(&dir.0, "sub/one.lock", Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+    std::os::unix::fs::symlink("/etc/passwd", dir.0.join("link.lock")).unwrap();
+    assert!(lock_in_dir(&dir.0, "link.lock", Duration::from_millis(100)).is_err());
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = lock_in_dir(&dir.0, "two.lock", Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+}

@@ -117,11 +117,7 @@ pub unsafe extern "C" fn tl_manual_clock_advance(
         }
         manager_call(settle, |mgr| {
             refuse_inside_callback("tl_manual_clock_advance")?;
-            let timeout = match settle_timeout_ms {
-                0 => TL_DEFAULT_SETTLE_TIMEOUT_MS,
-                ms => ms,
-            };
-            let timeout = Duration::from_millis(u64::from(timeout));
+            let timeout = testing::settle_timeout_ms(u64::from(settle_timeout_ms));
             testing::advance_and_settle(&clock.clock, by, &mgr.manager, timeout)
                 .map_err(Failure::from)
         })

@@ -102,15 +102,7 @@ static tl_manager *manager_for(const char *issuer, const char *client_id, const 
                  " \"grant\": %s, \"scopes\": %s}}",
                  issuer, client_id, grant, scopes);
     }
-    tl_manager *mgr = NULL;
-    tl_result rc = tl_manager_from_config(config, &mgr);
-    if (rc != TL_OK) {
-        char detail[512];
-        size_t written = 0;
-        tl_manager_last_error(NULL, detail, sizeof detail, &written);
-        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
-    }
-    return mgr;
+    return manager_from(config);
 }
 
 #define CLIENT_CREDENTIALS "{\"type\": \"client_credentials\"}"
@@ -245,15 +237,7 @@ static tl_manager *user_login_manager(const char *client_id, const char *store) 
              " \"grant\": {\"type\": \"user_login\"}, \"scopes\": [\"openid\", \"offline_access\"],"
              " \"authorization_params\": {\"prompt\": \"consent\"}}, \"store\": %s}",
              g_oidc.url, client_id, store);
-    tl_manager *mgr = NULL;
-    tl_result rc = tl_manager_from_config(config, &mgr);
-    if (rc != TL_OK) {
-        char detail[512];
-        size_t written = 0;
-        tl_manager_last_error(NULL, detail, sizeof detail, &written);
-        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
-    }
-    return mgr;
+    return manager_from(config);
 }
 
 /* Copies the JSON string field "key" of `body` into `out` (no escapes expected: URLs, codes
@@ -690,18 +674,6 @@ done:
 /* Where oidc-provider writes its signed-assertion clients' private keys (--client-keys-out). */
 static char g_keys_dir[] = "/tmp/tokenlease-c-keys-XXXXXX";
 static int g_have_keys_dir = 0;
-
-static tl_manager *manager_from(const char *config) {
-    tl_manager *mgr = NULL;
-    tl_result rc = tl_manager_from_config(config, &mgr);
-    if (rc != TL_OK) {
-        char detail[512];
-        size_t written = 0;
-        tl_manager_last_error(NULL, detail, sizeof detail, &written);
-        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
-    }
-    return mgr;
-}
 
 /* The whole file into `out` (NUL-terminated). 1 on success. */
 static int read_file(const char *path, char *out, size_t len) {

@@ -13,15 +13,7 @@
 static tl_manager *new_manager(const char *key, const char *secret, const char *policy) {
     char config[2048];
     server_config(config, sizeof config, key, secret, policy);
-    tl_manager *mgr = NULL;
-    tl_result rc = tl_manager_from_config(config, &mgr);
-    if (rc != TL_OK) {
-        char detail[512];
-        size_t written = 0;
-        tl_manager_last_error(NULL, detail, sizeof detail, &written);
-        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
-    }
-    return mgr;
+    return manager_from(config);
 }
 
 static void test_fetch_and_cache(void) {
@@ -437,15 +429,7 @@ static tl_manager *profile_manager(const char *name, const char *host, const cha
     if (!load_profile(name, host, user_env, password_env, password, config, sizeof config)) {
         return NULL;
     }
-    tl_manager *mgr = NULL;
-    tl_result rc = tl_manager_from_config(config, &mgr);
-    if (rc != TL_OK) {
-        char detail[512];
-        size_t written = 0;
-        tl_manager_last_error(NULL, detail, sizeof detail, &written);
-        fprintf(stderr, "tl_manager_from_config(%s): %s: %s\n", name, tl_result_name(rc), detail);
-    }
-    return mgr;
+    return manager_from(config);
 }
 
 static struct http_answer g_answer;

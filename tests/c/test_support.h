@@ -226,6 +226,19 @@ static inline long server_stat(const char *field) {
     return at ? strtol(at + strlen(pattern), NULL, 10) : -1;
 }
 
+/* tl_manager_from_config; on failure NULL, with the result and detail on stderr. */
+static inline tl_manager *manager_from(const char *config) {
+    tl_manager *mgr = NULL;
+    tl_result rc = tl_manager_from_config(config, &mgr);
+    if (rc != TL_OK) {
+        char detail[512];
+        size_t written = 0;
+        tl_manager_last_error(NULL, detail, sizeof detail, &written);
+        fprintf(stderr, "tl_manager_from_config: %s: %s\n", tl_result_name(rc), detail);
+    }
+    return mgr;
+}
+
 /* POST /control with a JSON body; returns the HTTP status. */
 static inline int server_control(const char *json) {
     return http_request("POST", "/control", NULL, json, NULL, 0);

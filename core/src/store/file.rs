@@ -698,6 +698,35 @@ impl Drop for FlockGuard {
     }
 }
 
+/// An exclusive lock on a file, held until dropped (see [`lock_in_dir`]).
+#[derive(Debug)]
+pub struct FileLock {
+    _held: FlockGuard,
+}
+
+impl std::fmt::Debug for FlockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlockGuard")
+    }
+}
+
+/// Takes an exclusive `flock` of the file `name` in `dir` (created `0600` if missing),
+/// with the checks the store gives its own lock files: `dir` must be a real directory of
+/// this user, not writable by others, and `name` a regular file reached without a symbolic
+/// link. Waits at most `timeout` for another holder (a `Store` error after it). For
+/// one-time work next to a store that processes must not do twice, such as making a key.
+pub fn lock_in_dir(dir: &Path, name: &str, timeout: Duration) -> Result<FileLock> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "lock_in_dir: name must be a file name, not a path",
+        ));
+    }
+    let opened = open_trusted_dir(dir)
+        .map_err(|detail| store_error(format!("lock directory {}: {detail}", dir.display())))?;
+    FlockGuard::lock(&opened, name, &dir.join(name), timeout).map(|held| FileLock { _held: held })
+}
+
 // ---------------------------------------------------------------------------------------
 // File store
 // ---------------------------------------------------------------------------------------

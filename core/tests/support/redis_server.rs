@@ -1,5 +1,6 @@
 //! A throwaway `redis-server` for tests (plain text or TLS only), on 127.0.0.1 with no
-//! persistence, stopped on drop. Shared by `fleet.rs` and `redis_store.rs`.
+//! persistence, stopped on drop (and by the kernel should the test process die first).
+//! Shared by `fleet.rs`, `redis_store.rs` and the command's `cli/tests/agent.rs`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,6 +23,11 @@ pub fn installed() -> bool {
         .status()
         .is_ok_and(|status| status.success());
     if !installed {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must run the Redis tests: install redis-server (scripts/test-all does)"
+        );
         eprintln!(
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
              !!! SKIPPED: redis-server is not installed; these Redis tests did     !!!\n\
@@ -84,7 +90,20 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, tls: bool, listen: &[String]) -> Self {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: one async-signal-safe prctl call between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(listen)
             .args(["--bind", "127.0.0.1"])
             .args([
@@ -110,16 +129,24 @@ impl RedisServer {
 
     /// PING answered (plain), or the TLS port accepting connections.
     fn ready(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
         if self.tls {
-            return true;
+            return TcpStream::connect(("127.0.0.1", self.port)).is_ok();
         }
-        let mut answer = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut answer).is_ok()
-            && &answer == b"+PONG\r\n"
+        self.command(&["PING"]).as_deref() == Some("+PONG\r\n")
+    }
+
+    /// One command in RESP on a plain-text server; the raw answer (bounded in time).
+    pub fn command(&self, words: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut request = format!("*{}\r\n", words.len());
+        for word in words {
+            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = vec![0u8; 64 * 1024];
+        let read = stream.read(&mut answer).ok()?;
+        Some(String::from_utf8_lossy(&answer[..read]).into_owned())
     }
 
     pub fn url(&self) -> String {
